@@ -1,0 +1,103 @@
+"""The FastAPI application: routes of every kind, access, actions, health, errors as Status."""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shoal import __version__
+from shoal.api.access import access_router
+from shoal.api.actions import actions_router
+from shoal.api.context import ApiContext
+from shoal.api.routes import kinds_router
+from shoal.errors import ApiError, BadRequest, Invalid, MethodNotAllowed, NotFound
+
+log = logging.getLogger(__name__)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    where, *rest = loc or ("body",)
+    if where == "body":
+        return ".".join(str(part) for part in rest) or "body"
+    return ".".join(str(part) for part in rest) or str(where)
+
+
+def validation_error(error: RequestValidationError) -> ApiError:
+    problems = error.errors()
+    if any(p.get("type") == "json_invalid" for p in problems):
+        return BadRequest("the body is not valid JSON")
+    causes = []
+    for problem in problems:
+        field = _field(tuple(problem.get("loc", ())))
+        message = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
+        if field == "body":
+            message = "must be a JSON object (sent with Content-Type: application/json)"
+        causes.append({"field": field, "message": message})
+    return Invalid("; ".join(f"{c['field']}: {c['message']}" for c in causes), causes=causes)
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    app = FastAPI(
+        title="shoal",
+        version=__version__,
+        description="Ephemeral build VMs: a Kubernetes-shaped API for VMs, nodes and access.",
+    )
+    app.state.ctx = ctx
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(error.status(), status_code=error.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        api_error = validation_error(error)
+        return JSONResponse(api_error.status(), status_code=api_error.code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        api_error: ApiError
+        if error.status_code == 404:
+            api_error = NotFound(f"no route for {request.url.path}")
+        elif error.status_code == 405:
+            api_error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        else:
+            api_error = ApiError(str(error.detail))
+            api_error.code = error.status_code
+            api_error.reason = "Error"
+        return JSONResponse(api_error.status(), status_code=api_error.code)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, error: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        body = ApiError(f"internal error: {type(error).__name__}: {error}").status()
+        return JSONResponse(body, status_code=500)
+
+    @app.get("/healthz", tags=["Health"], summary="Is the process alive")
+    def healthz() -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    @app.get("/readyz", tags=["Health"], summary="Can it serve: the store answers")
+    def readyz() -> PlainTextResponse:
+        try:
+            ctx.store.current_rv()
+        except Exception as error:  # the database is down: not ready, but alive
+            return PlainTextResponse(f"store unavailable: {error}", status_code=503)
+        return PlainTextResponse("ok")
+
+    @app.get("/version", tags=["Health"], summary="Server version")
+    def version() -> dict[str, str]:
+        return {"version": __version__, "apiVersion": "shoal.dev/v1", "store": ctx.store.dialect}
+
+    @app.get("/ca.crt", tags=["Health"], summary="The CA certificate, for pinning by fingerprint")
+    def ca_certificate() -> Response:
+        if ctx.ca_pem is None:
+            raise NotFound("this server does not use TLS")
+        return Response(ctx.ca_pem, media_type="application/x-pem-file")
+
+    app.include_router(kinds_router())
+    app.include_router(actions_router())
+    app.include_router(access_router())
+    return app

@@ -1,0 +1,29 @@
+"""What every route needs, hung on app.state.ctx."""
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from shoal.api.objects import Objects
+from shoal.store.store import Store
+from shoal.store.tokens import TokenStore
+from shoal.store.watch import WatchHub
+
+
+@dataclass
+class ApiContext:
+    store: Store
+    hub: WatchHub
+    objects: Objects
+    tokens: TokenStore
+    bookmark_interval: float = 10.0
+    ca_fingerprint: str | None = None
+    ca_pem: bytes | None = None
+    ready: bool = True
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def get_ctx(request: Request) -> ApiContext:
+    ctx = request.app.state.ctx
+    assert isinstance(ctx, ApiContext)
+    return ctx

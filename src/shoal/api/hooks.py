@@ -1,0 +1,60 @@
+"""Kind-specific rules applied when an object is created."""
+
+from pydantic import BaseModel, ValidationError
+
+from shoal.api.objects import CreateHook, dump, invalid_from
+from shoal.errors import Invalid, NotFound
+from shoal.model.kinds import VirtualMachine, VirtualMachineSpec
+from shoal.model.meta import now_iso
+from shoal.store.store import Obj, Store
+
+NAMESPACE_FINALIZER = "shoal.dev/namespace"
+
+
+def _virtual_machine(store: Store, obj: Obj, model: BaseModel) -> None:
+    assert isinstance(model, VirtualMachine)
+    spec = obj["spec"]
+    if spec.get("nodeName"):
+        raise Invalid(
+            "spec.nodeName: is set by the scheduler; use spec.nodeSelector to choose nodes",
+            field="spec.nodeName",
+        )
+    if spec.get("config"):
+        namespace = obj["metadata"]["namespace"]
+        try:
+            config = store.get("VMConfig", namespace, spec["config"])
+        except NotFound:
+            raise Invalid(
+                f"spec.config: VMConfig {spec['config']!r} not found in namespace {namespace}",
+                field="spec.config",
+            ) from None
+        explicit = model.spec.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+        try:
+            merged = VirtualMachineSpec.model_validate({**config["spec"], **explicit})
+        except ValidationError as error:
+            raise invalid_from(error, "spec") from None
+        obj["spec"] = dump(merged)
+    if not obj["spec"].get("image"):
+        raise Invalid(
+            "spec.image: required (or spec.config naming a VMConfig that sets it)",
+            field="spec.image",
+        )
+
+
+def _namespace(store: Store, obj: Obj, model: BaseModel) -> None:
+    finalizers = obj["metadata"].setdefault("finalizers", [])
+    if NAMESPACE_FINALIZER not in finalizers:
+        finalizers.append(NAMESPACE_FINALIZER)
+
+
+def _event(store: Store, obj: Obj, model: BaseModel) -> None:
+    now = now_iso()
+    obj.setdefault("firstTimestamp", now)
+    obj.setdefault("lastTimestamp", now)
+
+
+CREATE_HOOKS: dict[str, CreateHook] = {
+    "VirtualMachine": _virtual_machine,
+    "Namespace": _namespace,
+    "Event": _event,
+}

@@ -1,0 +1,492 @@
+"""The REST routes of every kind, generated from the registry so every kind behaves alike.
+
+Every handler authorizes first, then does its store work in one transaction (objects.Objects).
+"""
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
+
+from shoal import events
+from shoal.api.auth import Principal, authenticate, authorize
+from shoal.api.context import ApiContext, get_ctx
+from shoal.api.docs import ERRORS, list_model
+from shoal.api.listing import (
+    check_watchable,
+    list_objects,
+    make_query,
+    parse_resource_version,
+    watch,
+)
+from shoal.errors import BadRequest, Forbidden
+from shoal.model.registry import KINDS, KindInfo
+from shoal.store.store import Obj
+
+PREFIX = "/apis/shoal.dev/v1"
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+NamespaceParam = Annotated[
+    str, Path(min_length=1, max_length=63, pattern=NAME_PATTERN, description="a namespace")
+]
+NameParam = Annotated[
+    str, Path(min_length=1, max_length=63, pattern=NAME_PATTERN, description="an object's name")
+]
+Ctx = Annotated[ApiContext, Depends(get_ctx)]
+Caller = Annotated[Principal, Depends(authenticate)]
+
+MERGE_PATCH = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/merge-patch+json": {"schema": {"type": "object"}},
+            "application/json": {"schema": {"type": "object"}},
+        },
+    }
+}
+
+
+def ok(obj: Obj, code: int = 200) -> JSONResponse:
+    return JSONResponse(obj, status_code=code)
+
+
+def audit(ctx: ApiContext, caller: Principal, obj: Obj, reason: str) -> None:
+    """Every mutation by a person or a tool leaves an Event; agents' status writes do not."""
+    if caller.kind == "Node" or obj["kind"] == "Event":
+        return
+    events.record(ctx.store, obj, reason, f"{reason} by {caller}", source="api")
+
+
+def _node_owned(
+    ctx: ApiContext, caller: Principal, info: KindInfo, ns: str | None, name: str
+) -> Obj | None:
+    """For node credentials, the object they act on (their rights depend on it)."""
+    if caller.kind != "Node":
+        return None
+    return ctx.store.get(info.kind, ns or "", name)
+
+
+class KindHandlers:
+    """The handlers of one kind, with the namespace as a plain argument (None: cluster scope)."""
+
+    def __init__(self, info: KindInfo) -> None:
+        self.info = info
+
+    def authorize(
+        self,
+        ctx: ApiContext,
+        caller: Principal,
+        verb: str,
+        namespace: str | None,
+        *,
+        name: str | None = None,
+        node_scope: str | None = None,
+        obj: Obj | None = None,
+    ) -> None:
+        if obj is None and name is not None:
+            obj = _node_owned(ctx, caller, self.info, namespace, name)
+        authorize(
+            ctx.store,
+            caller,
+            verb,
+            self.info.kind,
+            namespace,
+            plural=self.info.plural,
+            node_scope=node_scope,
+            obj=obj,
+        )
+
+    async def list(
+        self,
+        ctx: ApiContext,
+        caller: Principal,
+        namespace: str | None,
+        label_selector: str | None,
+        field_selector: str | None,
+        limit: int | None,
+        cont: str | None,
+        watch_: bool,
+        resource_version: str | None,
+        timeout_seconds: int | None,
+    ) -> Response:
+        query = make_query(self.info, namespace, label_selector, field_selector)
+        await run_in_threadpool(
+            self.authorize,
+            ctx,
+            caller,
+            "watch" if watch_ else "list",
+            namespace,
+            node_scope=query.node_name,
+        )
+        if not watch_:
+            listing = await run_in_threadpool(list_objects, ctx.store, query, limit, cont)
+            return ok(listing)
+        since = parse_resource_version(resource_version)
+        await check_watchable(ctx.store, since)
+        stream = watch(
+            ctx.store,
+            ctx.hub,
+            query,
+            since,
+            timeout=float(timeout_seconds) if timeout_seconds else None,
+            bookmark_interval=ctx.bookmark_interval,
+        )
+        return StreamingResponse(stream, media_type="application/x-ndjson")
+
+    def get(self, ctx: ApiContext, caller: Principal, namespace: str | None, name: str) -> Response:
+        self.authorize(ctx, caller, "get", namespace, name=name)
+        return ok(ctx.store.get(self.info.kind, namespace or "", name))
+
+    def create(
+        self, ctx: ApiContext, caller: Principal, namespace: str | None, body: BaseModel
+    ) -> Response:
+        self.authorize(ctx, caller, "create", namespace, obj=body.model_dump(mode="json"))
+        created = ctx.objects.create(self.info, namespace, body)
+        audit(ctx, caller, created, "Created")
+        return ok(created, 201)
+
+    def replace(
+        self, ctx: ApiContext, caller: Principal, namespace: str | None, name: str, body: BaseModel
+    ) -> Response:
+        self.authorize(ctx, caller, "update", namespace, name=name)
+        updated = ctx.objects.replace(self.info, namespace, name, body)
+        audit(ctx, caller, updated, "Updated")
+        return ok(updated)
+
+    def patch(
+        self, ctx: ApiContext, caller: Principal, namespace: str | None, name: str, body: Any
+    ) -> Response:
+        self.authorize(ctx, caller, "patch", namespace, name=name)
+        if caller.kind == "Node" and self.info.kind != "Node" and set(body or {}) - {"metadata"}:
+            raise Forbidden(f"{caller} may only patch the metadata of a {self.info.kind}")
+        updated = ctx.objects.patch(self.info, namespace, name, body)
+        audit(ctx, caller, updated, "Updated")
+        return ok(updated)
+
+    def delete(
+        self,
+        ctx: ApiContext,
+        caller: Principal,
+        namespace: str | None,
+        name: str,
+        resource_version: str | None,
+    ) -> Response:
+        self.authorize(ctx, caller, "delete", namespace, name=name)
+        obj, _gone = ctx.objects.delete(self.info, namespace, name, expect_rv=resource_version)
+        audit(ctx, caller, obj, "Deleted")
+        return ok(obj)
+
+    def write_status(
+        self,
+        ctx: ApiContext,
+        caller: Principal,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        is_patch: bool,
+    ) -> Response:
+        self.authorize(ctx, caller, "status", namespace, name=name)
+        return ok(ctx.objects.write_status(self.info, namespace, name, body, is_patch=is_patch))
+
+
+def add_kind_routes(router: APIRouter, info: KindInfo) -> None:
+    handlers = KindHandlers(info)
+    model: Any = info.model
+    tags = [info.kind]
+    one = {200: {"model": model, "description": f"the {info.kind}"}, **ERRORS}
+    many = {
+        200: {
+            "model": list_model(info),
+            "description": f"a {info.kind}List, or with watch=1 a stream of watch events",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        },
+        **ERRORS,
+    }
+    collection = (
+        f"{PREFIX}/namespaces/{{namespace}}/{info.plural}"
+        if info.namespaced
+        else f"{PREFIX}/{info.plural}"
+    )
+    item = collection + "/{name}"
+
+    if info.namespaced:
+
+        @router.get(collection, tags=tags, responses=many, summary=f"List or watch {info.plural}")
+        async def list_namespaced(
+            ctx: Ctx,
+            caller: Caller,
+            namespace: NamespaceParam,
+            labelSelector: Annotated[str | None, Query(max_length=4096)] = None,
+            fieldSelector: Annotated[str | None, Query(max_length=4096)] = None,
+            limit: Annotated[int | None, Query(ge=1, le=10000)] = None,
+            continue_: Annotated[str | None, Query(alias="continue", max_length=4096)] = None,
+            watch_: Annotated[bool, Query(alias="watch")] = False,
+            resourceVersion: Annotated[str | None, Query(max_length=32)] = None,
+            timeoutSeconds: Annotated[int | None, Query(ge=1, le=86400)] = None,
+        ) -> Response:
+            return await handlers.list(
+                ctx,
+                caller,
+                namespace,
+                labelSelector,
+                fieldSelector,
+                limit,
+                continue_,
+                watch_,
+                resourceVersion,
+                timeoutSeconds,
+            )
+
+        @router.get(
+            f"{PREFIX}/{info.plural}",
+            tags=tags,
+            responses=many,
+            summary=f"List or watch {info.plural} in all namespaces",
+        )
+        async def list_all(
+            ctx: Ctx,
+            caller: Caller,
+            labelSelector: Annotated[str | None, Query(max_length=4096)] = None,
+            fieldSelector: Annotated[str | None, Query(max_length=4096)] = None,
+            limit: Annotated[int | None, Query(ge=1, le=10000)] = None,
+            continue_: Annotated[str | None, Query(alias="continue", max_length=4096)] = None,
+            watch_: Annotated[bool, Query(alias="watch")] = False,
+            resourceVersion: Annotated[str | None, Query(max_length=32)] = None,
+            timeoutSeconds: Annotated[int | None, Query(ge=1, le=86400)] = None,
+        ) -> Response:
+            return await handlers.list(
+                ctx,
+                caller,
+                None,
+                labelSelector,
+                fieldSelector,
+                limit,
+                continue_,
+                watch_,
+                resourceVersion,
+                timeoutSeconds,
+            )
+
+        @router.post(
+            collection,
+            tags=tags,
+            status_code=201,
+            responses={201: one[200], **ERRORS},
+            summary=f"Create a {info.kind}",
+        )
+        def create_namespaced(
+            ctx: Ctx, caller: Caller, namespace: NamespaceParam, body: Annotated[model, Body()]
+        ) -> Response:
+            return handlers.create(ctx, caller, namespace, body)
+
+        @router.get(item, tags=tags, responses=one, summary=f"Read a {info.kind}")
+        def get_namespaced(
+            ctx: Ctx, caller: Caller, namespace: NamespaceParam, name: NameParam
+        ) -> Response:
+            return handlers.get(ctx, caller, namespace, name)
+
+        @router.put(item, tags=tags, responses=one, summary=f"Replace a {info.kind}")
+        def replace_namespaced(
+            ctx: Ctx,
+            caller: Caller,
+            namespace: NamespaceParam,
+            name: NameParam,
+            body: Annotated[model, Body()],
+        ) -> Response:
+            return handlers.replace(ctx, caller, namespace, name, body)
+
+        @router.patch(
+            item,
+            tags=tags,
+            responses=one,
+            openapi_extra=MERGE_PATCH,
+            summary=f"Patch a {info.kind} (JSON merge patch)",
+        )
+        async def patch_namespaced(
+            request: Request, ctx: Ctx, caller: Caller, namespace: NamespaceParam, name: NameParam
+        ) -> Response:
+            body = await read_json(request)
+            return await run_in_threadpool(handlers.patch, ctx, caller, namespace, name, body)
+
+        @router.delete(item, tags=tags, responses=one, summary=f"Delete a {info.kind}")
+        def delete_namespaced(
+            ctx: Ctx,
+            caller: Caller,
+            namespace: NamespaceParam,
+            name: NameParam,
+            resourceVersion: Annotated[str | None, Query(max_length=32)] = None,
+        ) -> Response:
+            return handlers.delete(ctx, caller, namespace, name, resourceVersion)
+
+        if info.has_status:
+
+            @router.get(
+                item + "/status", tags=tags, responses=one, summary=f"Read a {info.kind}'s status"
+            )
+            def get_status_namespaced(
+                ctx: Ctx, caller: Caller, namespace: NamespaceParam, name: NameParam
+            ) -> Response:
+                return handlers.get(ctx, caller, namespace, name)
+
+            @router.put(
+                item + "/status",
+                tags=tags,
+                responses=one,
+                summary=f"Replace a {info.kind}'s status",
+            )
+            def put_status_namespaced(
+                ctx: Ctx,
+                caller: Caller,
+                namespace: NamespaceParam,
+                name: NameParam,
+                body: Annotated[model, Body()],
+            ) -> Response:
+                return handlers.write_status(
+                    ctx,
+                    caller,
+                    namespace,
+                    name,
+                    body.model_dump(mode="json", exclude_none=True),
+                    False,
+                )
+
+            @router.patch(
+                item + "/status",
+                tags=tags,
+                responses=one,
+                openapi_extra=MERGE_PATCH,
+                summary=f"Patch a {info.kind}'s status",
+            )
+            async def patch_status_namespaced(
+                request: Request,
+                ctx: Ctx,
+                caller: Caller,
+                namespace: NamespaceParam,
+                name: NameParam,
+            ) -> Response:
+                body = await read_json(request)
+                return await run_in_threadpool(
+                    handlers.write_status, ctx, caller, namespace, name, body, True
+                )
+
+    else:
+
+        @router.get(collection, tags=tags, responses=many, summary=f"List or watch {info.plural}")
+        async def list_cluster(
+            ctx: Ctx,
+            caller: Caller,
+            labelSelector: Annotated[str | None, Query(max_length=4096)] = None,
+            fieldSelector: Annotated[str | None, Query(max_length=4096)] = None,
+            limit: Annotated[int | None, Query(ge=1, le=10000)] = None,
+            continue_: Annotated[str | None, Query(alias="continue", max_length=4096)] = None,
+            watch_: Annotated[bool, Query(alias="watch")] = False,
+            resourceVersion: Annotated[str | None, Query(max_length=32)] = None,
+            timeoutSeconds: Annotated[int | None, Query(ge=1, le=86400)] = None,
+        ) -> Response:
+            return await handlers.list(
+                ctx,
+                caller,
+                None,
+                labelSelector,
+                fieldSelector,
+                limit,
+                continue_,
+                watch_,
+                resourceVersion,
+                timeoutSeconds,
+            )
+
+        @router.post(
+            collection,
+            tags=tags,
+            status_code=201,
+            responses={201: one[200], **ERRORS},
+            summary=f"Create a {info.kind}",
+        )
+        def create_cluster(ctx: Ctx, caller: Caller, body: Annotated[model, Body()]) -> Response:
+            return handlers.create(ctx, caller, None, body)
+
+        @router.get(item, tags=tags, responses=one, summary=f"Read a {info.kind}")
+        def get_cluster(ctx: Ctx, caller: Caller, name: NameParam) -> Response:
+            return handlers.get(ctx, caller, None, name)
+
+        @router.put(item, tags=tags, responses=one, summary=f"Replace a {info.kind}")
+        def replace_cluster(
+            ctx: Ctx, caller: Caller, name: NameParam, body: Annotated[model, Body()]
+        ) -> Response:
+            return handlers.replace(ctx, caller, None, name, body)
+
+        @router.patch(
+            item,
+            tags=tags,
+            responses=one,
+            openapi_extra=MERGE_PATCH,
+            summary=f"Patch a {info.kind} (JSON merge patch)",
+        )
+        async def patch_cluster(
+            request: Request, ctx: Ctx, caller: Caller, name: NameParam
+        ) -> Response:
+            body = await read_json(request)
+            return await run_in_threadpool(handlers.patch, ctx, caller, None, name, body)
+
+        @router.delete(item, tags=tags, responses=one, summary=f"Delete a {info.kind}")
+        def delete_cluster(
+            ctx: Ctx,
+            caller: Caller,
+            name: NameParam,
+            resourceVersion: Annotated[str | None, Query(max_length=32)] = None,
+        ) -> Response:
+            return handlers.delete(ctx, caller, None, name, resourceVersion)
+
+        if info.has_status:
+
+            @router.get(
+                item + "/status", tags=tags, responses=one, summary=f"Read a {info.kind}'s status"
+            )
+            def get_status_cluster(ctx: Ctx, caller: Caller, name: NameParam) -> Response:
+                return handlers.get(ctx, caller, None, name)
+
+            @router.put(
+                item + "/status",
+                tags=tags,
+                responses=one,
+                summary=f"Replace a {info.kind}'s status",
+            )
+            def put_status_cluster(
+                ctx: Ctx, caller: Caller, name: NameParam, body: Annotated[model, Body()]
+            ) -> Response:
+                return handlers.write_status(
+                    ctx, caller, None, name, body.model_dump(mode="json", exclude_none=True), False
+                )
+
+            @router.patch(
+                item + "/status",
+                tags=tags,
+                responses=one,
+                openapi_extra=MERGE_PATCH,
+                summary=f"Patch a {info.kind}'s status",
+            )
+            async def patch_status_cluster(
+                request: Request, ctx: Ctx, caller: Caller, name: NameParam
+            ) -> Response:
+                body = await read_json(request)
+                return await run_in_threadpool(
+                    handlers.write_status, ctx, caller, None, name, body, True
+                )
+
+
+async def read_json(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BadRequest(f"the body is not valid JSON: {error}") from None
+
+
+def kinds_router() -> APIRouter:
+    router = APIRouter()
+    for info in KINDS:
+        add_kind_routes(router, info)
+    return router

@@ -1,0 +1,77 @@
+"""Garbage collection: ephemeral VMs once stopped, VMs past their ttl, finalizers of VMs whose node
+is gone, old Events, and the change log beyond its retention."""
+
+import contextlib
+import logging
+import time
+from datetime import timedelta
+
+from shoal import events
+from shoal.errors import ApiError
+from shoal.model.meta import now_iso, parse_iso
+from shoal.scheduler.binder import AGENT_FINALIZER
+from shoal.store.store import Obj, Store
+
+log = logging.getLogger(__name__)
+
+
+class GarbageCollector:
+    def __init__(
+        self, store: Store, *, event_ttl: float = 3600.0, compact_every: float = 60.0
+    ) -> None:
+        self.store = store
+        self.event_ttl = event_ttl
+        self.compact_every = compact_every
+        self._last_compact = 0.0
+
+    def run_once(self) -> None:
+        vms, _ = self.store.list_objects("VirtualMachine")
+        nodes = {n["metadata"]["name"] for n in self.store.list_objects("Node")[0]}
+        now = parse_iso(now_iso())
+        for vm in vms:
+            try:
+                self._collect_vm(vm, nodes, now)
+            except ApiError as error:  # changed or gone meanwhile: the next round looks again
+                log.debug("gc of %s: %s", vm["metadata"]["name"], error)
+        self._collect_events(now)
+        if time.monotonic() - self._last_compact > self.compact_every:
+            self.store.compact()
+            self._last_compact = time.monotonic()
+
+    def _collect_vm(self, vm: Obj, nodes: set[str], now: object) -> None:
+        meta, spec = vm["metadata"], vm["spec"]
+        namespace, name = meta["namespace"], meta["name"]
+        if meta.get("deletionTimestamp"):
+            if spec.get("nodeName") and spec["nodeName"] not in nodes:
+                self.store.mutate("VirtualMachine", namespace, name, _drop_agent_finalizer)
+            return
+        phase = (vm.get("status") or {}).get("phase")
+        if spec.get("ephemeral") and phase == "Stopped":
+            self.store.delete("VirtualMachine", namespace, name, expect_uid=meta["uid"])
+            events.record(self.store, vm, "Collected", "ephemeral VM stopped: deleted", source="gc")
+            return
+        ttl = spec.get("ttlSeconds")
+        if ttl and parse_iso(meta["creationTimestamp"]) + timedelta(seconds=ttl) < now:  # type: ignore[operator]
+            self.store.delete("VirtualMachine", namespace, name, expect_uid=meta["uid"])
+            events.record(
+                self.store, vm, "Expired", f"ttlSeconds {ttl} passed: deleted", source="gc"
+            )
+
+    def _collect_events(self, now: object) -> None:
+        cutoff = now - timedelta(seconds=self.event_ttl)  # type: ignore[operator]
+        for event in self.store.list_objects("Event")[0]:
+            last = event.get("lastTimestamp")
+            if last and parse_iso(last) < cutoff:
+                meta = event["metadata"]
+                with contextlib.suppress(ApiError):
+                    self.store.delete(
+                        "Event", meta["namespace"], meta["name"], expect_rv=meta["resourceVersion"]
+                    )
+
+
+def _drop_agent_finalizer(vm: Obj) -> Obj | None:
+    finalizers = vm["metadata"].get("finalizers") or []
+    if AGENT_FINALIZER not in finalizers:
+        return None
+    vm["metadata"]["finalizers"] = [f for f in finalizers if f != AGENT_FINALIZER]
+    return vm

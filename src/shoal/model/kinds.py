@@ -1,0 +1,249 @@
+"""The pydantic model of every kind: what a client may send and what the API returns."""
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, field_validator
+
+from shoal.model.meta import API_VERSION, Condition, DNSLabel, Labels, ObjectMeta, StrictModel
+from shoal.quantity import parse_bytes
+
+MAX_VM_CPU = 512
+MIN_VM_MEMORY = 64 * 2**20
+MIN_VM_DISK = 64 * 2**20
+
+
+def _memory(value: str) -> str:
+    if parse_bytes(value) < MIN_VM_MEMORY:
+        raise ValueError("must be at least 64Mi")
+    return value
+
+
+def _disk(value: str) -> str:
+    if parse_bytes(value) < MIN_VM_DISK:
+        raise ValueError("must be at least 64Mi")
+    return value
+
+
+def _size(value: str) -> str:
+    parse_bytes(value)
+    return value
+
+
+MemoryQuantity = Annotated[str, Field(max_length=32, examples=["4Gi"]), AfterValidator(_memory)]
+DiskQuantity = Annotated[str, Field(max_length=32, examples=["20Gi"]), AfterValidator(_disk)]
+SizeQuantity = Annotated[str, Field(max_length=32, examples=["64Gi"]), AfterValidator(_size)]
+Cpu = Annotated[int, Field(ge=1, le=MAX_VM_CPU)]
+GuestOS = Literal["linux", "macos"]
+Arch = Literal["amd64", "arm64"]
+PowerState = Literal["Running", "Stopped", "Suspended"]
+Phase = Literal[
+    "Pending",
+    "Scheduled",
+    "Starting",
+    "Running",
+    "Suspended",
+    "Stopping",
+    "Stopped",
+    "Failed",
+    "Terminating",
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class TypeMeta(StrictModel):
+    apiVersion: Literal["shoal.dev/v1"] = API_VERSION
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+
+
+# -- Namespace -------------------------------------------------------------------------------
+
+
+class NamespaceSpec(StrictModel):
+    pass
+
+
+class NamespaceStatus(StrictModel):
+    phase: Literal["Active", "Terminating"] = "Active"
+
+
+class Namespace(TypeMeta):
+    kind: Literal["Namespace"] = "Namespace"
+    spec: NamespaceSpec = Field(default_factory=NamespaceSpec)
+    status: NamespaceStatus = Field(default_factory=NamespaceStatus)
+
+
+# -- Node ------------------------------------------------------------------------------------
+
+
+class NodeSpec(StrictModel):
+    unschedulable: bool = False
+    dedicatedNamespaces: list[DNSLabel] = Field(default_factory=list)
+    maxVMs: Annotated[int, Field(ge=0, le=10000)] | None = None
+    maxMacOSVMs: Annotated[int, Field(ge=0, le=1000)] = 2
+
+
+class Resources(StrictModel):
+    cpu: Annotated[int, Field(ge=0, le=100000)] = 0
+    memory: SizeQuantity | Literal["0"] = "0"
+    disk: SizeQuantity | Literal["0"] = "0"
+    vms: Annotated[int, Field(ge=0, le=10000)] = 0
+
+
+class NodeStatus(StrictModel):
+    capacity: Resources = Field(default_factory=Resources)
+    allocatable: Resources = Field(default_factory=Resources)
+    arch: Arch | None = None
+    os: Literal["linux", "darwin"] | None = None
+    backend: Annotated[str, Field(max_length=32)] | None = None
+    accelerator: Annotated[str, Field(max_length=32)] | None = None
+    agentVersion: Annotated[str, Field(max_length=64)] | None = None
+    guestOS: list[GuestOS] = Field(default_factory=lambda: ["linux"])
+    cachedImages: list[Annotated[str, Field(max_length=512)]] = Field(default_factory=list)
+    addresses: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    lastHeartbeatTime: str | None = None
+
+
+class Node(TypeMeta):
+    kind: Literal["Node"] = "Node"
+    spec: NodeSpec = Field(default_factory=NodeSpec)
+    status: NodeStatus = Field(default_factory=NodeStatus)
+
+
+# -- VirtualMachine and VMConfig ------------------------------------------------------------
+
+
+class PortMapping(StrictModel):
+    guest: Port
+    node: Annotated[int, Field(ge=0, le=65535)] | None = None
+    protocol: Literal["tcp"] = "tcp"
+
+
+class VMTemplate(StrictModel):
+    """The fields a VMConfig can hold and a VirtualMachine can set; VM fields override."""
+
+    image: Annotated[str, Field(min_length=1, max_length=512)]
+    cpu: Cpu = 2
+    memory: MemoryQuantity = "2Gi"
+    disk: DiskQuantity = "10Gi"
+    os: GuestOS = "linux"
+    arch: Arch = "amd64"
+    nodeSelector: Labels = Field(default_factory=dict)
+    ports: list[PortMapping] = Field(default_factory=list, max_length=64)
+    powerState: PowerState = "Running"
+    ephemeral: bool = False
+    ttlSeconds: Annotated[int, Field(ge=1, le=10 * 365 * 86400)] | None = None
+    priority: Annotated[int, Field(ge=-1000000, le=1000000)] = 0
+    startupScript: Annotated[str, Field(max_length=65536)] | None = None
+
+    @field_validator("ports")
+    @classmethod
+    def _distinct_ports(cls, ports: list[PortMapping]) -> list[PortMapping]:
+        guests = [p.guest for p in ports]
+        if len(set(guests)) != len(guests):
+            raise ValueError("each guest port may appear once")
+        return ports
+
+
+class VMConfigSpec(VMTemplate):
+    pass
+
+
+class VMConfig(TypeMeta):
+    kind: Literal["VMConfig"] = "VMConfig"
+    spec: VMConfigSpec
+
+
+class VirtualMachineSpec(VMTemplate):
+    image: Annotated[str, Field(min_length=1, max_length=512)] = ""
+    config: DNSLabel | None = None
+    nodeName: DNSLabel | None = None
+
+
+class MappedPort(StrictModel):
+    guest: Port
+    host: Port
+    address: Annotated[str, Field(max_length=256)] = "127.0.0.1"
+
+
+class VirtualMachineStatus(StrictModel):
+    phase: Phase = "Pending"
+    reason: Annotated[str, Field(max_length=128)] = ""
+    message: Annotated[str, Field(max_length=32768)] = ""
+    addresses: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list)
+    ports: list[MappedPort] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    bootTime: str | None = None
+    scheduledTime: str | None = None
+    restartCount: Annotated[int, Field(ge=0)] = 0
+    observedGeneration: Annotated[int, Field(ge=0)] = 0
+
+
+class VirtualMachine(TypeMeta):
+    kind: Literal["VirtualMachine"] = "VirtualMachine"
+    spec: VirtualMachineSpec
+    status: VirtualMachineStatus = Field(default_factory=VirtualMachineStatus)
+
+
+# -- Access: ServiceAccount, RoleBinding ---------------------------------------------------
+
+
+class ServiceAccountSpec(StrictModel):
+    description: Annotated[str, Field(max_length=1024)] = ""
+
+
+class TokenInfo(StrictModel):
+    id: str
+    createdAt: str
+    expiresAt: str | None = None
+
+
+class ServiceAccountStatus(StrictModel):
+    tokens: list[TokenInfo] = Field(default_factory=list)
+
+
+class ServiceAccount(TypeMeta):
+    kind: Literal["ServiceAccount"] = "ServiceAccount"
+    spec: ServiceAccountSpec = Field(default_factory=ServiceAccountSpec)
+    status: ServiceAccountStatus = Field(default_factory=ServiceAccountStatus)
+
+
+RoleName = Literal["admin", "edit", "view", "connect"]
+
+
+class RoleRef(StrictModel):
+    name: RoleName
+
+
+class Subject(StrictModel):
+    kind: Literal["ServiceAccount", "User"]
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    namespace: DNSLabel | None = None
+
+
+class RoleBinding(TypeMeta):
+    kind: Literal["RoleBinding"] = "RoleBinding"
+    roleRef: RoleRef
+    subjects: list[Subject] = Field(min_length=1, max_length=256)
+
+
+# -- Event --------------------------------------------------------------------------------
+
+
+class ObjectReference(StrictModel):
+    kind: Annotated[str, Field(min_length=1, max_length=63)]
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    namespace: DNSLabel | None = None
+    uid: str | None = None
+
+
+class Event(TypeMeta):
+    kind: Literal["Event"] = "Event"
+    involvedObject: ObjectReference
+    reason: Annotated[str, Field(min_length=1, max_length=128)]
+    message: Annotated[str, Field(max_length=32768)] = ""
+    type: Literal["Normal", "Warning"] = "Normal"
+    count: Annotated[int, Field(ge=1)] = 1
+    firstTimestamp: str | None = None
+    lastTimestamp: str | None = None
+    source: Annotated[str, Field(max_length=253)] = ""

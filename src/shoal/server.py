@@ -1,0 +1,185 @@
+"""The controller process: API server, watch hub, scheduler and housekeeping loops."""
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+
+from shoal.api.app import create_app
+from shoal.api.context import ApiContext
+from shoal.api.hooks import CREATE_HOOKS
+from shoal.api.objects import Objects
+from shoal.controllers.gc import GarbageCollector
+from shoal.controllers.namespaces import NamespaceFinalizer
+from shoal.errors import AlreadyExists
+from shoal.model.meta import API_VERSION
+from shoal.scheduler.loop import Scheduler
+from shoal.store.store import Store
+from shoal.store.tokens import TokenStore
+from shoal.store.watch import WatchHub
+from shoal.tls import ServerTls, ensure_server_tls
+
+log = logging.getLogger(__name__)
+ADMIN_TOKEN_FILE = "admin.token"
+
+
+@dataclass
+class ControllerSettings:
+    data_dir: Path
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8420
+    tls: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_sans: list[str] = field(default_factory=list)
+    bookmark_interval: float = 10.0
+    housekeeping_interval: float = 2.0
+    event_ttl: float = 3600.0
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'shoal.db'}"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+
+def write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
+def ensure_admin_token(tokens: TokenStore, data_dir: Path) -> str:
+    """The bootstrap cluster-admin token, written to <data-dir>/admin.token (0600) on first start."""
+    path = data_dir / ADMIN_TOKEN_FILE
+    if path.exists():
+        token = path.read_text().strip()
+        if tokens.verify(token) is not None:
+            return token
+    token, _ = tokens.issue("User", "", "admin")
+    write_private(path, token + "\n")
+    return token
+
+
+def ensure_default_namespace(store: Store) -> None:
+    with contextlib.suppress(AlreadyExists):
+        store.create(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "Namespace",
+                "metadata": {
+                    "name": "default",
+                    "labels": {},
+                    "annotations": {},
+                    "finalizers": ["shoal.dev/namespace"],
+                },
+                "spec": {},
+                "status": {"phase": "Active"},
+            }
+        )
+
+
+class ControlPlane:
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(settings.store_url)
+        self.tokens = TokenStore(self.store)
+        self.hub = WatchHub(self.store)
+        self.tls: ServerTls | None = None
+        if settings.tls:
+            if settings.tls_cert and settings.tls_key:
+                from shoal.tls import fingerprint_of
+
+                pem = settings.tls_cert.read_bytes()
+                self.tls = ServerTls(settings.tls_cert, settings.tls_key, pem, fingerprint_of(pem))
+            else:
+                self.tls = ensure_server_tls(settings.data_dir / "tls", settings.tls_sans)
+        self.ctx = ApiContext(
+            store=self.store,
+            hub=self.hub,
+            objects=Objects(self.store, CREATE_HOOKS),
+            tokens=self.tokens,
+            bookmark_interval=settings.bookmark_interval,
+            ca_fingerprint=self.tls.fingerprint if self.tls else None,
+            ca_pem=self.tls.ca_pem if self.tls else None,
+        )
+        self.app = create_app(self.ctx)
+        self.scheduler = Scheduler(self.store, self.hub)
+        self.gc = GarbageCollector(self.store, event_ttl=settings.event_ttl)
+        self.namespaces = NamespaceFinalizer(self.store, self.tokens)
+        self.admin_token = ""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: uvicorn.Server | None = None
+
+    async def start(self) -> None:
+        ensure_default_namespace(self.store)
+        self.admin_token = ensure_admin_token(self.tokens, self.settings.data_dir)
+        await self.hub.start()
+        self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+        self._tasks.append(
+            asyncio.create_task(
+                self._every(self.settings.housekeeping_interval, self._housekeeping),
+                name="housekeeping",
+            )
+        )
+
+    def _housekeeping(self) -> None:
+        self.namespaces.run_once()
+        self.gc.run_once()
+
+    async def _every(self, seconds: float, work: Callable[[], None]) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(work)
+            except Exception:
+                log.exception("%s failed; retrying", getattr(work, "__name__", "loop"))
+            await asyncio.sleep(seconds)
+
+    async def serve(self, ready: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Start everything and serve until cancelled or signalled."""
+        await self.start()
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.host,
+            port=self.settings.port,
+            log_level="warning",
+            lifespan="off",
+            ssl_certfile=str(self.tls.cert_file) if self.tls else None,
+            ssl_keyfile=str(self.tls.key_file) if self.tls else None,
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(config)
+        serving = asyncio.create_task(self._server.serve(), name="uvicorn")
+        try:
+            while not self._server.started:
+                if serving.done():
+                    await serving  # raises the bind error
+                    return
+                await asyncio.sleep(0.02)
+            if ready is not None:
+                await ready()
+            await serving
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.hub.stop()
