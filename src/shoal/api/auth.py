@@ -140,7 +140,7 @@ def _node_may(
     if kind == "Node":
         return verb in READ or (obj is not None and obj["metadata"]["name"] == node)
     if kind == "Event":
-        return verb in {"create", "get", "list"}
+        return verb in {"create", "get", "list", "update", "patch"}
     if kind == "VirtualMachine":
         if verb in {"list", "watch"}:
             return node_scope == node

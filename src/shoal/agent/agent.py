@@ -1,0 +1,345 @@
+"""The agent: registers its Node, heartbeats, watches the VMs bound to it and reconciles them.
+
+It is an API client like any other: it reads VMs through list+watch (fieldSelector
+spec.nodeName=<node>) and writes only their status, its Node's status, Events, and the agent
+finalizer it releases once a deleted VM's disk is gone.
+"""
+
+import asyncio
+import contextlib
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from shoal import __version__
+from shoal.agent.reconcile import PHASE_DURING, PHASE_OF, Action, Desired, decide, desired_of
+from shoal.backends.base import Backend, BackendError, VMState
+from shoal.client import AsyncClient, resource_path
+from shoal.errors import AlreadyExists, ApiError, Conflict, Gone, NotFound
+from shoal.events import bump, new_event
+from shoal.model.meta import now_iso, set_condition
+from shoal.quantity import format_bytes
+from shoal.scheduler.binder import AGENT_FINALIZER
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+STATUS_FIELDS = (
+    "phase",
+    "message",
+    "reason",
+    "ports",
+    "addresses",
+    "bootTime",
+    "observedGeneration",
+    "conditions",
+)
+
+
+@dataclass
+class AgentSettings:
+    node_name: str
+    heartbeat_interval: float = 10.0
+    resync_interval: float = 10.0
+    labels: dict[str, str] = field(default_factory=dict)
+    retry_interval: float = 1.0
+
+
+class Agent:
+    def __init__(self, client: AsyncClient, backend: Backend, settings: AgentSettings) -> None:
+        self.client = client
+        self.backend = backend
+        self.settings = settings
+        self.name = settings.node_name
+        self._known: dict[str, Obj] = {}  # uid -> latest VM object seen
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.registered = asyncio.Event()
+        backend.subscribe(self._on_backend_change)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self._register()
+        self._tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat"),
+            asyncio.create_task(self._resync_loop(), name=f"{self.name}-resync"),
+        ]
+        try:
+            await self._watch_loop()
+        finally:
+            for task in [*self._tasks, *self._workers.values()]:
+                task.cancel()
+            for task in [*self._tasks, *self._workers.values()]:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _register(self) -> None:
+        while True:
+            try:
+                with contextlib.suppress(AlreadyExists):
+                    await self.client.request(
+                        "POST",
+                        resource_path("nodes"),
+                        body={
+                            "metadata": {"name": self.name, "labels": self.settings.labels},
+                            "spec": {},
+                        },
+                    )
+                await self.heartbeat()
+                self.registered.set()
+                return
+            except ApiError as error:
+                log.warning("node %s: cannot register yet: %s", self.name, error.message)
+                await asyncio.sleep(self.settings.retry_interval)
+
+    async def heartbeat(self) -> None:
+        capacity = await self.backend.capacity()
+        resources = {
+            "cpu": capacity.cpu,
+            "memory": format_bytes(capacity.memory),
+            "disk": format_bytes(capacity.disk),
+            "vms": capacity.vms,
+        }
+        now = now_iso()
+        status = {
+            "capacity": resources,
+            "allocatable": resources,
+            "arch": capacity.arch,
+            "os": capacity.os,
+            "guestOS": list(capacity.guest_os),
+            "backend": self.backend.name,
+            "accelerator": capacity.accelerator,
+            "agentVersion": __version__,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "AgentReady",
+                    "message": "",
+                    "lastTransitionTime": now,
+                }
+            ],
+            "lastHeartbeatTime": now,
+        }
+        await self.client.patch("nodes", self.name, {"status": status}, sub="status")
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            try:
+                await self.heartbeat()
+            except ApiError as error:
+                log.warning("node %s: heartbeat failed: %s", self.name, error.message)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_interval)
+            for vm in list(self._known.values()):
+                self._enqueue(vm)
+
+    # -- watch -------------------------------------------------------------------------------
+
+    async def _watch_loop(self) -> None:
+        selector = f"spec.nodeName={self.name}"
+        rv: str | None = None
+        while True:
+            try:
+                if rv is None:
+                    listing = await self.client.request(
+                        "GET", resource_path("virtualmachines"), params={"fieldSelector": selector}
+                    )
+                    rv = listing["metadata"]["resourceVersion"]
+                    await self._sync_all(listing["items"])
+                async for event in self.client.watch(
+                    "virtualmachines", resource_version=rv, fieldSelector=selector
+                ):
+                    obj = event["object"]
+                    rv = obj["metadata"]["resourceVersion"]
+                    if event["type"] == "BOOKMARK":
+                        continue
+                    if event["type"] == "DELETED":
+                        await self._forget(obj)
+                    else:
+                        self._enqueue(obj)
+            except Gone:
+                rv = None
+            except ApiError as error:
+                log.info("node %s: watch interrupted (%s); reconnecting", self.name, error.message)
+                await asyncio.sleep(self.settings.retry_interval)
+
+    async def _sync_all(self, vms: list[Obj]) -> None:
+        """Adopt what the backend runs for us; remove what the controller no longer wants."""
+        wanted = {vm["metadata"]["uid"] for vm in vms}
+        for state in await self.backend.list():
+            if state.id not in wanted:
+                log.info("node %s: removing VM %s that is no longer wanted", self.name, state.id)
+                await self.backend.delete(state.id)
+        for gone in set(self._known) - wanted:
+            self._known.pop(gone, None)
+        for vm in vms:
+            self._enqueue(vm)
+
+    async def _forget(self, vm: Obj) -> None:
+        uid = vm["metadata"]["uid"]
+        self._known.pop(uid, None)
+        with contextlib.suppress(BackendError):
+            await self.backend.delete(uid)
+
+    def _on_backend_change(self, vm_id: str) -> None:
+        vm = self._known.get(vm_id)
+        if vm is not None:
+            self._enqueue(vm)
+
+    def _enqueue(self, vm: Obj) -> None:
+        uid = vm["metadata"]["uid"]
+        self._known[uid] = vm
+        if uid in self._workers:
+            self._dirty.add(uid)
+        else:
+            self._workers[uid] = asyncio.create_task(self._work(uid), name=f"reconcile-{uid}")
+
+    async def _work(self, uid: str) -> None:
+        try:
+            while True:
+                self._dirty.discard(uid)
+                vm = self._known.get(uid)
+                if vm is None:
+                    return
+                try:
+                    await self.reconcile(vm)
+                except ApiError as error:
+                    log.debug("reconcile %s: %s", vm["metadata"]["name"], error.message)
+                except Exception:
+                    log.exception("reconcile %s failed", vm["metadata"]["name"])
+                if uid not in self._dirty:
+                    return
+        finally:
+            self._workers.pop(uid, None)
+
+    # -- reconcile ---------------------------------------------------------------------------
+
+    async def reconcile(self, vm: Obj) -> None:
+        uid = vm["metadata"]["uid"]
+        desired = desired_of(vm)
+        state = await self.backend.status(uid)
+        action = decide(desired, state.actual)
+        failure: str | None = None
+        if action in PHASE_DURING and desired != Desired.ABSENT:
+            vm = await self._write_status(vm, self._status(vm, state, phase=PHASE_DURING[action]))
+        try:
+            await self._act(action, uid, vm)
+        except BackendError as error:
+            failure = str(error)
+        if action == Action.RELEASE or (action == Action.DELETE and failure is None):
+            await self._release(vm)
+            return
+        state = await self.backend.status(uid)
+        status = self._status(vm, state)
+        if failure is not None:
+            status.update(phase="Failed", reason="BackendError", message=failure)
+        await self._write_status(vm, status)
+
+    async def _act(self, action: Action, uid: str, vm: Obj) -> None:
+        backend = self.backend
+        if action in (Action.CREATE, Action.CREATE_AND_START):
+            await backend.create(uid, vm["spec"])
+        if action in (Action.CREATE_AND_START, Action.START):
+            await backend.start(uid)
+        elif action == Action.STOP:
+            await backend.stop(uid)
+        elif action == Action.SUSPEND:
+            await backend.suspend(uid)
+        elif action == Action.RESUME:
+            await backend.resume(uid)
+        elif action == Action.DELETE:
+            await backend.delete(uid)
+
+    def _status(self, vm: Obj, state: VMState, phase: str | None = None) -> Obj:
+        current = vm.get("status") or {}
+        conditions = copy.deepcopy(current.get("conditions") or [])
+        ready = state.ready and phase is None
+        set_condition(
+            conditions,
+            "Ready",
+            "True" if ready else "False",
+            "GuestReachable" if ready else "GuestNotReachable",
+            "",
+        )
+        return {
+            "phase": phase or PHASE_OF[state.actual],
+            "message": state.message,
+            "reason": state.reason,
+            "ports": [
+                {"guest": guest, "host": host, "address": address}
+                for guest, (address, host) in sorted(state.ports.items())
+            ],
+            "addresses": state.addresses,
+            "bootTime": state.boot_time,
+            "observedGeneration": int(vm["metadata"].get("generation") or 1),
+            "conditions": conditions,
+        }
+
+    async def _write_status(self, vm: Obj, status: Obj) -> Obj:
+        current = vm.get("status") or {}
+        if all(current.get(key) == status.get(key) for key in STATUS_FIELDS):
+            return vm
+        meta = vm["metadata"]
+        updated = await self.client.patch(
+            "virtualmachines", meta["name"], {"status": status}, meta["namespace"], sub="status"
+        )
+        if current.get("phase") != status["phase"]:
+            await self._event(updated, status)
+        if updated["metadata"]["uid"] == meta["uid"]:
+            self._known[meta["uid"]] = updated
+        return updated
+
+    async def _event(self, vm: Obj, status: Obj) -> None:
+        phase = status["phase"]
+        failed = phase == "Failed"
+        message = status.get("message") or f"{phase.lower()} on node {self.name}"
+        event = new_event(
+            vm, phase, message, type_="Warning" if failed else "Normal", source=f"agent/{self.name}"
+        )
+        namespace, name = event["metadata"]["namespace"], event["metadata"]["name"]
+        try:
+            await self.client.request("POST", resource_path("events", namespace), body=event)
+        except AlreadyExists:
+            with contextlib.suppress(ApiError):
+                existing = await self.client.request(
+                    "GET", resource_path("events", namespace, name)
+                )
+                await self.client.request(
+                    "PUT", resource_path("events", namespace, name), body=bump(existing, event)
+                )
+        except ApiError as error:
+            log.debug("event for %s not recorded: %s", vm["metadata"]["name"], error.message)
+
+    async def _release(self, vm: Obj) -> None:
+        meta = vm["metadata"]
+        self._known.pop(meta["uid"], None)
+        for _ in range(5):
+            finalizers = [f for f in meta.get("finalizers") or [] if f != AGENT_FINALIZER]
+            try:
+                await self.client.patch(
+                    "virtualmachines",
+                    meta["name"],
+                    {
+                        "metadata": {
+                            "finalizers": finalizers,
+                            "resourceVersion": meta["resourceVersion"],
+                        }
+                    },
+                    meta["namespace"],
+                )
+                return
+            except NotFound:
+                return
+            except Conflict:
+                fresh = await self.client.request(
+                    "GET", resource_path("virtualmachines", meta["namespace"], meta["name"])
+                )
+                if fresh["metadata"]["uid"] != meta["uid"]:
+                    return
+                meta = fresh["metadata"]

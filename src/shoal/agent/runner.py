@@ -1,0 +1,68 @@
+"""Running one or many agents in this process (many: simulated nodes for scale tests)."""
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from shoal.agent.agent import Agent, AgentSettings
+from shoal.agent.join import Credentials, join, load_credentials
+from shoal.backends.base import Backend
+from shoal.client import AsyncClient, ssl_context
+from shoal.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentPlan:
+    server: str
+    names: list[str]
+    backend_factory: Callable[[str], Backend]
+    state_dir: Path
+    join_token: str | None = None
+    heartbeat_interval: float = 10.0
+    labels: dict[str, str] = field(default_factory=dict)
+    # Credentials handed over directly (shoal dev), skipping the join exchange.
+    credentials: dict[str, Credentials] = field(default_factory=dict)
+
+
+async def _credentials(plan: AgentPlan, name: str) -> Credentials:
+    if name in plan.credentials:
+        return plan.credentials[name]
+    if plan.join_token is None:
+        saved = load_credentials(plan.state_dir / name)
+        if saved is None:
+            raise ValueError(f"node {name} has no saved credential: pass --join-token")
+        return saved
+    while True:
+        try:
+            return await join(plan.server, plan.join_token, name, plan.state_dir / name)
+        except ApiError as error:
+            if error.code in (401, 403):
+                raise
+            log.warning("node %s: cannot join yet: %s", name, error.message)
+            await asyncio.sleep(2)
+
+
+async def run_agents(plan: AgentPlan) -> None:
+    """Run every agent of the plan until cancelled; they share one connection pool."""
+    first = await _credentials(plan, plan.names[0])
+    limits = httpx.Limits(
+        max_connections=max(100, 3 * len(plan.names)), max_keepalive_connections=100
+    )
+    async with httpx.AsyncClient(
+        verify=ssl_context(first.ca_pem), timeout=30, limits=limits
+    ) as http:
+        agents = []
+        for name in plan.names:
+            creds = first if name == plan.names[0] else await _credentials(plan, name)
+            client = AsyncClient(plan.server, creds.token, http=http)
+            settings = AgentSettings(
+                node_name=name, heartbeat_interval=plan.heartbeat_interval, labels=plan.labels
+            )
+            agents.append(Agent(client, plan.backend_factory(name), settings))
+        await asyncio.gather(*(agent.run() for agent in agents))

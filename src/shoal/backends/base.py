@@ -1,0 +1,75 @@
+"""The hypervisor backend interface the agent drives.
+
+A backend knows VMs by an id the agent gives it (the VM's uid) and reports what it sees; it never
+talks to the controller. Every method is idempotent where that makes sense (deleting an absent VM
+is fine), because the agent's reconcile may run twice.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class Actual(StrEnum):
+    ABSENT = "Absent"
+    STOPPED = "Stopped"  # created (disk exists), not running
+    STARTING = "Starting"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    FAILED = "Failed"
+
+
+@dataclass(frozen=True)
+class Capacity:
+    cpu: int
+    memory: int  # bytes
+    disk: int  # bytes
+    vms: int
+    arch: str = "amd64"
+    os: str = "linux"
+    guest_os: tuple[str, ...] = ("linux",)
+    accelerator: str | None = None
+
+
+@dataclass
+class VMState:
+    id: str
+    actual: Actual
+    message: str = ""
+    reason: str = ""
+    # guest port -> (host address, host port)
+    ports: dict[int, tuple[str, int]] = field(default_factory=dict)
+    addresses: list[str] = field(default_factory=list)
+    boot_time: str | None = None
+    ready: bool = False  # the guest answers (SSH banner for real guests)
+
+
+class BackendError(Exception):
+    """An operation failed in a way the VM's status should report."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def subscribe(self, callback: Callable[[str], None]) -> None:
+        """Call callback(vm_id) whenever a VM's state changes on its own (boot done, crash)."""
+        ...
+
+    async def capacity(self) -> Capacity: ...
+
+    async def create(self, vm_id: str, spec: dict[str, Any]) -> None: ...
+
+    async def start(self, vm_id: str) -> None: ...
+
+    async def stop(self, vm_id: str, timeout: float = 30.0) -> None: ...
+
+    async def suspend(self, vm_id: str) -> None: ...
+
+    async def resume(self, vm_id: str) -> None: ...
+
+    async def delete(self, vm_id: str) -> None: ...
+
+    async def status(self, vm_id: str) -> VMState: ...
+
+    async def list(self) -> list[VMState]: ...

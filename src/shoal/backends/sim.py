@@ -1,0 +1,121 @@
+"""The simulated backend: no guest, a settable boot delay and capacity.
+
+Many simulated agents fit in one process, for scale tests and benchmarks. A failure can be injected
+per VM (an image named `fail:<message>` fails to boot) so failure paths are testable.
+"""
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from shoal.backends.base import Actual, BackendError, Capacity, VMState
+from shoal.model.meta import now_iso
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    boot_delay: float = 0.5
+    cpu: int = 8
+    memory: int = 16 * 2**30
+    disk: int = 500 * 2**30
+    max_vms: int = 8
+    arch: str = "amd64"
+    os: str = "linux"
+    guest_os: tuple[str, ...] = ("linux",)
+
+
+class SimBackend:
+    name = "sim"
+
+    def __init__(self, settings: SimSettings | None = None) -> None:
+        self.settings = settings or SimSettings()
+        self._vms: dict[str, VMState] = {}
+        self._specs: dict[str, dict[str, Any]] = {}
+        self._boots: dict[str, asyncio.Task[None]] = {}
+        self._next_port = 20000
+        self._callbacks: list[Callable[[str], None]] = []
+
+    def subscribe(self, callback: Callable[[str], None]) -> None:
+        self._callbacks.append(callback)
+
+    async def capacity(self) -> Capacity:
+        s = self.settings
+        return Capacity(s.cpu, s.memory, s.disk, s.max_vms, s.arch, s.os, s.guest_os, None)
+
+    async def create(self, vm_id: str, spec: dict[str, Any]) -> None:
+        if vm_id in self._vms:
+            return
+        if len(self._vms) >= self.settings.max_vms:
+            raise BackendError(f"this node already runs {self.settings.max_vms} VMs")
+        ports = {}
+        for port in spec.get("ports") or [{"guest": 22}]:
+            self._next_port += 1
+            ports[int(port["guest"])] = ("127.0.0.1", self._next_port)
+        self._vms[vm_id] = VMState(vm_id, Actual.STOPPED, ports=ports, addresses=["10.0.2.15"])
+        self._specs[vm_id] = spec
+
+    def _get(self, vm_id: str) -> VMState:
+        try:
+            return self._vms[vm_id]
+        except KeyError:
+            raise BackendError(f"no VM {vm_id} on this node") from None
+
+    async def start(self, vm_id: str) -> None:
+        vm = self._get(vm_id)
+        if vm.actual in (Actual.RUNNING, Actual.STARTING):
+            return
+        image = str(self._specs[vm_id].get("image", ""))
+        if image.startswith("fail:"):
+            vm.actual, vm.reason, vm.message = (
+                Actual.FAILED,
+                "BootFailed",
+                image[5:] or "boot failed",
+            )
+            return
+        vm.actual, vm.message, vm.reason = Actual.STARTING, "", ""
+        self._boots[vm_id] = asyncio.create_task(self._boot(vm))
+
+    async def _boot(self, vm: VMState) -> None:
+        await asyncio.sleep(self.settings.boot_delay)
+        if vm.actual == Actual.STARTING:
+            vm.actual, vm.ready, vm.boot_time = Actual.RUNNING, True, now_iso()
+            for callback in self._callbacks:
+                callback(vm.id)
+
+    async def wait_booted(self, vm_id: str) -> None:
+        task = self._boots.get(vm_id)
+        if task is not None:
+            await task
+
+    async def stop(self, vm_id: str, timeout: float = 30.0) -> None:
+        vm = self._get(vm_id)
+        self._cancel_boot(vm_id)
+        vm.actual, vm.ready, vm.boot_time = Actual.STOPPED, False, None
+
+    async def suspend(self, vm_id: str) -> None:
+        vm = self._get(vm_id)
+        if vm.actual != Actual.RUNNING:
+            raise BackendError(f"cannot suspend a VM that is {vm.actual}")
+        vm.actual, vm.ready = Actual.SUSPENDED, False
+
+    async def resume(self, vm_id: str) -> None:
+        vm = self._get(vm_id)
+        if vm.actual == Actual.SUSPENDED:
+            vm.actual, vm.ready = Actual.RUNNING, True
+
+    async def delete(self, vm_id: str) -> None:
+        self._cancel_boot(vm_id)
+        self._vms.pop(vm_id, None)
+        self._specs.pop(vm_id, None)
+
+    def _cancel_boot(self, vm_id: str) -> None:
+        task = self._boots.pop(vm_id, None)
+        if task is not None and not task.done():
+            task.cancel()
+
+    async def status(self, vm_id: str) -> VMState:
+        return self._vms.get(vm_id) or VMState(vm_id, Actual.ABSENT)
+
+    async def list(self) -> list[VMState]:
+        return list(self._vms.values())

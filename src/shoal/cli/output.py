@@ -1,0 +1,241 @@
+"""Printing objects: plain parseable tables (Rich), key/value views, JSON and YAML, ages."""
+
+import io
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from shoal.client import Obj
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+class Format(str, Enum):
+    table = "table"
+    wide = "wide"
+    json = "json"
+    yaml = "yaml"
+
+
+OutputOpt = Annotated[
+    Format,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Output format: table, wide (more columns), json or yaml (as the server sent it).",
+        case_sensitive=False,
+    ),
+]
+
+Getter = Callable[[Obj], str]
+Column = tuple[str, Getter]
+
+
+# -- values -------------------------------------------------------------------------------
+
+
+def dig(obj: Any, path: str, default: Any = None) -> Any:
+    """The value at a dotted path, or default when any step is missing."""
+    value = obj
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return default
+        value = value[part]
+    return default if value is None else value
+
+
+def field(path: str, default: str = "") -> Getter:
+    def get(obj: Obj) -> str:
+        value = dig(obj, path)
+        return default if value is None or value == "" else str(value)
+
+    return get
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def human_duration(seconds: float) -> str:
+    """kubectl-like: 5s, 3m, 2h, 4d (whole units, rounded down)."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def age(timestamp: str | None, now: datetime | None = None) -> str:
+    """How long ago timestamp was, e.g. "3m"; "<unknown>" when absent or unreadable."""
+    if not timestamp:
+        return "<unknown>"
+    try:
+        then = parse_time(timestamp)
+    except ValueError:
+        return "<unknown>"
+    return human_duration(((now or datetime.now(UTC)) - then).total_seconds())
+
+
+def until(timestamp: str | None, now: datetime | None = None) -> str:
+    """How long until timestamp, e.g. "in 59m"; "never" when absent, "expired" when past."""
+    if not timestamp:
+        return "never"
+    try:
+        then = parse_time(timestamp)
+    except ValueError:
+        return timestamp
+    left = (then - (now or datetime.now(UTC))).total_seconds()
+    return "expired" if left <= 0 else f"in {human_duration(left)}"
+
+
+def created_age(obj: Obj) -> str:
+    return age(dig(obj, "metadata.creationTimestamp"))
+
+
+def labels_text(labels: dict[str, str] | None) -> str:
+    return ",".join(f"{k}={v}" for k, v in (labels or {}).items()) or "<none>"
+
+
+# -- consoles -----------------------------------------------------------------------------
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def console(stderr: bool = False) -> Console:
+    """A console on the current stdout/stderr (made per call: tests swap the streams)."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(file=stream, highlight=False, markup=False, soft_wrap=False)
+
+
+# -- tables -------------------------------------------------------------------------------
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, tty: bool) -> Table:
+    table = Table(
+        box=None,
+        pad_edge=False,
+        show_edge=False,
+        padding=(0, 3, 0, 0),
+        header_style="bold" if tty else None,
+    )
+    for header in headers:
+        long = header in ("MESSAGE", "SUBJECTS", "LABELS")
+        table.add_column(
+            header,
+            no_wrap=True,
+            overflow="ellipsis" if tty and long else "ignore",
+        )
+    for row in rows:
+        table.add_row(*(Text(str(cell)) for cell in row))
+    return table
+
+
+def table_text(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """The table as plain text: columns aligned with spaces, no colour, no trailing blanks."""
+    buffer = io.StringIO()
+    plain = Console(
+        file=buffer,
+        width=100_000,
+        color_system=None,
+        force_terminal=False,
+        highlight=False,
+        markup=False,
+    )
+    plain.print(render_table(headers, rows, tty=False))
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    rows = list(rows)
+    if stdout_is_tty():
+        console().print(render_table(headers, rows, tty=True))
+    else:
+        sys.stdout.write(table_text(headers, rows))
+        sys.stdout.flush()
+
+
+def print_kv(pairs: Sequence[tuple[str, str]]) -> None:
+    """A vertical key/value view of one object."""
+    width = max((len(k) for k, _ in pairs), default=0) + 2
+    for key, value in pairs:
+        lines = str(value).splitlines() or [""]
+        typer.echo(f"{key + ':':<{width}}{lines[0]}".rstrip())
+        for line in lines[1:]:
+            typer.echo(f"{'':<{width}}{line}".rstrip())
+
+
+# -- objects and lists --------------------------------------------------------------------
+
+
+def dump(data: Any, fmt: Format) -> str:
+    if fmt is Format.yaml:
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    return json.dumps(data, indent=2) + "\n"
+
+
+def print_data(data: Any, fmt: Format) -> None:
+    sys.stdout.write(dump(data, fmt))
+    sys.stdout.flush()
+
+
+def print_list(
+    listing: Obj,
+    fmt: Format,
+    columns: Sequence[Column],
+    wide: Sequence[Column] = (),
+    *,
+    first: Sequence[Column] = (),
+    empty: str = "No resources found.",
+) -> None:
+    """A list object as a table (first + columns, and wide after them) or as JSON/YAML."""
+    if fmt in (Format.json, Format.yaml):
+        print_data(listing, fmt)
+        return
+    items = listing.get("items") or []
+    if not items:
+        typer.echo(empty, err=True)
+        return
+    chosen = [*first, *columns, *(wide if fmt is Format.wide else ())]
+    print_table([h for h, _ in chosen], ([get(item) for _, get in chosen] for item in items))
+
+
+def print_object(obj: Obj, fmt: Format, view: Callable[[Obj], None]) -> None:
+    if fmt in (Format.json, Format.yaml):
+        print_data(obj, fmt)
+    else:
+        view(obj)
+
+
+def conditions_rows(obj: Obj) -> list[list[str]]:
+    return [
+        [
+            str(c.get("type", "")),
+            str(c.get("status", "")),
+            str(c.get("reason", "")),
+            age(c.get("lastTransitionTime")),
+            str(c.get("message", "")),
+        ]
+        for c in dig(obj, "status.conditions", [])
+    ]
+
+
+def print_section(title: str, headers: Sequence[str], rows: list[list[str]]) -> None:
+    """A titled sub-table under a key/value view (conditions, tokens, ...)."""
+    typer.echo(f"{title}:" + ("" if rows else "  <none>"))
+    if rows:
+        text = table_text(headers, rows)
+        sys.stdout.write("".join("  " + line + "\n" for line in text.splitlines()))

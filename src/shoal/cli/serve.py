@@ -1,0 +1,209 @@
+"""`shoal dev`, `shoal controller` and `shoal agent`: the long-running processes."""
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shoal.agent.runner import AgentPlan, run_agents
+from shoal.backends.sim import SimBackend, SimSettings
+from shoal.dev import DevSettings, check_loopback, run_controller, run_dev
+from shoal.quantity import parse_bytes
+from shoal.server import ControllerSettings
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise typer.BadParameter(f"{value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _labels(values: list[str]) -> dict[str, str]:
+    labels = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"label {value!r} is not key=value")
+        labels[key] = val
+    return labels
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _size(value: str) -> int:
+    try:
+        return parse_bytes(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def dev(
+        data_dir: Annotated[
+            Path, typer.Option(help="Where the database, tokens and VM state live.")
+        ] = Path(".shoal-dev"),
+        listen: Annotated[
+            str, typer.Option(help="HOST:PORT to serve plain HTTP on (loopback only).")
+        ] = "127.0.0.1:8420",
+        backend: Annotated[str, typer.Option(help="auto, sim or qemu.")] = "auto",
+        nodes: Annotated[
+            int, typer.Option(min=1, max=1000, help="How many local agents (nodes) to run.")
+        ] = 1,
+        sim_cpu: Annotated[int, typer.Option(min=1, help="vCPUs of each simulated node.")] = 8,
+        sim_memory: Annotated[str, typer.Option(help="Memory of each simulated node.")] = "16Gi",
+        sim_vms: Annotated[int, typer.Option(min=1, help="VMs each simulated node may hold.")] = 8,
+        sim_boot_delay: Annotated[
+            float, typer.Option(min=0, help="Seconds a simulated VM takes to boot.")
+        ] = 0.5,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    ) -> None:
+        """Run a controller and local agents in one process, for a laptop or a single host.
+
+        Writes DATA_DIR/admin.token and a CLI context named `dev`, which it makes current.
+        """
+        _logging(verbose)
+        host, port = _listen(listen)
+        try:
+            check_loopback(host)
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from None
+        settings = DevSettings(
+            data_dir=data_dir.resolve(),
+            host=host,
+            port=port,
+            backend=backend,
+            nodes=nodes,
+            sim=SimSettings(
+                boot_delay=sim_boot_delay, cpu=sim_cpu, memory=_size(sim_memory), max_vms=sim_vms
+            ),
+        )
+        try:
+            asyncio.run(run_dev(settings, lambda text: typer.echo(text)))
+        except ValueError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            pass
+
+    @app.command()
+    def controller(
+        data_dir: Annotated[
+            Path, typer.Option(help="Database (SQLite), TLS material and the admin token.")
+        ] = Path("/var/lib/shoal"),
+        listen: Annotated[str, typer.Option(help="HOST:PORT to serve on.")] = "0.0.0.0:8420",
+        database_url: Annotated[
+            str | None,
+            typer.Option(
+                help="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db; default SQLite in DATA_DIR."
+            ),
+        ] = None,
+        tls: Annotated[
+            bool, typer.Option(help="Serve HTTPS (a self-signed CA is made at first start).")
+        ] = True,
+        tls_cert: Annotated[Path | None, typer.Option(help="Your own certificate (PEM).")] = None,
+        tls_key: Annotated[Path | None, typer.Option(help="Its private key (PEM).")] = None,
+        tls_san: Annotated[
+            list[str] | None, typer.Option(help="Extra DNS name or IP for the made certificate.")
+        ] = None,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    ) -> None:
+        """Run the controller: REST API, scheduler and housekeeping loops."""
+        _logging(verbose)
+        host, port = _listen(listen)
+        if (tls_cert is None) != (tls_key is None):
+            raise typer.BadParameter("--tls-cert and --tls-key go together")
+        if not tls:
+            try:
+                check_loopback(host)
+            except ValueError:
+                raise typer.BadParameter("--no-tls is allowed on loopback only") from None
+        settings = ControllerSettings(
+            data_dir=data_dir.resolve(),
+            database_url=database_url,
+            host=host,
+            port=port,
+            tls=tls,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_sans=list(tls_san or []),
+        )
+        try:
+            asyncio.run(run_controller(settings, lambda text: typer.echo(text)))
+        except KeyboardInterrupt:
+            pass
+
+    @app.command()
+    def agent(
+        server: Annotated[str, typer.Option(help="The controller's URL.")],
+        join_token: Annotated[
+            str | None,
+            typer.Option(
+                envvar="SHOAL_JOIN_TOKEN",
+                help="From `shoal node join-token create`; not needed once joined.",
+            ),
+        ] = None,
+        name: Annotated[
+            str | None, typer.Option(help="Node name (default: this host's name).")
+        ] = None,
+        backend: Annotated[str, typer.Option(help="sim (qemu and tart come later).")] = "sim",
+        replicas: Annotated[
+            int,
+            typer.Option(
+                min=1, max=5000, help="Simulated nodes to run in this process (NAME-1..N)."
+            ),
+        ] = 1,
+        state_dir: Annotated[Path, typer.Option(help="Credentials and VM state.")] = Path(
+            "/var/lib/shoal-agent"
+        ),
+        heartbeat_interval: Annotated[
+            float, typer.Option(min=0.1, help="Seconds between heartbeats.")
+        ] = 10.0,
+        label: Annotated[
+            list[str] | None,
+            typer.Option(help="Node label key=value (a tag the scheduler matches)."),
+        ] = None,
+        sim_cpu: Annotated[int, typer.Option(min=1, help="vCPUs of each simulated node.")] = 8,
+        sim_memory: Annotated[str, typer.Option(help="Memory of each simulated node.")] = "16Gi",
+        sim_vms: Annotated[int, typer.Option(min=1, help="VMs each simulated node may hold.")] = 8,
+        sim_boot_delay: Annotated[
+            float, typer.Option(min=0, help="Seconds a simulated VM takes to boot.")
+        ] = 0.5,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    ) -> None:
+        """Run an agent: join the controller, heartbeat, and run the VMs bound to this node."""
+        _logging(verbose)
+        if backend != "sim":
+            raise typer.BadParameter(
+                f"backend {backend!r} is not part of this version yet; use sim"
+            )
+        base = name or socket.gethostname().split(".")[0].lower()
+        names = [base] if replicas == 1 else [f"{base}-{i}" for i in range(1, replicas + 1)]
+        sim = SimSettings(
+            boot_delay=sim_boot_delay, cpu=sim_cpu, memory=_size(sim_memory), max_vms=sim_vms
+        )
+        plan = AgentPlan(
+            server=server.rstrip("/"),
+            names=names,
+            backend_factory=lambda _name: SimBackend(sim),
+            state_dir=state_dir.resolve(),
+            join_token=join_token,
+            heartbeat_interval=heartbeat_interval,
+            labels=_labels(label or []),
+        )
+        try:
+            asyncio.run(run_agents(plan))
+        except ValueError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            pass
