@@ -144,7 +144,9 @@ class Client:
     def list(self, plural: str, namespace: str | None = None, **params: Any) -> Obj:
         return dict(self.request("GET", resource_path(plural, namespace), params=params))
 
-    def list_all(self, plural: str, namespace: str | None = None, **params: Any) -> "builtins.list[Obj]":
+    def list_all(
+        self, plural: str, namespace: str | None = None, **params: Any
+    ) -> "builtins.list[Obj]":
         """Every item, following continue tokens."""
         items: builtins.list[Obj] = []
         cont = None

@@ -12,6 +12,7 @@ from shoal import __version__
 from shoal.api.access import access_router
 from shoal.api.actions import actions_router
 from shoal.api.context import ApiContext
+from shoal.api.docs import ERRORS
 from shoal.api.routes import kinds_router
 from shoal.errors import ApiError, BadRequest, Invalid, MethodNotAllowed, NotFound
 
@@ -75,11 +76,21 @@ def create_app(ctx: ApiContext) -> FastAPI:
         body = ApiError(f"internal error: {type(error).__name__}: {error}").status()
         return JSONResponse(body, status_code=500)
 
-    @app.get("/healthz", tags=["Health"], summary="Is the process alive")
+    @app.get(
+        "/healthz",
+        tags=["Health"],
+        response_class=PlainTextResponse,
+        summary="Is the process alive",
+    )
     def healthz() -> PlainTextResponse:
         return PlainTextResponse("ok")
 
-    @app.get("/readyz", tags=["Health"], summary="Can it serve: the store answers")
+    @app.get(
+        "/readyz",
+        tags=["Health"],
+        response_class=PlainTextResponse,
+        summary="Can it serve: the store answers",
+    )
     def readyz() -> PlainTextResponse:
         try:
             ctx.store.current_rv()
@@ -91,7 +102,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
     def version() -> dict[str, str]:
         return {"version": __version__, "apiVersion": "shoal.dev/v1", "store": ctx.store.dialect}
 
-    @app.get("/ca.crt", tags=["Health"], summary="The CA certificate, for pinning by fingerprint")
+    @app.get(
+        "/ca.crt",
+        tags=["Health"],
+        responses={200: {"content": {"application/x-pem-file": {}}}, **ERRORS},
+        summary="The CA certificate, for pinning by fingerprint",
+    )
     def ca_certificate() -> Response:
         if ctx.ca_pem is None:
             raise NotFound("this server does not use TLS")

@@ -9,6 +9,7 @@ import typer
 
 from shoal.client import API, Client, Context, Contexts, Obj
 
+API_VERSION = "shoal.dev/v1"
 NO_CONTEXT = "no context: run `shoal context add` or `shoal dev`"
 
 

@@ -5,7 +5,7 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -19,7 +19,7 @@ from shoal.client import Obj
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     wide = "wide"
     json = "json"

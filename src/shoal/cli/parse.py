@@ -86,7 +86,9 @@ def parse_port(text: str) -> dict[str, int]:
         if sep:
             mapping["node"] = int(node)
     except ValueError:
-        raise CliError(f"port {text!r}: expected GUEST or NODEPORT:GUEST, e.g. 22 or 2222:22") from None
+        raise CliError(
+            f"port {text!r}: expected GUEST or NODEPORT:GUEST, e.g. 22 or 2222:22"
+        ) from None
     return mapping
 
 

@@ -1,0 +1,58 @@
+# shoal: `make run` starts a local cluster, `make test` runs the whole suite.
+# Both install what is missing first: a virtualenv with shoal and its tools, and (with apt, as
+# root) the system packages the tests drive for real.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SHOAL := $(VENV)/bin/shoal
+DATA_DIR ?= .shoal-dev
+LISTEN ?= 127.0.0.1:8420
+NODES ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: run test bench lint fmt deps system-deps clean
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || $(MAKE) --no-print-directory apt-python-venv
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+deps: $(VENV)/.installed
+
+apt-python-venv:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip
+
+# System packages the suite uses for real. Each is installed only when it is missing.
+system-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  systemctl disable --now postgresql >/dev/null 2>&1 || true; \
+	fi
+
+run: deps
+	$(SHOAL) dev --data-dir $(DATA_DIR) --listen $(LISTEN) --backend auto --nodes $(NODES)
+
+test: deps system-deps
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: deps
+	$(PY) -m bench
+
+lint: deps
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+fmt: deps
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
+
+clean:
+	rm -rf $(VENV) $(DATA_DIR) bench/results .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,295 @@
+"""`shoal node`: hosts, their capacity and use; cordon, drain, labels, join tokens."""
+
+import contextlib
+from dataclasses import dataclass
+from typing import Annotated
+
+import typer
+
+from shoal.cli import jointoken
+from shoal.cli.common import ContextOpt, Target, connect, fetch_list
+from shoal.cli.output import (
+    Format,
+    OutputOpt,
+    age,
+    conditions_rows,
+    created_age,
+    dig,
+    field,
+    labels_text,
+    print_data,
+    print_kv,
+    print_object,
+    print_section,
+    print_table,
+)
+from shoal.cli.parse import parse_label_edits
+from shoal.cli.wait import Objects, all_gone, follow
+from shoal.client import Obj
+from shoal.errors import Forbidden
+from shoal.quantity import format_bytes, parse_bytes
+
+PLURAL = "nodes"
+
+app = typer.Typer(help="Inspect and manage nodes (hosts).", no_args_is_help=True)
+app.add_typer(jointoken.app, name="join-token", help="Tokens that let new hosts join.")
+
+NameArg = Annotated[str, typer.Argument(help="Name of the node.", show_default=False)]
+
+
+@dataclass
+class Usage:
+    cpu: int = 0
+    memory: int = 0
+    vms: int = 0
+
+
+def usage_by_node(vms: list[Obj]) -> dict[str, Usage]:
+    """What the VMs bound to each node reserve (every bound VM holds its share until gone)."""
+    usage: dict[str, Usage] = {}
+    for vm in vms:
+        spec = vm.get("spec") or {}
+        node = spec.get("nodeName")
+        if not node:
+            continue
+        used = usage.setdefault(node, Usage())
+        used.cpu += int(spec.get("cpu") or 0)
+        with contextlib.suppress(ValueError):
+            used.memory += parse_bytes(spec.get("memory") or 0)
+        used.vms += 1
+    return usage
+
+
+def _size(value: int) -> str:
+    return format_bytes(value) if value else "0"
+
+
+def _alloc_bytes(node: Obj, key: str) -> str:
+    value = dig(node, f"status.allocatable.{key}", "0")
+    try:
+        return _size(parse_bytes(value)) if value not in ("0", 0) else "0"
+    except ValueError:
+        return str(value)
+
+
+def node_status(node: Obj) -> str:
+    ready = next((c for c in dig(node, "status.conditions", []) if c.get("type") == "Ready"), None)
+    text = "Ready" if ready is not None and ready.get("status") == "True" else "NotReady"
+    if dig(node, "spec.unschedulable"):
+        text += ",SchedulingDisabled"
+    if dig(node, "metadata.deletionTimestamp"):
+        text += ",Terminating"
+    return text
+
+
+def node_row(node: Obj, used: Usage | None, wide: bool) -> list[str]:
+    cpu_alloc = dig(node, "status.allocatable.cpu", 0)
+    cpu = f"{used.cpu}/{cpu_alloc}" if used else f"?/{cpu_alloc}"
+    memory = _alloc_bytes(node, "memory")
+    memory = f"{_size(used.memory)}/{memory}" if used else f"?/{memory}"
+    row = [
+        node["metadata"]["name"],
+        node_status(node),
+        str(dig(node, "status.backend", "<unknown>")),
+        str(dig(node, "status.arch", "<unknown>")),
+        cpu,
+        memory,
+        str(used.vms) if used else "?",
+        created_age(node),
+    ]
+    if wide:
+        row += [
+            str(dig(node, "status.os", "")),
+            ",".join(dig(node, "status.addresses", [])) or "<none>",
+            str(dig(node, "status.agentVersion", "")),
+            age(dig(node, "status.lastHeartbeatTime")),
+            labels_text(dig(node, "metadata.labels")),
+        ]
+    return row
+
+
+def _vms(target: Target, node: str | None = None) -> list[Obj] | None:
+    """The VMs bound to node (or to any node); None when this caller may not list them all."""
+    selector = f"spec.nodeName={node}" if node else None
+    try:
+        return list(
+            fetch_list(target.client, "virtualmachines", None, fieldSelector=selector)["items"]
+        )
+    except Forbidden:
+        return None
+
+
+@app.command("list")
+def list_(
+    selector: Annotated[
+        str | None, typer.Option("--selector", "-l", help="Label selector, e.g. xcode=16.")
+    ] = None,
+    output: OutputOpt = Format.table,
+    context: ContextOpt = None,
+) -> None:
+    """List nodes with their status and what their VMs use of their allocatable resources."""
+    with connect(context) as target:
+        listing = fetch_list(target.client, PLURAL, None, labelSelector=selector)
+        if output in (Format.json, Format.yaml):
+            print_data(listing, output)
+            return
+        vms = _vms(target) if listing["items"] else []
+    if not listing["items"]:
+        typer.echo("No nodes found.", err=True)
+        return
+    usage = usage_by_node(vms) if vms is not None else None
+    wide = output is Format.wide
+    headers = ["NAME", "STATUS", "BACKEND", "ARCH", "CPU", "MEMORY", "VMS", "AGE"]
+    if wide:
+        headers += ["OS", "ADDRESSES", "VERSION", "HEARTBEAT", "LABELS"]
+    rows = [
+        node_row(
+            node,
+            None if usage is None else usage.get(node["metadata"]["name"], Usage()),
+            wide,
+        )
+        for node in listing["items"]
+    ]
+    print_table(headers, rows)
+
+
+@app.command()
+def get(name: NameArg, output: OutputOpt = Format.table, context: ContextOpt = None) -> None:
+    """Show one node: status, capacity, allocatable, what is used, its VMs and conditions."""
+    with connect(context) as target:
+        node = target.client.get(PLURAL, name)
+        vms = None if output in (Format.json, Format.yaml) else _vms(target, name)
+
+    def view(obj: Obj) -> None:
+        used = usage_by_node(vms or []).get(name, Usage()) if vms is not None else None
+        status = obj.get("status") or {}
+        capacity, alloc = status.get("capacity") or {}, status.get("allocatable") or {}
+        print_kv(
+            [
+                ("Name", name),
+                ("Status", node_status(obj)),
+                ("Labels", labels_text(dig(obj, "metadata.labels"))),
+                ("Backend", str(status.get("backend") or "<unknown>")),
+                ("Accelerator", str(status.get("accelerator") or "")),
+                ("Arch/OS", f"{status.get('arch') or '?'}/{status.get('os') or '?'}"),
+                ("Guest OS", ",".join(status.get("guestOS") or [])),
+                ("Agent version", str(status.get("agentVersion") or "")),
+                ("Addresses", ",".join(status.get("addresses") or []) or "<none>"),
+                ("Capacity", _resources(capacity)),
+                ("Allocatable", _resources(alloc)),
+                (
+                    "Used",
+                    f"cpu={used.cpu} memory={_size(used.memory)} vms={used.vms}"
+                    if used
+                    else "<unknown>",
+                ),
+                ("Dedicated to", ",".join(dig(obj, "spec.dedicatedNamespaces", [])) or "<any>"),
+                ("Last heartbeat", age(status.get("lastHeartbeatTime"))),
+                ("Cached images", ",".join(status.get("cachedImages") or []) or "<none>"),
+                ("Age", created_age(obj)),
+            ]
+        )
+        print_section(
+            "Conditions", ["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"], conditions_rows(obj)
+        )
+        if vms is not None:
+            print_section(
+                "VMs",
+                ["NAMESPACE", "NAME", "PHASE", "CPU", "MEMORY"],
+                [
+                    [
+                        field("metadata.namespace")(vm),
+                        field("metadata.name")(vm),
+                        field("status.phase", "Pending")(vm),
+                        field("spec.cpu")(vm),
+                        field("spec.memory")(vm),
+                    ]
+                    for vm in vms
+                ],
+            )
+
+    print_object(node, output, view)
+
+
+def _resources(values: dict[str, object]) -> str:
+    return " ".join(f"{k}={values[k]}" for k in ("cpu", "memory", "disk", "vms") if k in values)
+
+
+def set_unschedulable(target: Target, name: str, value: bool) -> None:
+    target.client.patch(PLURAL, name, {"spec": {"unschedulable": value}})
+
+
+@app.command()
+def cordon(name: NameArg, context: ContextOpt = None) -> None:
+    """Mark a node unschedulable: running VMs stay, new ones go elsewhere."""
+    with connect(context) as target:
+        set_unschedulable(target, name, True)
+    typer.echo(f"node {name} cordoned")
+
+
+@app.command()
+def uncordon(name: NameArg, context: ContextOpt = None) -> None:
+    """Mark a node schedulable again."""
+    with connect(context) as target:
+        set_unschedulable(target, name, False)
+    typer.echo(f"node {name} uncordoned")
+
+
+def _left(objects: Objects) -> str:
+    names = sorted(f"{ns}/{name}" for ns, name in objects)
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return f"{len(names)} VM{'s' if len(names) != 1 else ''} left: {shown}"
+
+
+@app.command()
+def drain(
+    name: NameArg,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Delete the node's VMs instead of waiting for them to end."),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the node to empty.")
+    ] = 600.0,
+    context: ContextOpt = None,
+) -> None:
+    """Cordon a node, then wait until no VMs are bound to it (with --force: delete them)."""
+    selector = f"spec.nodeName={name}"
+    with connect(context) as target:
+        set_unschedulable(target, name, True)
+        typer.echo(f"node {name} cordoned")
+        listing = fetch_list(target.client, "virtualmachines", None, fieldSelector=selector)
+        items: list[Obj] = listing["items"]
+        if force:
+            for vm in items:
+                meta = vm["metadata"]
+                if not meta.get("deletionTimestamp"):
+                    target.client.delete("virtualmachines", meta["name"], meta["namespace"])
+                    typer.echo(f"deleting VM {meta['namespace']}/{meta['name']}")
+        follow(
+            target.client,
+            "virtualmachines",
+            None,
+            field_selector=selector,
+            judge=all_gone(_left),
+            timeout=timeout,
+            title=f"draining node {name}",
+            initial=(items, str(listing["metadata"].get("resourceVersion") or "")),
+        )
+    typer.echo(f"node {name} drained")
+
+
+@app.command()
+def label(
+    name: NameArg,
+    labels: Annotated[
+        list[str],
+        typer.Argument(help="key=value to set, key- to remove.", show_default=False),
+    ],
+    context: ContextOpt = None,
+) -> None:
+    """Set or remove a node's labels (its tags, matched by VMs' --selector)."""
+    edits = parse_label_edits(labels)
+    with connect(context) as target:
+        node = target.client.patch(PLURAL, name, {"metadata": {"labels": edits}})
+    typer.echo(f"node {name} labeled: {labels_text(dig(node, 'metadata.labels'))}")

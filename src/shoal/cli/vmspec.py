@@ -1,0 +1,151 @@
+"""The VM spec flags shared by `vm deploy` and `vmconfig create`, and the spec they build.
+
+Only flags the user gave end up in the spec, so a VMConfig's values (or the server's defaults)
+are never overridden by a CLI default. Sizes go to the server as typed; it validates them.
+"""
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from shoal.cli.common import CliError
+from shoal.cli.parse import parse_duration, parse_pairs, parse_port
+
+
+class GuestOS(StrEnum):
+    linux = "linux"
+    macos = "macos"
+
+
+class Arch(StrEnum):
+    amd64 = "amd64"
+    arm64 = "arm64"
+
+
+ImageOpt = Annotated[
+    str | None,
+    typer.Option("--image", help="Image to boot (an OCI reference or a cached image name)."),
+]
+CpuOpt = Annotated[int | None, typer.Option("--cpu", help="Number of vCPUs.")]
+MemoryOpt = Annotated[str | None, typer.Option("--memory", help="Memory size, e.g. 4Gi.")]
+DiskOpt = Annotated[str | None, typer.Option("--disk", help="Disk size, e.g. 20Gi.")]
+OsOpt = Annotated[GuestOS | None, typer.Option("--os", help="Guest OS: linux or macos.")]
+ArchOpt = Annotated[Arch | None, typer.Option("--arch", help="Guest architecture.")]
+SelectorOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--selector",
+        help="Required node tag as key=value (repeatable; also k1=v1,k2=v2).",
+        show_default=False,
+    ),
+]
+PortOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--port",
+        help="Guest port to expose, as GUEST or NODEPORT:GUEST (repeatable).",
+        show_default=False,
+    ),
+]
+EphemeralOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--ephemeral/--no-ephemeral",
+        help="Delete the VM once it stops.",
+        show_default=False,
+    ),
+]
+TtlOpt = Annotated[
+    str | None,
+    typer.Option("--ttl", help="Delete the VM this long after creation: seconds, or 30m, 2h, 1d."),
+]
+PriorityOpt = Annotated[
+    int | None, typer.Option("--priority", help="Scheduling priority (higher goes first).")
+]
+StartupScriptOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--startup-script",
+        help="File whose contents run in the guest at boot ('-' reads stdin).",
+        show_default=False,
+    ),
+]
+LabelOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--label",
+        help="Label for the object as key=value (repeatable).",
+        show_default=False,
+    ),
+]
+
+
+@dataclass
+class SpecFlags:
+    image: str | None = None
+    cpu: int | None = None
+    memory: str | None = None
+    disk: str | None = None
+    os: GuestOS | None = None
+    arch: Arch | None = None
+    selector: list[str] = field(default_factory=list)
+    ports: list[str] = field(default_factory=list)
+    ephemeral: bool | None = None
+    ttl: str | None = None
+    priority: int | None = None
+    startup_script: Path | None = None
+
+
+def read_script(path: Path) -> str:
+    if str(path) == "-":
+        return typer.get_text_stream("stdin").read()
+    try:
+        return path.read_text()
+    except OSError as error:
+        raise CliError(f"--startup-script {path}: {error.strerror or error}") from None
+
+
+def build_spec(flags: SpecFlags) -> dict[str, Any]:
+    """The spec holding exactly the flags given."""
+    spec: dict[str, Any] = {}
+    if flags.image is not None:
+        spec["image"] = flags.image
+    if flags.cpu is not None:
+        spec["cpu"] = flags.cpu
+    if flags.memory is not None:
+        spec["memory"] = flags.memory
+    if flags.disk is not None:
+        spec["disk"] = flags.disk
+    if flags.os is not None:
+        spec["os"] = flags.os.value
+    if flags.arch is not None:
+        spec["arch"] = flags.arch.value
+    if flags.selector:
+        spec["nodeSelector"] = parse_pairs(flags.selector, "--selector")
+    if flags.ports:
+        spec["ports"] = [parse_port(p) for p in flags.ports]
+    if flags.ephemeral is not None:
+        spec["ephemeral"] = flags.ephemeral
+    if flags.ttl is not None:
+        spec["ttlSeconds"] = parse_duration(flags.ttl)
+    if flags.priority is not None:
+        spec["priority"] = flags.priority
+    if flags.startup_script is not None:
+        spec["startupScript"] = read_script(flags.startup_script)
+    return spec
+
+
+def build_metadata(
+    name: str | None, generate_name: str | None, labels: list[str] | None
+) -> dict[str, Any]:
+    if not name and not generate_name:
+        raise CliError("give a NAME or --generate-name PREFIX")
+    if name and generate_name:
+        raise CliError("give either a NAME or --generate-name, not both")
+    meta: dict[str, Any] = {"name": name} if name else {"generateName": generate_name}
+    if labels:
+        meta["labels"] = parse_pairs(labels, "--label")
+    return meta

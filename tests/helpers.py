@@ -1,0 +1,225 @@
+"""Shared test helpers: real controller and agent processes on loopback, and waiting on them."""
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shoal.client import Client, resource_path
+from shoal.server import ControllerSettings, ControlPlane
+from shoal.tls import fingerprint_of
+
+SHOAL = str(Path(sys.executable).parent / "shoal")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Fatal(Exception):
+    """Raised by a predicate when waiting longer cannot help (the process died)."""
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1, what: str = ""
+) -> Any:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Fatal:
+            raise
+        except Exception as error:  # the thing waited for may not answer yet
+            last_error = error
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or predicate}: {last_error}"
+    )
+
+
+def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+
+
+@dataclass
+class ControllerProcess:
+    """`shoal controller` as a real process, with TLS, on a free loopback port."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.log_path = self.data_dir.parent / f"controller-{self.port}.log"
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                SHOAL,
+                "controller",
+                "--data-dir",
+                str(self.data_dir),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                *self.extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(self._healthy, timeout=60, what="controller /readyz")
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(
+                f"controller exited: {self.log_path and self.log_path.read_text()[-3000:]}"
+            )
+        return httpx.get(self.url + "/readyz", verify=False, timeout=2).status_code == 200
+
+    def kill(self) -> None:
+        if self.process is not None:
+            kill_group(self.process)
+            self.process = None
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def ca_pem(self) -> str:
+        return (self.data_dir / "tls" / "ca.crt").read_text()
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.ca_pem.encode())
+
+    def client(self, token: str | None = None) -> Client:
+        return Client(self.url, token or self.admin_token, ca_pem=self.ca_pem)
+
+
+def create_join_token(client: Client, ttl: int = 3600) -> str:
+    answer = client.request("POST", resource_path("jointokens"), body={"spec": {"ttlSeconds": ttl}})
+    return str(answer["status"]["token"])
+
+
+@dataclass
+class AgentProcess:
+    """`shoal agent` (sim backend) as a real process."""
+
+    server: str
+    join_token: str
+    name: str
+    state_dir: Path
+    replicas: int = 1
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.state_dir / f"agent-{self.name}.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                SHOAL,
+                "agent",
+                "--server",
+                self.server,
+                "--join-token",
+                self.join_token,
+                "--name",
+                self.name,
+                "--backend",
+                "sim",
+                "--replicas",
+                str(self.replicas),
+                "--state-dir",
+                str(self.state_dir),
+                *self.extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        if self.process is not None:
+            kill_group(self.process)
+            self.process = None
+
+
+class InProcessController:
+    """A ControlPlane serving plain HTTP on loopback from a background thread."""
+
+    def __init__(self, data_dir: Path, **settings: Any) -> None:
+        self.port = free_port()
+        self.plane = ControlPlane(
+            ControllerSettings(data_dir=data_dir, port=self.port, tls=False, **settings)
+        )
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def ready() -> None:
+            self._started.set()
+
+        with contextlib.suppress(asyncio.CancelledError):
+            self._loop.run_until_complete(self.plane.serve(ready))
+
+    def __enter__(self) -> "InProcessController":
+        self._thread.start()
+        if not self._started.wait(30):
+            raise RuntimeError("controller did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        server = self.plane._server
+        if server is not None:
+            server.should_exit = True
+        self._thread.join(timeout=15)
+
+    @property
+    def admin_token(self) -> str:
+        return self.plane.admin_token
+
+    def client(self, token: str | None = None) -> Client:
+        return Client(self.url, token or self.admin_token)
+
+
+@contextlib.contextmanager
+def processes(*items: ControllerProcess | AgentProcess) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for item in items:
+            item.kill()
