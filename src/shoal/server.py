@@ -41,6 +41,7 @@ class ControllerSettings:
     bookmark_interval: float = 10.0
     housekeeping_interval: float = 2.0
     event_ttl: float = 3600.0
+    change_retention: int = 200_000
 
     @property
     def store_url(self) -> str:
@@ -93,7 +94,7 @@ class ControlPlane:
     def __init__(self, settings: ControllerSettings) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(settings.store_url)
+        self.store = Store(settings.store_url, change_retention=settings.change_retention)
         self.tokens = TokenStore(self.store)
         self.hub = WatchHub(self.store)
         self.tls: ServerTls | None = None
