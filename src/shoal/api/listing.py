@@ -118,7 +118,7 @@ def parse_resource_version(text: str | None) -> int | None:
     if text in (None, "", "0"):
         return None
     try:
-        value = int(text)  # type: ignore[arg-type]
+        value = int(str(text))
     except ValueError:
         raise BadRequest(
             f"resourceVersion {text!r} is not a number", field="resourceVersion"

@@ -48,7 +48,7 @@ def validate(info: KindInfo, data: Any) -> Obj:
 
 def dump(model: BaseModel) -> Obj:
     data = model.model_dump(mode="json", exclude_none=True)
-    head = {key: data.pop(key) for key in ("apiVersion", "kind", "metadata") if key in data}
+    head: Obj = {key: data.pop(key) for key in ("apiVersion", "kind", "metadata") if key in data}
     return {**head, **data}
 
 

@@ -4,6 +4,7 @@ Every handler authorizes first, then does its store work in one transaction (obj
 """
 
 import json
+from enum import Enum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
@@ -194,7 +195,7 @@ class KindHandlers:
 def add_kind_routes(router: APIRouter, info: KindInfo) -> None:
     handlers = KindHandlers(info)
     model: Any = info.model
-    tags = [info.kind]
+    tags: list[str | Enum] = [info.kind]
     one = {200: {"model": model, "description": f"the {info.kind}"}, **ERRORS}
     many = {
         200: {

@@ -1,6 +1,7 @@
 """`shoal dev`, `shoal controller` and `shoal agent`: the long-running processes."""
 
 import asyncio
+import contextlib
 import logging
 import socket
 from pathlib import Path
@@ -137,10 +138,8 @@ def register(app: typer.Typer) -> None:
             tls_key=tls_key,
             tls_sans=list(tls_san or []),
         )
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_controller(settings, lambda text: typer.echo(text)))
-        except KeyboardInterrupt:
-            pass
 
     @app.command()
     def agent(

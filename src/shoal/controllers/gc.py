@@ -4,7 +4,7 @@ is gone, old Events, and the change log beyond its retention."""
 import contextlib
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from shoal import events
 from shoal.errors import ApiError
@@ -38,7 +38,7 @@ class GarbageCollector:
             self.store.compact()
             self._last_compact = time.monotonic()
 
-    def _collect_vm(self, vm: Obj, nodes: set[str], now: object) -> None:
+    def _collect_vm(self, vm: Obj, nodes: set[str], now: datetime) -> None:
         meta, spec = vm["metadata"], vm["spec"]
         namespace, name = meta["namespace"], meta["name"]
         if meta.get("deletionTimestamp"):
@@ -51,14 +51,14 @@ class GarbageCollector:
             events.record(self.store, vm, "Collected", "ephemeral VM stopped: deleted", source="gc")
             return
         ttl = spec.get("ttlSeconds")
-        if ttl and parse_iso(meta["creationTimestamp"]) + timedelta(seconds=ttl) < now:  # type: ignore[operator]
+        if ttl and parse_iso(meta["creationTimestamp"]) + timedelta(seconds=ttl) < now:
             self.store.delete("VirtualMachine", namespace, name, expect_uid=meta["uid"])
             events.record(
                 self.store, vm, "Expired", f"ttlSeconds {ttl} passed: deleted", source="gc"
             )
 
-    def _collect_events(self, now: object) -> None:
-        cutoff = now - timedelta(seconds=self.event_ttl)  # type: ignore[operator]
+    def _collect_events(self, now: datetime) -> None:
+        cutoff = now - timedelta(seconds=self.event_ttl)
         for event in self.store.list_objects("Event")[0]:
             last = event.get("lastTimestamp")
             if last and parse_iso(last) < cutoff:

@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
-from shoal.model.meta import API_VERSION, Condition, DNSLabel, Labels, ObjectMeta, StrictModel
+from shoal.model.meta import Condition, DNSLabel, Labels, ObjectMeta, StrictModel
 from shoal.quantity import parse_bytes
 
 MAX_VM_CPU = 512
@@ -51,7 +51,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class TypeMeta(StrictModel):
-    apiVersion: Literal["shoal.dev/v1"] = API_VERSION
+    apiVersion: Literal["shoal.dev/v1"] = "shoal.dev/v1"
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
 
 
@@ -97,7 +97,7 @@ class NodeStatus(StrictModel):
     backend: Annotated[str, Field(max_length=32)] | None = None
     accelerator: Annotated[str, Field(max_length=32)] | None = None
     agentVersion: Annotated[str, Field(max_length=64)] | None = None
-    guestOS: list[GuestOS] = Field(default_factory=lambda: ["linux"])
+    guestOS: list[GuestOS] = Field(default_factory=lambda: list[GuestOS](["linux"]))
     cachedImages: list[Annotated[str, Field(max_length=512)]] = Field(default_factory=list)
     addresses: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)

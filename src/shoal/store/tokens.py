@@ -9,6 +9,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -30,7 +31,7 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _record(row: sa.Row[tuple[str, str, str, str, float, float | None]]) -> TokenRecord:
+def _record(row: Any) -> TokenRecord:
     return TokenRecord(row[0], row[1], row[2], row[3], row[4], row[5])
 
 

@@ -10,7 +10,7 @@ import asyncio
 import bisect
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from shoal.store.store import Change, Store
 
@@ -90,8 +90,11 @@ class WatchHub:
 
     async def changes(
         self, since: int, *, heartbeat: float | None = None
-    ) -> AsyncIterator[Change | None]:
-        """Every change after `since`, in order, forever; None every `heartbeat` seconds of quiet.
+    ) -> AsyncGenerator[Change | int, None]:
+        """Every change after `since`, in order, forever.
+
+        After `heartbeat` seconds of quiet it yields an int: the version up to which every change
+        has been yielded, which a watcher can resume from (a Kubernetes BOOKMARK).
 
         Raises Gone when `since` is older than the change log reaches.
         """
