@@ -1,14 +1,11 @@
-"""Recording Events: one object per (involved object, reason), counted when it repeats."""
+"""Event objects: named per (involved object, reason), so a repeat is counted, not duplicated."""
 
 import hashlib
-import logging
 from typing import Any
 
-from shoal.errors import AlreadyExists, ApiError
 from shoal.model.meta import API_VERSION, now_iso
-from shoal.store.store import Obj, Store
 
-log = logging.getLogger(__name__)
+Obj = dict[str, Any]
 
 # Events of cluster-scoped objects (Nodes, Namespaces) live here, as in Kubernetes.
 CLUSTER_EVENTS_NAMESPACE = "default"
@@ -61,31 +58,6 @@ def bump(existing: Obj, fresh: Obj) -> Obj:
         involvedObject=fresh["involvedObject"],
     )
     return existing
-
-
-def record(
-    store: Store,
-    involved: Obj,
-    reason: str,
-    message: str,
-    *,
-    type_: str = "Normal",
-    source: str = "controller",
-) -> None:
-    """Record an Event; never fails the caller (an event is a report, not part of the change)."""
-    event = new_event(involved, reason, message, type_=type_, source=source)
-    meta = event["metadata"]
-    try:
-        with store.tx() as tx:
-            current = tx.get("Event", meta["namespace"], meta["name"])
-            if current is None:
-                tx.insert(event)
-            else:
-                tx.replace(bump(current, event))
-    except (AlreadyExists, ApiError) as error:
-        log.debug("event %s not recorded: %s", reason, error)
-    except Exception:  # e.g. a busy database: the event is dropped, the change it reports stands
-        log.warning("event %s for %s not recorded", reason, meta["name"], exc_info=True)
 
 
 def involved_stub(kind: str, namespace: str | None, name: str) -> dict[str, Any]:

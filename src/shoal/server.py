@@ -17,6 +17,7 @@ from shoal.api.objects import Objects
 from shoal.controllers.gc import GarbageCollector
 from shoal.controllers.namespaces import NamespaceFinalizer
 from shoal.errors import AlreadyExists
+from shoal.model.kinds import NAMESPACE_FINALIZER
 from shoal.model.meta import API_VERSION
 from shoal.scheduler.loop import Scheduler
 from shoal.store.store import Store
@@ -82,7 +83,7 @@ def ensure_default_namespace(store: Store) -> None:
                     "name": "default",
                     "labels": {},
                     "annotations": {},
-                    "finalizers": ["shoal.dev/namespace"],
+                    "finalizers": [NAMESPACE_FINALIZER],
                 },
                 "spec": {},
                 "status": {"phase": "Active"},

@@ -56,7 +56,15 @@ class CapacityWatcher(threading.Thread):
             self.error = error
 
     def phases(self) -> Counter[str]:
-        return Counter(vm["status"]["phase"] for vm in self.vms.values())
+        """Phases, with Pending counted only once the scheduler has said why the VM waits."""
+        counted: Counter[str] = Counter()
+        for vm in list(self.vms.values()):
+            phase = vm["status"]["phase"]
+            conditions = {c["type"]: c["status"] for c in vm["status"].get("conditions", [])}
+            if phase == "Pending" and conditions.get("Scheduled") != "False":
+                phase = "Pending (not yet looked at)"
+            counted[phase] += 1
+        return counted
 
 
 async def _deploy_all(url: str, token: str, ca_pem: str) -> list[int]:

@@ -1,5 +1,6 @@
 """The Store on both backends: SQLite (a file) and PostgreSQL (a fresh database per test)."""
 
+import multiprocessing
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -388,24 +389,41 @@ def test_migrations_on_fresh_database_and_second_store(
     assert [c.rv for c in first.changes_since(0)] == [1, 2, 3]
 
 
-def test_stores_opened_at_once_on_a_fresh_database(store_url: str) -> None:
-    """Several controller replicas starting together must not trip over the first migration."""
-    stores: list[Store] = []
-    lock = threading.Lock()
-
-    def open_one(_: int) -> None:
-        opened = Store(store_url)
-        with lock:
-            stores.append(opened)
-
+def _open_store_in_child(url: str, go: Any, results: Any) -> None:
     try:
-        run_threads(4, open_one)
-        assert len(stores) == 4
-        stores[0].create(config("web"))
-        assert stores[3].get("VMConfig", "default", "web")["metadata"]["resourceVersion"] == "1"
+        sa.create_engine(url).connect().close()  # warm the driver up before the start line
+        go.wait(timeout=60)
+        Store(url).close()
+        results.put("ok")
+    except BaseException as error:
+        results.put(f"{type(error).__name__}: {str(error).splitlines()[0]}")
+
+
+def test_replicas_starting_at_once_on_a_fresh_database(store_url: str) -> None:
+    """Controller replicas (separate processes) starting together on a fresh database must all
+    come up: the first migration may run only once, and the others must wait for it."""
+    context = multiprocessing.get_context("fork")  # children start with everything imported
+    go, results = context.Barrier(4), context.Queue()
+    procs = [
+        context.Process(target=_open_store_in_child, args=(store_url, go, results))
+        for _ in range(4)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        outcomes = [results.get(timeout=120) for _ in procs]
     finally:
-        for opened in stores:
-            opened.close()
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    failed = [outcome for outcome in outcomes if outcome != "ok"]
+    assert not failed, f"{len(failed)} of {len(procs)} replicas failed to start: {failed}"
+    store = Store(store_url)
+    try:
+        assert rv_of(store.create(config("web"))) == 1
+    finally:
+        store.close()
 
 
 # -- node usage ----------------------------------------------------------------------------

@@ -18,9 +18,9 @@ from shoal.backends.base import Backend, BackendError, VMState
 from shoal.client import AsyncClient, resource_path
 from shoal.errors import AlreadyExists, ApiError, Conflict, Gone, NotFound
 from shoal.events import bump, new_event
+from shoal.model.kinds import AGENT_FINALIZER
 from shoal.model.meta import now_iso, set_condition
 from shoal.quantity import format_bytes
-from shoal.scheduler.binder import AGENT_FINALIZER
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]

@@ -8,13 +8,14 @@ from fastapi import APIRouter, Body, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from shoal import events
 from shoal.api.auth import Principal, authorize, bearer
 from shoal.api.docs import ERRORS
 from shoal.api.routes import PREFIX, Caller, Ctx, NameParam, NamespaceParam, audit
 from shoal.errors import Forbidden, NotFound, Unauthorized
+from shoal.events import involved_stub
 from shoal.jointoken import format_join_token
 from shoal.model.meta import API_VERSION, StrictModel
+from shoal.store import events
 from shoal.store.store import Obj
 from shoal.store.tokens import TokenRecord
 
@@ -180,7 +181,7 @@ def access_router() -> APIRouter:
         token, node_record = ctx.tokens.issue("Node", "", name)
         events.record(
             ctx.store,
-            events.involved_stub("Node", None, name),
+            involved_stub("Node", None, name),
             "Joined",
             f"node {name} joined with join token {record.id}",
             source="api",

@@ -4,11 +4,9 @@ from pydantic import BaseModel, ValidationError
 
 from shoal.api.objects import CreateHook, dump, invalid_from
 from shoal.errors import Invalid, NotFound
-from shoal.model.kinds import VirtualMachine, VirtualMachineSpec
+from shoal.model.kinds import NAMESPACE_FINALIZER, VirtualMachine, VirtualMachineSpec
 from shoal.model.meta import now_iso
 from shoal.store.store import Obj, Store
-
-NAMESPACE_FINALIZER = "shoal.dev/namespace"
 
 
 def _virtual_machine(store: Store, obj: Obj, model: BaseModel) -> None:

@@ -12,7 +12,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
-from shoal import events
 from shoal.api.auth import Principal, authenticate, authorize
 from shoal.api.context import ApiContext, get_ctx
 from shoal.api.docs import ERRORS, list_model
@@ -25,6 +24,7 @@ from shoal.api.listing import (
 )
 from shoal.errors import BadRequest, Forbidden
 from shoal.model.registry import KINDS, KindInfo
+from shoal.store import events
 from shoal.store.store import Obj
 
 PREFIX = "/apis/shoal.dev/v1"

@@ -142,6 +142,7 @@ def events(
         str | None,
         typer.Option(
             "--for",
+            metavar="KIND/NAME",
             help="Only events about KIND/NAME, e.g. vm/build-1 or node/mac-1.",
             show_default=False,
         ),

@@ -52,7 +52,12 @@ def create(
     name: NameArg,
     label: Annotated[
         list[str] | None,
-        typer.Option("--label", help="Label as key=value (repeatable).", show_default=False),
+        typer.Option(
+            "--label",
+            metavar="KEY=VALUE",
+            help="Label as key=value (repeatable).",
+            show_default=False,
+        ),
     ] = None,
     output: OutputOpt = Format.table,
     context: ContextOpt = None,

@@ -271,7 +271,7 @@ def drain(
             "virtualmachines",
             None,
             field_selector=selector,
-            judge=all_gone(_left),
+            judge=all_gone(_left, done="no VMs left"),
             timeout=timeout,
             title=f"draining node {name}",
             initial=(items, str(listing["metadata"].get("resourceVersion") or "")),
@@ -284,7 +284,11 @@ def label(
     name: NameArg,
     labels: Annotated[
         list[str],
-        typer.Argument(help="key=value to set, key- to remove.", show_default=False),
+        typer.Argument(
+            help="key=value to set, key- to remove.",
+            metavar="KEY=VALUE|KEY-...",
+            show_default=False,
+        ),
     ],
     context: ContextOpt = None,
 ) -> None:

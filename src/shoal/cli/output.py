@@ -124,20 +124,28 @@ def console(stderr: bool = False) -> Console:
 # -- tables -------------------------------------------------------------------------------
 
 
-def render_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, tty: bool) -> Table:
+LONG_COLUMNS = frozenset({"MESSAGE", "SUBJECTS", "LABELS", "SELECTOR"})
+GAP = 3  # spaces between columns
+SHORTEST_LONG = 20  # a long column (MESSAGE) is cut to fit a terminal, but not below this
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, tty: bool) -> Table:
+    """Columns never shrink below their content, except long text ones on a terminal."""
     table = Table(
         box=None,
         pad_edge=False,
         show_edge=False,
-        padding=(0, 3, 0, 0),
+        padding=(0, GAP, 0, 0),
         header_style="bold" if tty else None,
     )
-    for header in headers:
-        long = header in ("MESSAGE", "SUBJECTS", "LABELS")
+    for index, header in enumerate(headers):
+        width = max([len(header)] + [len(str(row[index])) for row in rows])
+        long = tty and header in LONG_COLUMNS
         table.add_column(
             header,
             no_wrap=True,
-            overflow="ellipsis" if tty and long else "ignore",
+            overflow="ellipsis" if long else "ignore",
+            min_width=min(width, max(len(header), SHORTEST_LONG)) if long else width,
         )
     for row in rows:
         table.add_row(*(Text(str(cell)) for cell in row))
@@ -155,14 +163,18 @@ def table_text(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
         highlight=False,
         markup=False,
     )
-    plain.print(render_table(headers, rows, tty=False))
+    plain.print(render_table(headers, list(rows), tty=False))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
     rows = list(rows)
     if stdout_is_tty():
-        console().print(render_table(headers, rows, tty=True))
+        table = render_table(headers, rows, tty=True)
+        out = console()
+        needed = sum((c.min_width or 0) + GAP for c in table.columns)
+        out.width = max(out.width, needed)  # too narrow: lines run long rather than squeeze
+        out.print(table)
     else:
         sys.stdout.write(table_text(headers, rows))
         sys.stdout.flush()

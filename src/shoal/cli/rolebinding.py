@@ -90,13 +90,14 @@ def create(
         list[str] | None,
         typer.Option(
             "--serviceaccount",
+            metavar="[NAMESPACE:]NAME",
             help="Service account as NAMESPACE:NAME or NAME (this namespace); repeatable.",
             show_default=False,
         ),
     ] = None,
     user: Annotated[
         list[str] | None,
-        typer.Option("--user", help="User name; repeatable.", show_default=False),
+        typer.Option("--user", metavar="NAME", help="User name; repeatable.", show_default=False),
     ] = None,
     output: OutputOpt = Format.table,
     context: ContextOpt = None,

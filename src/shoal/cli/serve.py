@@ -9,11 +9,10 @@ from typing import Annotated
 
 import typer
 
-from shoal.agent.runner import AgentPlan, run_agents
-from shoal.backends.sim import SimBackend, SimSettings
-from shoal.dev import DevSettings, check_loopback, run_controller, run_dev
 from shoal.quantity import parse_bytes
-from shoal.server import ControllerSettings
+
+# The server side (FastAPI, SQLAlchemy, uvicorn) is imported inside each command, so that the
+# client commands of the CLI start fast.
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -72,6 +71,9 @@ def register(app: typer.Typer) -> None:
 
         Writes DATA_DIR/admin.token and a CLI context named `dev`, which it makes current.
         """
+        from shoal.backends.sim import SimSettings
+        from shoal.dev import DevSettings, check_loopback, run_dev
+
         _logging(verbose)
         host, port = _listen(listen)
         try:
@@ -119,6 +121,9 @@ def register(app: typer.Typer) -> None:
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     ) -> None:
         """Run the controller: REST API, scheduler and housekeeping loops."""
+        from shoal.dev import check_loopback, run_controller
+        from shoal.server import ControllerSettings
+
         _logging(verbose)
         host, port = _listen(listen)
         if (tls_cert is None) != (tls_key is None):
@@ -180,6 +185,9 @@ def register(app: typer.Typer) -> None:
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     ) -> None:
         """Run an agent: join the controller, heartbeat, and run the VMs bound to this node."""
+        from shoal.agent.runner import AgentPlan, run_agents
+        from shoal.backends.sim import SimBackend, SimSettings
+
         _logging(verbose)
         if backend != "sim":
             raise typer.BadParameter(

@@ -66,6 +66,8 @@ def _text(value: Any) -> str:
     if isinstance(value, dict):
         return labels_text(value)
     if isinstance(value, list):
+        if not value:
+            return "<none>"
         return ",".join(str(v.get("guest", v)) if isinstance(v, dict) else str(v) for v in value)
     if isinstance(value, bool):
         return str(value).lower()

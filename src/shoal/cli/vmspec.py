@@ -38,6 +38,7 @@ SelectorOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--selector",
+        metavar="KEY=VALUE",
         help="Required node tag as key=value (repeatable; also k1=v1,k2=v2).",
         show_default=False,
     ),
@@ -46,6 +47,7 @@ PortOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--port",
+        metavar="PORT",
         help="Guest port to expose, as GUEST or NODEPORT:GUEST (repeatable).",
         show_default=False,
     ),
@@ -77,6 +79,7 @@ LabelOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--label",
+        metavar="KEY=VALUE",
         help="Label for the object as key=value (repeatable).",
         show_default=False,
     ),

@@ -15,6 +15,7 @@ from types import TracebackType
 
 from rich.console import Console
 from rich.status import Status
+from rich.text import Text
 
 from shoal.cli.common import CliError
 from shoal.client import Client, Obj
@@ -61,7 +62,7 @@ class Progress:
         self.last = text
         line = f"{self.title}: {text}" if text else self.title
         if self._status is not None:
-            self._status.update(line)
+            self._status.update(Text(line, no_wrap=True, overflow="ellipsis"))
         else:
             print(line, file=sys.stderr, flush=True)
 
@@ -200,10 +201,12 @@ def vm_reaches(name: str, phase: str, *, deleted_ok: bool = False) -> Judge:
     return judge
 
 
-def all_gone(describe: Callable[[Objects], str]) -> Judge:
+def all_gone(describe: Callable[[Objects], str], done: str = "gone") -> Judge:
+    """Done when no object is left."""
+
     def judge(objects: Objects) -> Verdict:
         if not objects:
-            return Verdict("gone", done=True)
+            return Verdict(done, done=True)
         return Verdict(describe(objects))
 
     return judge

@@ -6,10 +6,10 @@ import logging
 import time
 from datetime import datetime, timedelta
 
-from shoal import events
 from shoal.errors import ApiError
+from shoal.model.kinds import AGENT_FINALIZER
 from shoal.model.meta import now_iso, parse_iso
-from shoal.scheduler.binder import AGENT_FINALIZER
+from shoal.store import events
 from shoal.store.store import Obj, Store
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,8 @@ graceful path), revoke its service-account tokens, then let the namespace go."""
 
 import logging
 
-from shoal.api.hooks import NAMESPACE_FINALIZER
 from shoal.errors import ApiError
+from shoal.model.kinds import NAMESPACE_FINALIZER
 from shoal.model.registry import KINDS
 from shoal.store.store import Obj, Store
 from shoal.store.tokens import TokenStore

@@ -7,6 +7,10 @@ from pydantic import AfterValidator, Field, field_validator
 from shoal.model.meta import Condition, DNSLabel, Labels, ObjectMeta, StrictModel
 from shoal.quantity import parse_bytes
 
+# Held by a bound VM until its agent has released the VM's disk and state.
+AGENT_FINALIZER = "shoal.dev/agent"
+# Held by a namespace until everything in it is gone.
+NAMESPACE_FINALIZER = "shoal.dev/namespace"
 MAX_VM_CPU = 512
 MIN_VM_MEMORY = 64 * 2**20
 MIN_VM_DISK = 64 * 2**20

@@ -1,10 +1,9 @@
 """Binding a VM to a node in one transaction that re-checks the node's reservations."""
 
+from shoal.model.kinds import AGENT_FINALIZER
 from shoal.model.meta import now_iso, set_condition
 from shoal.scheduler.placement import Request, why_not
 from shoal.store.store import Store
-
-AGENT_FINALIZER = "shoal.dev/agent"
 
 
 def bind(store: Store, namespace: str, name: str, expect_rv: str, node_name: str) -> str | None:

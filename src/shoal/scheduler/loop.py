@@ -10,10 +10,10 @@ import logging
 from collections import Counter, defaultdict
 from typing import Any
 
-from shoal import events
 from shoal.model.meta import set_condition
 from shoal.scheduler.binder import bind
 from shoal.scheduler.placement import Request, unschedulable_message, why_not
+from shoal.store import events
 from shoal.store.store import Obj, Store, Usage
 from shoal.store.watch import WatchHub
 

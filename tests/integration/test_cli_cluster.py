@@ -1,0 +1,217 @@
+"""The controller and 3 agents as separate processes, driven through the `shoal` CLI."""
+
+import json
+import os
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import SHOAL, AgentProcess, ControllerProcess, create_join_token, processes, wait_until
+
+VMS = 50
+
+
+@dataclass
+class Cli:
+    env: dict[str, str]
+
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [SHOAL, *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"shoal {' '.join(args)} exited {result.returncode}: {result.stderr}{result.stdout}"
+            )
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "-o", "json").stdout)
+
+    def many(self, commands: list[list[str]]) -> None:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda args: self.run(*args), commands))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControllerProcess, Cli]]:
+    base = tmp_path_factory.mktemp("cluster")
+    controller = ControllerProcess(base / "controller")
+    controller.start()
+    with processes(controller):
+        token = create_join_token(controller.client())
+        agents = [
+            AgentProcess(
+                controller.url,
+                token,
+                f"host-{i}",
+                base / f"agent-{i}",
+                extra_args=[
+                    "--sim-vms",
+                    "20",
+                    "--sim-cpu",
+                    "32",
+                    "--sim-memory",
+                    "64Gi",
+                    "--sim-boot-delay",
+                    "0.2",
+                ],
+            )
+            for i in range(3)
+        ]
+        for agent in agents:
+            agent.start()
+        with processes(*agents):
+            env = {**os.environ, "SHOAL_CONFIG": str(base / "config.yaml")}
+            cli = Cli(env)
+            cli.run(
+                "context",
+                "add",
+                "it",
+                "--server",
+                controller.url,
+                "--token-file",
+                str(controller.data_dir / "admin.token"),
+                "--ca-fingerprint",
+                controller.fingerprint,
+            )
+            wait_until(
+                lambda: len(cli.json("node", "list")["items"]) == 3,
+                what="3 nodes in `shoal node list`",
+            )
+            yield controller, cli
+
+
+def phases(cli: Cli, namespace: str) -> Counter[str]:
+    return Counter(vm["status"]["phase"] for vm in cli.json("vm", "list", "-n", namespace)["items"])
+
+
+@pytest.mark.slow
+def test_fifty_vms_through_the_cli(cluster: tuple[ControllerProcess, Cli]) -> None:
+    _, cli = cluster
+    cli.run("namespace", "create", "ci")
+    names = [f"build-{i:02d}" for i in range(VMS)]
+    first = cli.run(
+        "vm",
+        "deploy",
+        names[0],
+        "--image",
+        "sim",
+        "--cpu",
+        "1",
+        "--memory",
+        "1Gi",
+        "-n",
+        "ci",
+        "--wait",
+    )
+    assert "Running" in first.stdout + first.stderr
+    cli.many(
+        [
+            ["vm", "deploy", name, "--image", "sim", "--cpu", "1", "--memory", "1Gi", "-n", "ci"]
+            for name in names[1:]
+        ]
+    )
+    wait_until(lambda: phases(cli, "ci")["Running"] == VMS, timeout=120, what="50 Running")
+    nodes = Counter(vm["spec"]["nodeName"] for vm in cli.json("vm", "list", "-n", "ci")["items"])
+    assert set(nodes) == {"host-0", "host-1", "host-2"}
+    assert all(count <= 20 for count in nodes.values())
+
+    cli.many([["vm", "stop", name, "-n", "ci"] for name in names])
+    wait_until(lambda: phases(cli, "ci")["Stopped"] == VMS, timeout=120, what="50 Stopped")
+    cli.many([["vm", "start", name, "-n", "ci"] for name in names])
+    wait_until(lambda: phases(cli, "ci")["Running"] == VMS, timeout=120, what="50 Running again")
+
+    cli.run("vm", "suspend", names[0], "-n", "ci", "--wait")
+    assert cli.json("vm", "get", names[0], "-n", "ci")["status"]["phase"] == "Suspended"
+    cli.run("vm", "resume", names[0], "-n", "ci", "--wait")
+
+    for start in range(0, VMS, 10):
+        cli.run("vm", "delete", *names[start : start + 10], "-n", "ci")
+    wait_until(
+        lambda: not cli.json("vm", "list", "-n", "ci")["items"], timeout=120, what="every VM gone"
+    )
+    events = cli.json("events", "-n", "ci")["items"]
+    reasons = Counter(e["reason"] for e in events)
+    assert reasons["Scheduled"] >= VMS and reasons["Running"] >= VMS and reasons["Stopped"] >= VMS
+
+
+def test_deploy_wait_reports_a_failure_and_a_bad_request(
+    cluster: tuple[ControllerProcess, Cli],
+) -> None:
+    _, cli = cluster
+    failed = cli.run(
+        "vm",
+        "deploy",
+        "broken",
+        "--image",
+        "fail:the disk is not bootable",
+        "--wait",
+        "--timeout",
+        "60",
+        check=False,
+    )
+    assert failed.returncode != 0
+    assert "the disk is not bootable" in failed.stderr
+    bad = cli.run("vm", "deploy", "zero", "--image", "x", "--cpu", "0", check=False)
+    assert bad.returncode == 1
+    assert "spec.cpu" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    missing = cli.run("vm", "get", "nothing-here", check=False)
+    assert missing.returncode == 1 and "not found" in missing.stderr
+    cli.run("vm", "delete", "broken")
+
+
+def test_unschedulable_vm_says_why_and_namespace_delete_is_graceful(
+    cluster: tuple[ControllerProcess, Cli],
+) -> None:
+    _, cli = cluster
+    cli.run("namespace", "create", "doomed")
+    cli.run("vm", "deploy", "huge", "--image", "sim", "--cpu", "64", "-n", "doomed")
+    cli.run("vm", "deploy", "fits", "--image", "sim", "--cpu", "1", "-n", "doomed", "--wait")
+    wait_until(
+        lambda: (
+            "insufficient cpu" in cli.json("vm", "get", "huge", "-n", "doomed")["status"]["message"]
+        ),
+        what="the reason a VM waits",
+    )
+    message = cli.json("vm", "get", "huge", "-n", "doomed")["status"]["message"]
+    assert message == "0/3 nodes available: 3 insufficient cpu"
+    shown = cli.run("vm", "get", "huge", "-n", "doomed").stdout
+    assert "insufficient cpu" in shown
+    cli.run("namespace", "delete", "doomed")
+    wait_until(
+        lambda: (
+            "doomed" not in {n["metadata"]["name"] for n in cli.json("namespace", "list")["items"]}
+        ),
+        timeout=60,
+        what="the namespace and its VMs to go",
+    )
+
+
+def test_context_add_refuses_a_wrong_fingerprint(cluster: tuple[ControllerProcess, Cli]) -> None:
+    controller, cli = cluster
+    wrong = "0" * 64
+    result = cli.run(
+        "context",
+        "add",
+        "evil",
+        "--server",
+        controller.url,
+        "--token-file",
+        str(controller.data_dir / "admin.token"),
+        "--ca-fingerprint",
+        wrong,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "fingerprint" in result.stderr
+    assert "evil" not in cli.run("context", "list").stdout

@@ -1,0 +1,250 @@
+"""The WatchHub on both store backends: ordered delivery, ring overflow, Gone, heartbeats."""
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from shoal.errors import Gone
+from shoal.store.store import Change, Store
+from shoal.store.watch import WatchHub
+
+pytestmark = pytest.mark.anyio
+Obj = dict[str, Any]
+# A safety net so a broken hub fails the test instead of hanging it; never a timing assertion.
+PATIENCE = 20.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # the hub is written against asyncio
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/s.db"
+    return str(request.getfixturevalue("postgres_db"))
+
+
+@pytest.fixture
+def open_store(store_url: str) -> Iterator[Callable[..., Store]]:
+    opened: list[Store] = []
+
+    def open_(**kwargs: Any) -> Store:
+        store = Store(store_url, **kwargs)
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
+def config(name: str, **labels: str) -> Obj:
+    return {
+        "apiVersion": "shoal.dev/v1",
+        "kind": "VMConfig",
+        "metadata": {"name": name, "namespace": "default", "labels": dict(labels)},
+        "spec": {"image": "ubuntu"},
+    }
+
+
+def relabel(store: Store, name: str, value: str) -> None:
+    def change(obj: Obj) -> Obj:
+        obj["metadata"]["labels"]["v"] = value
+        return obj
+
+    store.mutate("VMConfig", "default", name, change)
+
+
+async def started(store: Store, **kwargs: Any) -> WatchHub:
+    # a long poll: in-process writes must wake the hub on their own
+    hub = WatchHub(store, poll_interval=kwargs.pop("poll_interval", 30.0), **kwargs)
+    await hub.start()
+    return hub
+
+
+async def take_changes(stream: AsyncIterator[Change | int | None], count: int) -> list[Change]:
+    """The next `count` changes from a stream, skipping heartbeats."""
+    got: list[Change] = []
+    with anyio.fail_after(PATIENCE):
+        async for item in stream:
+            if isinstance(item, Change):
+                got.append(item)
+                if len(got) == count:
+                    break
+    return got
+
+
+async def caught_up(hub: WatchHub, rv: int) -> None:
+    with anyio.fail_after(PATIENCE):
+        while hub.last_rv < rv:
+            await hub.wait_past(hub.last_rv, 1.0)
+
+
+async def test_subscriber_gets_every_later_change_in_order(store_url: str) -> None:
+    store = Store(store_url)
+    hub = await started(store)
+    try:
+        store.create(config("before"))
+        since = store.current_rv()
+        stream = hub.changes(since)
+        store.create(config("a"))
+        store.create(config("b"))
+        relabel(store, "a", "1")
+        store.delete("VMConfig", "default", "b")
+        relabel(store, "before", "2")
+
+        got = await take_changes(stream, 5)
+        assert [(c.type, c.name) for c in got] == [
+            ("ADDED", "a"),
+            ("ADDED", "b"),
+            ("MODIFIED", "a"),
+            ("DELETED", "b"),
+            ("MODIFIED", "before"),
+        ]
+        assert [c.rv for c in got] == list(range(since + 1, since + 6))
+        assert got == store.changes_since(since)
+
+        # a second subscriber from the middle sees exactly the suffix
+        later = await take_changes(hub.changes(since + 3), 2)
+        assert [c.rv for c in later] == [since + 4, since + 5]
+    finally:
+        await hub.stop()
+        store.close()
+
+
+async def test_subscriber_behind_the_ring_reads_the_store(store_url: str) -> None:
+    store = Store(store_url)
+    hub = await started(store, ring_size=2)
+    try:
+        for i in range(10):
+            store.create(config(f"c{i}"))
+        await caught_up(hub, 10)  # the ring now holds only the last two changes
+
+        got = await take_changes(hub.changes(0), 10)
+        assert [c.rv for c in got] == list(range(1, 11))
+        assert [c.name for c in got] == [f"c{i}" for i in range(10)]
+        assert got == store.changes_since(0)
+    finally:
+        await hub.stop()
+        store.close()
+
+
+async def test_subscriber_behind_the_ring_then_follows_live(store_url: str) -> None:
+    store = Store(store_url)
+    hub = await started(store, ring_size=2)
+    try:
+        for i in range(10):
+            store.create(config(f"c{i}"))
+        await caught_up(hub, 10)
+        stream = hub.changes(3)
+        first = await take_changes(stream, 7)
+        for i in range(5):
+            store.create(config(f"late-{i}"))
+        rest = await take_changes(stream, 5)
+        rvs = [c.rv for c in first + rest]
+        assert rvs == list(range(4, 16))
+        assert [c.name for c in rest] == [f"late-{i}" for i in range(5)]
+    finally:
+        await hub.stop()
+        store.close()
+
+
+async def test_old_version_after_compaction_is_gone(open_store: Callable[..., Store]) -> None:
+    store = open_store(change_retention=2)
+    for i in range(6):
+        store.create(config(f"c{i}"))
+    assert store.compact() == 4
+    hub = await started(store)
+    try:
+        with anyio.fail_after(PATIENCE), pytest.raises(Gone):
+            await take_changes(hub.changes(1), 1)
+        # from the compaction point on, the log still replays
+        got = await take_changes(hub.changes(4), 2)
+        assert [c.rv for c in got] == [5, 6]
+    finally:
+        await hub.stop()
+
+
+async def test_writes_from_another_process_arrive_by_poll(open_store: Callable[..., Store]) -> None:
+    mine, other = open_store(), open_store()  # `other` stands for another controller replica
+    hub = await started(mine, poll_interval=0.05)
+    try:
+        since = mine.current_rv()
+        stream = hub.changes(since)
+        other.create(config("remote"))
+        got = await take_changes(stream, 1)
+        assert [(c.type, c.name, c.rv) for c in got] == [("ADDED", "remote", since + 1)]
+    finally:
+        await hub.stop()
+
+
+async def test_heartbeats_never_go_below_what_was_yielded(store_url: str) -> None:
+    store = Store(store_url)
+    store.create(config("seed"))
+    hub = await started(store)
+    try:
+        since = store.current_rv()
+        stream = hub.changes(since, heartbeat=0.01)
+        yielded: list[int] = []
+        heartbeats: list[int] = []
+
+        async def next_item() -> Change | int | None:
+            item = await anext(stream)
+            if isinstance(item, Change):
+                yielded.append(item.rv)
+            else:
+                assert isinstance(item, int) and not isinstance(item, bool), item
+                assert item >= max(yielded, default=since), (item, yielded)
+                heartbeats.append(item)
+            return item
+
+        with anyio.fail_after(PATIENCE):
+            assert await next_item() == since  # quiet from the start: a heartbeat at `since`
+            for i in range(3):
+                store.create(config(f"w{i}"))
+                # read on until a heartbeat comes after the change
+                while not (yielded and yielded[-1] == since + i + 1 and heartbeats[-1] > since + i):
+                    await next_item()
+        assert yielded == [since + 1, since + 2, since + 3]
+        assert heartbeats == sorted(heartbeats)
+        assert heartbeats[-1] == since + 3
+    finally:
+        await hub.stop()
+        store.close()
+
+
+async def test_hub_that_falls_behind_compaction_does_not_stall_watchers(
+    open_store: Callable[..., Store],
+) -> None:
+    """Another replica writes and compacts past what this hub has read: watchers must go on.
+
+    No await runs between the hub's start and the compaction, so the hub cannot read those
+    changes first: it is behind the log's start. A watcher from the current version must still
+    get what is written next, and one from an old version must get Gone.
+    """
+    mine, other = open_store(), open_store(change_retention=2)
+    hub = await started(mine, poll_interval=0.05)
+    try:
+        for i in range(6):
+            other.create(config(f"remote-{i}"))
+        assert other.compact() == 4
+        since = mine.current_rv()
+        stream = hub.changes(since)
+        mine.create(config("local"))
+        try:
+            with anyio.fail_after(5):  # a safety net: the hub retries every 0.05 s
+                got = await take_changes(stream, 1)
+        except TimeoutError:
+            pytest.fail(
+                f"no change reached a watcher from {since}: the hub (at {hub.last_rv}) is stuck "
+                "behind the compacted change log"
+            )
+        assert [(c.name, c.rv) for c in got] == [("local", since + 1)]
+        with anyio.fail_after(5), pytest.raises(Gone):
+            await take_changes(hub.changes(1), 1)
+    finally:
+        await hub.stop()
