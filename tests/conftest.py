@@ -94,11 +94,11 @@ def build_vm(
     return dump(model)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_node() -> Callable[..., Obj]:
     return build_node
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_vm() -> Callable[..., Obj]:
     return build_vm

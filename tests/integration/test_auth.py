@@ -147,7 +147,8 @@ def test_tokens_are_listed_revoked_and_expire(controller: InProcessController) -
         == "VirtualMachineList"
     )
     stored = controller.plane.store
-    raw = repr(stored.engine.connect().exec_driver_sql("select * from tokens").fetchall())
+    with stored.read_engine.connect() as conn:
+        raw = repr(conn.exec_driver_sql("select * from tokens").fetchall())
     assert (
         token.split(".")[1] not in raw and other.split(".")[1] not in raw
     )  # only hashes are stored
@@ -191,7 +192,6 @@ def test_node_credentials_touch_only_their_own_node_and_vms(
 def test_expired_join_token_is_refused(controller: InProcessController) -> None:
     record_token, record = controller.plane.tokens.issue("Join", "", "join", ttl_seconds=60)
     stored = controller.plane.store
-    stored.engine.dispose()
     with stored.engine.begin() as conn:
         conn.exec_driver_sql("update tokens set expires_at = 1 where id = ?", (record.id,))
     response = httpx.post(

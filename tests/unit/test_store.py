@@ -257,7 +257,7 @@ def test_listeners_hear_commits_not_failures(store: Store) -> None:
 
 def test_delete_without_finalizers_removes_and_logs_tombstone(store: Store) -> None:
     created = store.create(config("web"))
-    obj, gone = store.delete("VMConfig", "default", "web")
+    _, gone = store.delete("VMConfig", "default", "web")
     assert gone is True
     with pytest.raises(NotFound):
         store.get("VMConfig", "default", "web")
@@ -280,7 +280,7 @@ def test_delete_with_finalizers_marks_then_last_finalizer_removes(store: Store) 
     assert rv_of(stored) == rv_of(created) + 1
 
     # deleting again while marked changes nothing
-    again, gone = store.delete("VMConfig", "default", "web")
+    _, gone = store.delete("VMConfig", "default", "web")
     assert gone is False
     assert store.current_rv() == rv_of(stored)
 

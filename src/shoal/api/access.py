@@ -62,6 +62,13 @@ def issued(kind: str, token: str, record: TokenRecord) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": kind, "status": status}
 
 
+Listed = {
+    200: {
+        "description": "a list or a revocation",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+    **ERRORS,
+}
 IssuedToken = {
     200: {
         "description": "the new token: shown once, stored only as a hash",
@@ -143,7 +150,7 @@ def access_router() -> APIRouter:
         answer = issued("JoinToken", format_join_token(token, ctx.ca_fingerprint), record)
         return JSONResponse(answer, status_code=201)
 
-    @router.get(f"{PREFIX}/jointokens", responses=IssuedToken, summary="List node join tokens")
+    @router.get(f"{PREFIX}/jointokens", responses=Listed, summary="List node join tokens")
     def list_join_tokens(ctx: Ctx, caller: Caller) -> JSONResponse:
         _require_admin(caller)
         items = [token_info(r) for r in ctx.tokens.list("Join", "", "join") if _live(r)]

@@ -13,6 +13,7 @@ from shoal.api.access import access_router
 from shoal.api.actions import actions_router
 from shoal.api.context import ApiContext
 from shoal.api.docs import ERRORS
+from shoal.api.metrics import install_metrics
 from shoal.api.routes import kinds_router
 from shoal.errors import ApiError, BadRequest, Invalid, MethodNotAllowed, NotFound
 
@@ -113,6 +114,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             raise NotFound("this server does not use TLS")
         return Response(ctx.ca_pem, media_type="application/x-pem-file")
 
+    install_metrics(app, ctx)
     app.include_router(kinds_router())
     app.include_router(actions_router())
     app.include_router(access_router())

@@ -240,7 +240,7 @@ class Objects:
         self, info: KindInfo, namespace: str | None, name: str, *, expect_rv: str | None = None
     ) -> tuple[Obj, bool]:
         def mark(obj: Obj) -> None:
-            if info.kind == "Namespace":
+            if info.kind in ("Namespace", "VirtualMachine"):
                 obj.setdefault("status", {})["phase"] = "Terminating"
 
         return self.store.delete(

@@ -227,6 +227,10 @@ class Store:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         with self._engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Replicas starting at once on a fresh database take turns; SQLite's BEGIN
+                # IMMEDIATE already serializes them.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7400213)"))
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 
@@ -250,9 +254,14 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[Tx]:
-        with self._engine.begin() as conn:
-            tx = Tx(self, conn)
-            yield tx
+        try:
+            with self._engine.begin() as conn:
+                tx = Tx(self, conn)
+                yield tx
+        except sa.exc.IntegrityError as error:
+            # Two transactions inserted the same key at once; the loser is told as a lone
+            # writer would be.
+            raise AlreadyExists(f"the object already exists ({error.orig})") from None
         if tx.written:
             top = max(tx.written)
             with self._listeners_lock:

@@ -12,6 +12,7 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncGenerator
 
+from shoal.errors import Gone
 from shoal.store.store import Change, Store
 
 
@@ -58,6 +59,9 @@ class WatchHub:
             self._wake.clear()
             try:
                 batch = await asyncio.to_thread(self._store.changes_since, self.last_rv, 5000)
+            except Gone:
+                await self._restart_from_now()
+                continue
             except Exception:  # the database may be restarting; the next poll retries
                 await asyncio.sleep(self._poll_interval)
                 continue
@@ -74,6 +78,16 @@ class WatchHub:
                 self._wake.set()
             signal, self._signal = self._signal, asyncio.Event()
             signal.set()
+
+    async def _restart_from_now(self) -> None:
+        """The log was compacted past what the hub has read (it was stalled while others wrote):
+        start again from now. Watchers behind that point read the log and get Gone, and relist."""
+        self.last_rv = await asyncio.to_thread(self._store.current_rv)
+        self._ring.clear()
+        self._ring_rvs.clear()
+        self._floor = self.last_rv
+        signal, self._signal = self._signal, asyncio.Event()
+        signal.set()
 
     def _from_ring(self, cursor: int) -> list[Change] | None:
         if cursor < self._floor:

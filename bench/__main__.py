@@ -1,0 +1,32 @@
+"""`make bench`: run every benchmark, print a table, write JSON under bench/results/."""
+
+import json
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import foundation
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> int:
+    RESULTS.mkdir(exist_ok=True)
+    rows = foundation.run()
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'benchmark':<{width}}  {'value':>12}  unit")
+    for row in rows:
+        print(f"{row['name']:<{width}}  {row['value']:>12.2f}  {row['unit']}")
+    report = {
+        "when": datetime.now(UTC).isoformat(),
+        "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
+        "results": rows,
+    }
+    (RESULTS / "foundation.json").write_text(json.dumps(report, indent=2))
+    print(f"\nwritten: {RESULTS / 'foundation.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

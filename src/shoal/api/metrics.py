@@ -1,0 +1,103 @@
+"""Prometheus metrics at /metrics: requests by route and code, their latency, objects by kind."""
+
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import PlainTextResponse
+
+from shoal.api.auth import Principal, authenticate
+from shoal.api.context import ApiContext
+from shoal.model.registry import KINDS
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RequestMetrics:
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.buckets: dict[tuple[str, str], list[int]] = defaultdict(
+            lambda: [0] * (len(BUCKETS) + 1)
+        )
+        self.sums: dict[tuple[str, str], float] = defaultdict(float)
+
+    def observe(self, method: str, route: str, code: int, seconds: float) -> None:
+        self.counts[(method, route, code)] += 1
+        key = (method, route)
+        self.sums[key] += seconds
+        buckets = self.buckets[key]
+        for index, bound in enumerate(BUCKETS):
+            if seconds <= bound:
+                buckets[index] += 1
+        buckets[-1] += 1
+
+    def render(self) -> list[str]:
+        lines = [
+            "# HELP shoal_http_requests_total HTTP requests by method, route and code.",
+            "# TYPE shoal_http_requests_total counter",
+        ]
+        for (method, route, code), count in sorted(self.counts.items()):
+            lines.append(
+                f'shoal_http_requests_total{{method="{method}",route="{route}",code="{code}"}} {count}'
+            )
+        lines += [
+            "# HELP shoal_http_request_duration_seconds Time to the response's first byte.",
+            "# TYPE shoal_http_request_duration_seconds histogram",
+        ]
+        for (method, route), buckets in sorted(self.buckets.items()):
+            labels = f'method="{method}",route="{route}"'
+            for bound, count in zip(BUCKETS, buckets, strict=False):
+                lines.append(
+                    f'shoal_http_request_duration_seconds_bucket{{{labels},le="{bound}"}} {count}'
+                )
+            lines.append(
+                f'shoal_http_request_duration_seconds_bucket{{{labels},le="+Inf"}} {buckets[-1]}'
+            )
+            lines.append(
+                f"shoal_http_request_duration_seconds_sum{{{labels}}} {self.sums[(method, route)]:.6f}"
+            )
+            lines.append(f"shoal_http_request_duration_seconds_count{{{labels}}} {buckets[-1]}")
+        return lines
+
+
+def _route_of(request: Request) -> str:
+    route = request.scope.get("route")  # set by the router once it matched
+    return str(getattr(route, "path", "unmatched"))
+
+
+def install_metrics(app: FastAPI, ctx: ApiContext) -> None:
+    metrics = RequestMetrics()
+
+    @app.middleware("http")
+    async def measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        metrics.observe(
+            request.method,
+            _route_of(request),
+            response.status_code,
+            time.perf_counter() - started,
+        )
+        return response
+
+    @app.get(
+        "/metrics", tags=["Health"], response_class=PlainTextResponse, summary="Prometheus metrics"
+    )
+    def prometheus(_caller: Annotated[Principal, Depends(authenticate)]) -> PlainTextResponse:
+        lines = metrics.render()
+        lines += [
+            "# HELP shoal_objects Objects in the store by kind.",
+            "# TYPE shoal_objects gauge",
+        ]
+        for info in KINDS:
+            lines.append(f'shoal_objects{{kind="{info.kind}"}} {ctx.store.count(info.kind)}')
+        lines += [
+            "# HELP shoal_resource_version The store's current resourceVersion.",
+            "# TYPE shoal_resource_version gauge",
+            f"shoal_resource_version {ctx.store.current_rv()}",
+        ]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
