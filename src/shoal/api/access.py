@@ -70,7 +70,7 @@ Listed = {
     **ERRORS,
 }
 IssuedToken = {
-    200: {
+    201: {
         "description": "the new token: shown once, stored only as a hash",
         "content": {"application/json": {"schema": {"type": "object"}}},
     },
@@ -111,7 +111,7 @@ def access_router() -> APIRouter:
 
     @router.delete(
         sa_path + "/tokens/{token_id}",
-        responses={200: IssuedToken[200], **ERRORS},
+        responses=Listed,
         summary="Revoke a service-account token",
     )
     def revoke_token(
@@ -158,7 +158,7 @@ def access_router() -> APIRouter:
 
     @router.delete(
         f"{PREFIX}/jointokens/{{token_id}}",
-        responses=IssuedToken,
+        responses=Listed,
         summary="Revoke a node join token",
     )
     def revoke_join_token(
