@@ -1,7 +1,7 @@
 """Pure placement: does a VM fit a node, why not, and the message a person reads."""
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from shoal.api.objects import dump
 from shoal.model.kinds import VirtualMachine
+from shoal.scheduler.loop import Scheduler
 from shoal.scheduler.placement import (
     Allocatable,
     Request,
@@ -17,7 +18,8 @@ from shoal.scheduler.placement import (
     unschedulable_message,
     why_not,
 )
-from shoal.store.store import Usage
+from shoal.store.store import Store, Usage
+from shoal.store.watch import WatchHub
 
 Obj = dict[str, Any]
 Maker = Callable[..., Obj]
@@ -239,3 +241,80 @@ def test_first_fit_never_overcommits(
         assert all(
             why_not(node, used, req) is not None for node, used in zip(nodes, usage, strict=True)
         )
+
+
+# -- the filters the design names, through a real scheduling pass ---------------------------
+#
+# DESIGN.md (Scheduling): "Filters: Ready, not cordoned, fresh heartbeat; arch/os/backend can run
+# the guest; namespace dedication; required tags; free cpu, memory, disk; VM count below maxVMs".
+# A VM that one node cannot run must land on the other one, or nowhere.
+
+
+@pytest.fixture
+def store(tmp_path: Any) -> Iterator[Store]:
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    yield store
+    store.close()
+
+
+def schedule(store: Store) -> dict[str, str | None]:
+    Scheduler(store, WatchHub(store)).run_once()
+    vms, _ = store.list_objects("VirtualMachine")
+    return {vm["metadata"]["name"]: vm["spec"].get("nodeName") for vm in vms}
+
+
+def test_scheduler_binds_to_the_first_node_that_fits(
+    store: Store, make_node: Maker, make_vm: Maker
+) -> None:
+    store.create(make_node("a-host", ready=False))
+    store.create(make_node("b-host", cpu=2))
+    store.create(make_node("c-host", cpu=8))
+    store.create(make_vm("small", cpu=2))
+    store.create(make_vm("big", cpu=4))
+    store.create(make_vm("huge", cpu=16))
+    assert schedule(store) == {"big": "c-host", "huge": None, "small": "b-host"}
+    huge = store.get("VirtualMachine", "default", "huge")
+    message = "0/3 nodes available: 2 insufficient cpu, 1 not ready"
+    assert huge["status"]["message"] == message
+
+
+@pytest.mark.parametrize(
+    ("vm_spec", "wrong", "right"),
+    [
+        (
+            {"nodeSelector": {"xcode": "16"}},
+            {"labels": {"xcode": "15"}},
+            {"labels": {"xcode": "16"}},
+        ),
+        ({"arch": "arm64"}, {"arch": "amd64"}, {"arch": "arm64"}),
+        (
+            {"os": "macos"},
+            {"guestOS": ["linux"], "os": "darwin", "arch": "arm64"},
+            {"guestOS": ["linux", "macos"], "os": "darwin", "arch": "arm64"},
+        ),
+        ({}, {"dedicated": ["team-a"]}, {}),
+    ],
+    ids=["required-tags", "arch", "guest-os", "namespace-dedication"],
+)
+def test_scheduler_honours_node_filters(
+    store: Store,
+    make_node: Maker,
+    make_vm: Maker,
+    vm_spec: dict[str, Any],
+    wrong: dict[str, Any],
+    right: dict[str, Any],
+) -> None:
+    def node(name: str, traits: dict[str, Any]) -> Obj:
+        built = make_node(name)
+        traits = dict(traits)
+        built["metadata"]["labels"] = traits.pop("labels", {})
+        if dedicated := traits.pop("dedicated", None):
+            built["spec"]["dedicatedNamespaces"] = dedicated
+        built["status"].update(traits)
+        return built
+
+    store.create(node("a-wrong", wrong))  # first in list order: first-fit would pick it
+    store.create(node("b-right", right))
+    spec = {"arch": "arm64"} if vm_spec.get("os") == "macos" else {}
+    store.create(make_vm("vm", "default", **(spec | vm_spec)))
+    assert schedule(store) == {"vm": "b-right"}

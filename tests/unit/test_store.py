@@ -1,5 +1,6 @@
 """The Store on both backends: SQLite (a file) and PostgreSQL (a fresh database per test)."""
 
+import hashlib
 import multiprocessing
 import threading
 import uuid
@@ -14,6 +15,7 @@ from shoal.model.meta import parse_iso
 from shoal.scheduler.binder import AGENT_FINALIZER, bind
 from shoal.scheduler.placement import Allocatable
 from shoal.store.store import Store, Usage
+from shoal.store.tokens import TokenStore
 
 Obj = dict[str, Any]
 GI = 2**30
@@ -587,3 +589,79 @@ def test_bind_refuses_stale_or_bound_vms(
     )
     with store.tx() as tx:
         assert tx.node_usage("host-1").vms == 1
+
+
+# -- tokens --------------------------------------------------------------------------------
+
+
+def test_tokens_issue_verify_and_store_only_a_hash(store: Store) -> None:
+    tokens = TokenStore(store)
+    token, record = tokens.issue("ServiceAccount", "team-a", "ci", ttl_seconds=3600)
+    token_id, _, secret = token.partition(".")
+    assert token_id == record.id and len(secret) >= 43  # 32 random bytes, base64url
+    assert (record.subject_kind, record.subject_namespace, record.subject_name) == (
+        "ServiceAccount",
+        "team-a",
+        "ci",
+    )
+    assert record.expires_at is not None and record.expires_at > record.created_at
+    assert tokens.verify(token) == record
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT * FROM tokens")).all()
+    assert len(rows) == 1
+    assert all(secret not in str(value) for value in rows[0])
+    assert hashlib.sha256(secret.encode()).hexdigest() in rows[0]
+
+    other, _ = tokens.issue("User", "", "admin")
+    assert other != token
+    assert tokens.get(record.id) == record
+    assert tokens.get("nope") is None
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t.partition(".")[0] + ".wrong-secret",
+        lambda t: "0000000000000000." + t.partition(".")[2],
+        lambda t: t.partition(".")[0],
+        lambda t: t.replace(".", ""),
+        lambda t: "." + t.partition(".")[2],
+        lambda t: "",
+        lambda t: t + "x" * 200,
+    ],
+    ids=["wrong-secret", "wrong-id", "no-secret", "no-dot", "no-id", "empty", "too-long"],
+)
+def test_tokens_verify_rejects_bad_tokens(store: Store, mangle: Callable[[str], str]) -> None:
+    tokens = TokenStore(store)
+    token, _ = tokens.issue("User", "", "admin")
+    assert tokens.verify(mangle(token)) is None
+    assert tokens.verify(token) is not None
+
+
+def test_tokens_expire(store: Store) -> None:
+    tokens = TokenStore(store)
+    expired, _ = tokens.issue("Join", "", "join", ttl_seconds=-1)
+    forever, record = tokens.issue("Node", "", "host-1")
+    assert record.expires_at is None
+    assert tokens.verify(expired) is None
+    assert tokens.verify(forever) is not None
+
+
+def test_tokens_list_and_revoke(store: Store) -> None:
+    tokens = TokenStore(store)
+    first = tokens.issue("ServiceAccount", "team-a", "ci")[1]
+    second = tokens.issue("ServiceAccount", "team-a", "ci")[1]
+    third = tokens.issue("ServiceAccount", "team-a", "deploy")[1]
+    tokens.issue("ServiceAccount", "team-b", "ci")
+    assert [r.id for r in tokens.list("ServiceAccount", "team-a", "ci")] == [first.id, second.id]
+    assert {r.id for r in tokens.list("ServiceAccount", "team-a")} == {
+        first.id,
+        second.id,
+        third.id,
+    }
+    assert tokens.revoke(first.id) is True
+    assert tokens.revoke(first.id) is False
+    assert tokens.get(first.id) is None
+    assert tokens.revoke_subject("ServiceAccount", "team-a", "ci") == 1
+    assert [r.id for r in tokens.list("ServiceAccount", "team-a")] == [third.id]
+    assert len(tokens.list("ServiceAccount", "team-b")) == 1

@@ -1,0 +1,221 @@
+"""The API over HTTP: bad input gets a 4xx naming what was wrong and changes nothing; lists,
+selectors, pages, watch and conditional writes behave as documented."""
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from helpers import InProcessController
+from shoal.client import resource_path
+
+VMS = resource_path("virtualmachines", "default")
+
+
+@pytest.fixture(scope="module")
+def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessController]:
+    with InProcessController(tmp_path_factory.mktemp("api"), bookmark_interval=0.5) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def http(controller: InProcessController) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=controller.url, headers={"Authorization": f"Bearer {controller.admin_token}"}
+    ) as client:
+        yield client
+
+
+def vm(name: str, **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"image": "x", **spec}}
+
+
+def status_of(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    assert body["kind"] == "Status" and body["code"] == response.status_code
+    return dict(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (vm("a", cpu=0), "spec.cpu"),
+        (vm("a", cpu=-2), "spec.cpu"),
+        (vm("a", cpu=100000), "spec.cpu"),
+        (vm("a", cpu="two"), "spec.cpu"),
+        (vm("a", memory="0"), "spec.memory"),
+        (vm("a", memory="-1Gi"), "spec.memory"),
+        (vm("a", memory="lots"), "spec.memory"),
+        (vm("a", memory="5Pi"), "spec.memory"),
+        (vm("a", memory="1Mi"), "spec.memory"),
+        (vm("a", disk="12"), "spec.disk"),
+        (vm("a", colour="blue"), "spec.colour"),
+        (vm("a", ports=[{"guest": 70000}]), "spec.ports.0.guest"),
+        (vm("a", ports=[{"guest": 22}, {"guest": 22}]), "spec.ports"),
+        (vm("a", powerState="Sleeping"), "spec.powerState"),
+        (vm("a", nodeSelector={"bad key!": "x"}), "spec.nodeSelector"),
+        ({"metadata": {"name": "Upper"}, "spec": {"image": "x"}}, "metadata.name"),
+        ({"metadata": {"name": "a" * 64}, "spec": {"image": "x"}}, "metadata.name"),
+        ({"metadata": {"name": "-dash"}, "spec": {"image": "x"}}, "metadata.name"),
+        ({"metadata": {"name": "a", "colour": 1}, "spec": {"image": "x"}}, "metadata.colour"),
+        ({"metadata": {"name": "a"}, "spec": {"image": "x"}, "extra": 1}, "extra"),
+        ({"metadata": {"name": "a"}}, "spec"),
+        ({"metadata": {"name": "a"}, "spec": {}}, "spec.image"),
+        ({"metadata": {}, "spec": {"image": "x"}}, "metadata.name"),
+        ({"metadata": {"name": "a"}, "spec": {"image": "x", "nodeName": "n1"}}, "spec.nodeName"),
+        ({"metadata": {"name": "a"}, "spec": {"config": "missing"}}, "spec.config"),
+        ({"kind": "Node", "metadata": {"name": "a"}, "spec": {"image": "x"}}, "kind"),
+    ],
+)
+def test_invalid_vms_are_refused_naming_the_field(
+    http: httpx.Client, body: dict[str, Any], field: str
+) -> None:
+    before = http.get(VMS).json()["metadata"]["resourceVersion"]
+    response = http.post(VMS, json=body)
+    assert response.status_code == 422, response.text
+    status = status_of(response)
+    assert field in status["message"], status["message"]
+    assert http.get(VMS).json()["metadata"]["resourceVersion"] == before  # nothing was written
+
+
+def test_malformed_requests_are_400_or_404(http: httpx.Client) -> None:
+    bad_json = http.post(
+        VMS, content=b'{"metadata": ', headers={"Content-Type": "application/json"}
+    )
+    assert bad_json.status_code == 400 and "JSON" in status_of(bad_json)["message"]
+    not_object = http.post(VMS, json=[1, 2])
+    assert not_object.status_code == 422
+    missing_ns = http.post(resource_path("virtualmachines", "nowhere"), json=vm("a"))
+    assert missing_ns.status_code == 404 and "namespace nowhere" in status_of(missing_ns)["message"]
+    assert http.get(resource_path("virtualmachines", "default", "Bad_Name")).status_code == 422
+    assert http.get("/apis/shoal.dev/v1/nothings").status_code == 404
+    assert http.get(VMS, params={"labelSelector": "a in (b"}).status_code in (400, 422)
+    assert http.get(VMS, params={"fieldSelector": "nonsense"}).status_code == 400
+    assert http.get(VMS, params={"continue": "not-a-token"}).status_code == 400
+    assert http.get(VMS, params={"watch": "1", "resourceVersion": "abc"}).status_code == 400
+    assert http.delete(resource_path("namespaces", None, "default") + "/status").status_code == 405
+
+
+def test_conflicting_write_gets_409_and_changes_nothing(http: httpx.Client) -> None:
+    created = http.post(VMS, json=vm("cas")).json()
+    stale = json.loads(json.dumps(created))
+    fresh = http.patch(
+        resource_path("virtualmachines", "default", "cas"),
+        json={"metadata": {"labels": {"a": "1"}}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    ).json()
+    stale["metadata"]["labels"] = {"a": "2"}
+    conflict = http.put(resource_path("virtualmachines", "default", "cas"), json=stale)
+    assert conflict.status_code == 409 and status_of(conflict)["reason"] == "Conflict"
+    now = http.get(resource_path("virtualmachines", "default", "cas")).json()
+    assert now["metadata"]["labels"] == fresh["metadata"]["labels"] == {"a": "1"}
+    assert now["spec"] == fresh["spec"]
+    duplicate = http.post(VMS, json=vm("cas"))
+    assert duplicate.status_code == 409 and status_of(duplicate)["reason"] == "AlreadyExists"
+    stale_delete = http.delete(
+        resource_path("virtualmachines", "default", "cas"),
+        params={"resourceVersion": created["metadata"]["resourceVersion"]},
+    )
+    assert stale_delete.status_code == 409
+    assert http.delete(resource_path("virtualmachines", "default", "cas")).status_code == 200
+
+
+def test_immutable_fields_and_generation(http: httpx.Client) -> None:
+    created = http.post(VMS, json=vm("gen")).json()
+    path = resource_path("virtualmachines", "default", "gen")
+    merge = {"Content-Type": "application/merge-patch+json"}
+    for patch, field in (
+        ({"spec": {"image": "y"}}, "spec.image"),
+        ({"spec": {"nodeName": "n"}}, "spec.nodeName"),
+        ({"spec": {"os": "macos"}}, "spec.os"),
+    ):
+        response = http.patch(path, json=patch, headers=merge)
+        assert response.status_code == 422 and field in status_of(response)["message"]
+    labelled = http.patch(path, json={"metadata": {"labels": {"x": "y"}}}, headers=merge).json()
+    assert labelled["metadata"]["generation"] == created["metadata"]["generation"]
+    resized = http.patch(path, json={"spec": {"cpu": 4}}, headers=merge).json()
+    assert resized["metadata"]["generation"] == created["metadata"]["generation"] + 1
+    ignored = http.patch(path, json={"status": {"phase": "Running"}}, headers=merge).json()
+    assert ignored["status"]["phase"] == "Pending"  # status is written through /status only
+    http.delete(path)
+
+
+def test_generate_name_and_vmconfig_defaults(http: httpx.Client) -> None:
+    config = {
+        "metadata": {"name": "big"},
+        "spec": {"image": "macos-15", "cpu": 8, "memory": "16Gi", "os": "macos"},
+    }
+    assert http.post(resource_path("vmconfigs", "default"), json=config).status_code == 201
+    made = http.post(
+        VMS, json={"metadata": {"generateName": "job-"}, "spec": {"config": "big", "memory": "8Gi"}}
+    )
+    assert made.status_code == 201, made.text
+    spec = made.json()["spec"]
+    assert made.json()["metadata"]["name"].startswith("job-")
+    assert (spec["image"], spec["cpu"], spec["memory"], spec["os"]) == (
+        "macos-15",
+        8,
+        "8Gi",
+        "macos",
+    )
+    http.delete(resource_path("virtualmachines", "default", made.json()["metadata"]["name"]))
+
+
+def test_selectors_and_pages(http: httpx.Client) -> None:
+    http.post(resource_path("namespaces"), json={"metadata": {"name": "paging"}})
+    path = resource_path("vmconfigs", "paging")
+    for i in range(25):
+        labels = {"tier": "web" if i % 2 else "db", "index": str(i)}
+        http.post(
+            path,
+            json={
+                "metadata": {"name": f"c-{i:02d}", "labels": labels},
+                "spec": {"image": "x", "cpu": 1 + i % 3},
+            },
+        )
+    names: list[str] = []
+    cont = None
+    while True:
+        page = http.get(path, params={"limit": 10, **({"continue": cont} if cont else {})}).json()
+        names += [o["metadata"]["name"] for o in page["items"]]
+        cont = page["metadata"].get("continue")
+        if not cont:
+            break
+    assert names == [f"c-{i:02d}" for i in range(25)]
+    web = http.get(path, params={"labelSelector": "tier=web"}).json()["items"]
+    assert len(web) == 12
+    some = http.get(path, params={"labelSelector": "tier=db,index in (0,2,3)"}).json()["items"]
+    assert [o["metadata"]["name"] for o in some] == ["c-00", "c-02"]
+    cpu3 = http.get(path, params={"fieldSelector": "spec.cpu=3"}).json()["items"]
+    assert len(cpu3) == 8
+    filtered_pages = http.get(path, params={"labelSelector": "tier=web", "limit": 5}).json()
+    assert len(filtered_pages["items"]) == 5 and filtered_pages["metadata"]["continue"]
+
+
+def test_watch_lists_then_follows_with_bookmarks(
+    http: httpx.Client, controller: InProcessController
+) -> None:
+    http.post(resource_path("namespaces"), json={"metadata": {"name": "watched"}})
+    path = resource_path("vmconfigs", "watched")
+    http.post(path, json={"metadata": {"name": "old"}, "spec": {"image": "x"}})
+    seen: list[tuple[str, str]] = []
+    with (
+        httpx.Client(
+            base_url=controller.url,
+            headers={"Authorization": f"Bearer {controller.admin_token}"},
+            timeout=httpx.Timeout(10, read=10),
+        ) as other,
+        other.stream("GET", path, params={"watch": "1", "timeoutSeconds": 3}) as stream,
+    ):
+        assert stream.headers["content-type"].startswith("application/x-ndjson")
+        for line in stream.iter_lines():
+            event = json.loads(line)
+            seen.append((event["type"], event["object"]["metadata"].get("name", "")))
+            if len(seen) == 1:
+                http.post(path, json={"metadata": {"name": "new"}, "spec": {"image": "x"}})
+                http.delete(resource_path("vmconfigs", "watched", "old"))
+    kinds = [t for t, _ in seen]
+    assert seen[:3] == [("ADDED", "old"), ("ADDED", "new"), ("DELETED", "old")]
+    assert "BOOKMARK" in kinds  # quiet spells are bookmarked (interval 0.5 s here)
