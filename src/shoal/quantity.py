@@ -1,6 +1,7 @@
 """Kubernetes-style quantities for memory and disk sizes ("8Gi", "512Mi", "1G", "1024")."""
 
 import re
+from decimal import ROUND_CEILING, Decimal
 
 _SUFFIXES: dict[str, int] = {
     "": 1,
@@ -32,7 +33,9 @@ def parse_bytes(text: str | int) -> int:
         if not match:
             raise ValueError(f"{text!r} is not a size such as '8Gi' or '512Mi'")
         number, suffix = match.group(1), match.group(2) or ""
-        value = int(float(number) * _SUFFIXES[suffix])
+        # Decimal, not float: "0.1Gi" must name exactly the bytes it says; a fraction of a byte
+        # rounds up, as Kubernetes does.
+        value = int((Decimal(number) * _SUFFIXES[suffix]).to_integral_value(ROUND_CEILING))
     if value <= 0:
         raise ValueError("must be greater than zero")
     if value > MAX_BYTES:

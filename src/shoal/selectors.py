@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import BadRequest
+from shoal.model.meta import LABEL_VALUE as _LABEL_VALUE
 from shoal.model.meta import check_label_key
 
 Predicate = Callable[[dict[str, Any]], bool]
@@ -57,22 +58,42 @@ def _label_key(key: str, selector: str) -> str:
         raise BadRequest(f"labelSelector {selector!r}: {error}", field="labelSelector") from None
 
 
+def _label_value(value: str, selector: str) -> str:
+    if len(value) > 63 or not _LABEL_VALUE.match(value):
+        raise BadRequest(
+            f"labelSelector {selector!r}: {value!r} is not a label value "
+            "(at most 63 letters, digits, '-', '_' or '.')",
+            field="labelSelector",
+        )
+    return value
+
+
 def parse_label_selector(selector: str) -> list[Requirement]:
     requirements = []
     for part in _split_top_level(selector):
         if match := _SET_EXPR.match(part):
             key, operator, values = match.groups()
-            items = frozenset(v.strip() for v in values.split(",") if v.strip())
+            items = frozenset(
+                _label_value(v.strip(), selector) for v in values.split(",") if v.strip()
+            )
             requirements.append(Requirement(_label_key(key, selector), operator, items))
         elif "!=" in part:
             key, value = part.split("!=", 1)
             requirements.append(
-                Requirement(_label_key(key.strip(), selector), "!=", frozenset({value.strip()}))
+                Requirement(
+                    _label_key(key.strip(), selector),
+                    "!=",
+                    frozenset({_label_value(value.strip(), selector)}),
+                )
             )
         elif "=" in part:
             key, value = part.split("==", 1) if "==" in part else part.split("=", 1)
             requirements.append(
-                Requirement(_label_key(key.strip(), selector), "=", frozenset({value.strip()}))
+                Requirement(
+                    _label_key(key.strip(), selector),
+                    "=",
+                    frozenset({_label_value(value.strip(), selector)}),
+                )
             )
         elif part.startswith("!"):
             requirements.append(

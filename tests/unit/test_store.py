@@ -496,22 +496,30 @@ def test_concurrent_mutations_lose_no_update(store: Store) -> None:
 
 
 def test_concurrent_creates_of_one_name_one_wins(store: Store) -> None:
-    """Racing creates of the same object: one succeeds, every other one gets AlreadyExists."""
+    """Racing creates of the same object: one succeeds, and every other one gets the same
+    AlreadyExists a lone writer would (a 409 naming the object, not a database error)."""
     outcomes: list[str] = []
+    errors: list[AlreadyExists] = []
     lock = threading.Lock()
 
     def creator(_: int) -> None:
         try:
             store.create(config("web"))
             outcome = "created"
-        except AlreadyExists:
+        except AlreadyExists as error:
             outcome = "exists"
+            with lock:
+                errors.append(error)
         with lock:
             outcomes.append(outcome)
 
     run_threads(8, creator)
     assert sorted(outcomes) == ["created"] + ["exists"] * 7
     assert store.count("VMConfig") == 1
+    with pytest.raises(AlreadyExists) as lone:
+        store.create(config("web"))
+    for error in errors:
+        assert (error.message, error.details) == (lone.value.message, lone.value.details)
 
 
 @pytest.mark.parametrize(

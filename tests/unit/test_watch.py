@@ -1,5 +1,6 @@
 """The WatchHub on both store backends: ordered delivery, ring overflow, Gone, heartbeats."""
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -248,3 +249,39 @@ async def test_hub_that_falls_behind_compaction_does_not_stall_watchers(
             await take_changes(hub.changes(1), 1)
     finally:
         await hub.stop()
+
+
+async def test_heartbeat_promises_only_what_was_yielded(store_url: str) -> None:
+    """A heartbeat is a bookmark: every change up to it has been yielded, none comes later.
+
+    A watcher that saves the bookmark and reconnects from it must not miss a change, so no
+    change may follow a heartbeat whose version is not below the change's.
+    """
+    store = Store(store_url)
+    hub = await started(store)
+    try:
+        since = store.current_rv()
+        stream = hub.changes(since, heartbeat=0)  # a heartbeat whenever the ring has nothing new
+        items: list[Change | int] = []
+        writes = 30
+        writer = asyncio.create_task(
+            asyncio.to_thread(lambda: [store.create(config(f"w{i}")) for i in range(writes)])
+        )
+        with anyio.fail_after(PATIENCE):
+            async for item in stream:
+                items.append(item)
+                if sum(isinstance(i, Change) for i in items) == writes:
+                    break
+        await writer
+        bookmark = since
+        for item in items:
+            if isinstance(item, Change):
+                assert item.rv > bookmark, (
+                    f"change {item.rv} came after a heartbeat at {bookmark}: a watcher resuming "
+                    "from that bookmark would miss it"
+                )
+            else:
+                bookmark = item
+    finally:
+        await hub.stop()
+        store.close()

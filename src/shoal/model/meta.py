@@ -10,7 +10,7 @@ API_VERSION = "shoal.dev/v1"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 def check_dns_label(value: str) -> str:
@@ -41,7 +41,7 @@ def check_label_key(key: str) -> str:
 def _check_labels(labels: dict[str, str]) -> dict[str, str]:
     for key, value in labels.items():
         check_label_key(key)
-        if len(value) > 63 or not _LABEL_VALUE.match(value):
+        if len(value) > 63 or not LABEL_VALUE.match(value):
             raise ValueError(
                 f"label {key!r} has value {value!r}: at most 63 letters, digits, '-', '_' or '.'"
             )
