@@ -1,5 +1,6 @@
 """HTTP clients of the shoal API (sync for the CLI, async for agents) and the contexts file."""
 
+import asyncio
 import builtins
 import json
 import os
@@ -15,6 +16,8 @@ import yaml
 from shoal.errors import ApiError, Unavailable, error_from_status
 
 API = "/apis/shoal.dev/v1"
+# Requests one process keeps in flight to the API at once (the agents of a process share them).
+REQUEST_SLOTS = 32
 Obj = dict[str, Any]
 
 
@@ -237,7 +240,12 @@ class AsyncClient:
         ca_pem: str | None = None,
         timeout: float = 30.0,
         http: httpx.AsyncClient | None = None,
+        watch_http: httpx.AsyncClient | None = None,
+        slots: asyncio.Semaphore | None = None,
     ) -> None:
+        """http serves requests and watch_http the long-lived watch streams, so that streams
+        never hold the connections requests wait for. slots caps requests in flight (many agents
+        in one process share it), which keeps the connection pool's queue short."""
         self.server = server.rstrip("/")
         self.token = token
         self._headers = {"Authorization": f"Bearer {token}"}
@@ -245,11 +253,18 @@ class AsyncClient:
             base_url=self.server,
             verify=ssl_context(ca_pem),
             timeout=timeout,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+            limits=httpx.Limits(
+                max_connections=REQUEST_SLOTS, max_keepalive_connections=REQUEST_SLOTS
+            ),
         )
+        self._watch_http = watch_http or httpx.AsyncClient(
+            base_url=self.server, verify=ssl_context(ca_pem), timeout=timeout
+        )
+        self._slots = slots or asyncio.Semaphore(REQUEST_SLOTS)
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._watch_http.aclose()
 
     async def request(
         self,
@@ -264,15 +279,18 @@ class AsyncClient:
         if body is not None:
             headers["Content-Type"] = content_type
         try:
-            response = await self._http.request(
-                method,
-                self.server + path,
-                content=None if body is None else json.dumps(body),
-                params={k: v for k, v in (params or {}).items() if v is not None},
-                headers=headers,
-            )
+            async with self._slots:
+                response = await self._http.request(
+                    method,
+                    self.server + path,
+                    content=None if body is None else json.dumps(body),
+                    params={k: v for k, v in (params or {}).items() if v is not None},
+                    headers=headers,
+                )
         except httpx.TransportError as error:
-            raise Unavailable(f"cannot reach {self.server}: {error}") from None
+            raise Unavailable(
+                f"cannot reach {self.server}: {type(error).__name__} {error}"
+            ) from None
         _raise_for(response)
         return response.json() if response.content else None
 

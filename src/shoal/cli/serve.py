@@ -37,6 +37,8 @@ def _logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per request drowns what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _size(value: str) -> int:

@@ -33,8 +33,10 @@ class GarbageCollector:
                 self._collect_vm(vm, nodes, now)
             except ApiError as error:  # changed or gone meanwhile: the next round looks again
                 log.debug("gc of %s: %s", vm["metadata"]["name"], error)
-        self._collect_events(now)
+        # Old events and the change log are swept once a minute, not every round: listing every
+        # Event is the most expensive read the controller makes.
         if time.monotonic() - self._last_compact > self.compact_every:
+            self._collect_events(now)
             self.store.compact()
             self._last_compact = time.monotonic()
 
