@@ -67,6 +67,20 @@ async def started(store: Store, **kwargs: Any) -> WatchHub:
     return hub
 
 
+async def stop(hub: WatchHub) -> bool:
+    """Stop the hub; True when the first stop() returned within the patience.
+
+    When it does not (see test_stop_returns_when_a_write_just_woke_the_hub), a second stop()
+    cancels the hub again, so one stuck stop cannot hang the suite.
+    """
+    first = asyncio.ensure_future(hub.stop())
+    done, _ = await asyncio.wait({first}, timeout=5)
+    if not done:
+        await hub.stop()
+        await first
+    return bool(done)
+
+
 async def take_changes(stream: AsyncIterator[Change | int | None], count: int) -> list[Change]:
     """The next `count` changes from a stream, skipping heartbeats."""
     got: list[Change] = []
@@ -113,7 +127,7 @@ async def test_subscriber_gets_every_later_change_in_order(store_url: str) -> No
         later = await take_changes(hub.changes(since + 3), 2)
         assert [c.rv for c in later] == [since + 4, since + 5]
     finally:
-        await hub.stop()
+        await stop(hub)
         store.close()
 
 
@@ -130,7 +144,7 @@ async def test_subscriber_behind_the_ring_reads_the_store(store_url: str) -> Non
         assert [c.name for c in got] == [f"c{i}" for i in range(10)]
         assert got == store.changes_since(0)
     finally:
-        await hub.stop()
+        await stop(hub)
         store.close()
 
 
@@ -150,7 +164,7 @@ async def test_subscriber_behind_the_ring_then_follows_live(store_url: str) -> N
         assert rvs == list(range(4, 16))
         assert [c.name for c in rest] == [f"late-{i}" for i in range(5)]
     finally:
-        await hub.stop()
+        await stop(hub)
         store.close()
 
 
@@ -167,7 +181,7 @@ async def test_old_version_after_compaction_is_gone(open_store: Callable[..., St
         got = await take_changes(hub.changes(4), 2)
         assert [c.rv for c in got] == [5, 6]
     finally:
-        await hub.stop()
+        await stop(hub)
 
 
 async def test_writes_from_another_process_arrive_by_poll(open_store: Callable[..., Store]) -> None:
@@ -180,7 +194,7 @@ async def test_writes_from_another_process_arrive_by_poll(open_store: Callable[.
         got = await take_changes(stream, 1)
         assert [(c.type, c.name, c.rv) for c in got] == [("ADDED", "remote", since + 1)]
     finally:
-        await hub.stop()
+        await stop(hub)
 
 
 async def test_heartbeats_never_go_below_what_was_yielded(store_url: str) -> None:
@@ -214,7 +228,7 @@ async def test_heartbeats_never_go_below_what_was_yielded(store_url: str) -> Non
         assert heartbeats == sorted(heartbeats)
         assert heartbeats[-1] == since + 3
     finally:
-        await hub.stop()
+        await stop(hub)
         store.close()
 
 
@@ -248,7 +262,7 @@ async def test_hub_that_falls_behind_compaction_does_not_stall_watchers(
         with anyio.fail_after(3), pytest.raises(Gone):
             await take_changes(hub.changes(1), 1)
     finally:
-        await hub.stop()
+        await stop(hub)
 
 
 async def test_heartbeat_promises_only_what_was_yielded(store_url: str) -> None:
@@ -283,5 +297,22 @@ async def test_heartbeat_promises_only_what_was_yielded(store_url: str) -> None:
             else:
                 bookmark = item
     finally:
-        await hub.stop()
+        await stop(hub)
+        store.close()
+
+
+async def test_stop_returns_when_a_write_just_woke_the_hub(store_url: str) -> None:
+    """The controller stops its hub on shutdown; a write landing at that moment must not make
+    the hub swallow the cancellation and run on."""
+    store = Store(store_url)
+    hub = await started(store)
+    try:
+        await caught_up(hub, 0)
+        for _ in range(5):
+            await asyncio.sleep(0)  # the hub is waiting for a wake-up or its poll
+        store.create(config("last"))  # its listener wakes the hub in this loop iteration
+        assert await stop(hub), (
+            "WatchHub.stop() did not return: the hub task swallowed its cancellation"
+        )
+    finally:
         store.close()

@@ -20,6 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from shoal.errors import AlreadyExists, Conflict, Gone, NotFound
@@ -120,8 +122,12 @@ class Tx:
         meta.setdefault("creationTimestamp", now_iso())
         meta.setdefault("generation", 1)
         body = json.dumps(obj, separators=(",", ":"))
-        self._conn.execute(
-            sa.insert(objects).values(
+        # ON CONFLICT DO NOTHING: a racing transaction that inserted the same key first makes
+        # this one a no-op (on PostgreSQL, after waiting for it), answered as AlreadyExists.
+        insert = postgresql_insert if self._store.dialect == "postgresql" else sqlite_insert
+        inserted = self._conn.execute(
+            insert(objects)
+            .values(
                 kind=kind,
                 namespace=namespace,
                 name=name,
@@ -130,7 +136,13 @@ class Tx:
                 body=body,
                 **_index_columns(obj),
             )
-        )
+            .on_conflict_do_nothing()
+            .returning(objects.c.name)
+        ).first()
+        if inserted is None:
+            raise AlreadyExists(
+                f"{kind} {_qualified(namespace, name)} already exists", kind=kind, name=name
+            )
         self._log(rv, "ADDED", obj, body)
         return obj
 

@@ -45,9 +45,30 @@ _COLUMNS = (
 )
 
 
+# How long a verified token is trusted without asking the database again. A revocation in this
+# process clears the cache at once; another controller replica sees it within this time.
+CACHE_SECONDS = 5.0
+CACHE_LIMIT = 10_000
+
+
 class TokenStore:
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._cache: dict[str, tuple[float, TokenRecord]] = {}
+
+    def cached(self, token: str) -> TokenRecord | None:
+        """The record of a token verified in the last few seconds, without a database read."""
+        hit = self._cache.get(token)
+        if hit is None:
+            return None
+        verified_at, record = hit
+        now = time.time()
+        if now - verified_at > CACHE_SECONDS or (
+            record.expires_at is not None and record.expires_at < now
+        ):
+            self._cache.pop(token, None)
+            return None
+        return record
 
     def issue(
         self, subject_kind: str, namespace: str, name: str, ttl_seconds: float | None = None
@@ -85,6 +106,9 @@ class TokenStore:
         record = TokenRecord(row[0], row[1], row[2], row[3], row[4], row[5])
         if record.expires_at is not None and record.expires_at < time.time():
             return None
+        if len(self._cache) >= CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[token] = (time.time(), record)
         return record
 
     def list(
@@ -100,11 +124,13 @@ class TokenStore:
 
     def revoke(self, token_id: str) -> bool:
         with self._store.engine.begin() as conn:
-            return bool(conn.execute(sa.delete(tokens).where(tokens.c.id == token_id)).rowcount)
+            removed = bool(conn.execute(sa.delete(tokens).where(tokens.c.id == token_id)).rowcount)
+        self._cache.clear()
+        return removed
 
     def revoke_subject(self, subject_kind: str, namespace: str, name: str) -> int:
         with self._store.engine.begin() as conn:
-            return int(
+            removed = int(
                 conn.execute(
                     sa.delete(tokens).where(
                         tokens.c.subject_kind == subject_kind,
@@ -113,6 +139,8 @@ class TokenStore:
                     )
                 ).rowcount
             )
+        self._cache.clear()
+        return removed
 
     def get(self, token_id: str) -> TokenRecord | None:
         with self._store.read_engine.connect() as conn:

@@ -54,8 +54,11 @@ class WatchHub:
 
     async def _run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that lands while the awaited event fires, and stop() would never return.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 batch = await asyncio.to_thread(self._store.changes_since, self.last_rv, 5000)
@@ -100,7 +103,8 @@ class WatchHub:
         if self.last_rv > cursor:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._signal.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._signal.wait()
 
     async def changes(
         self, since: int, *, heartbeat: float | None = None
@@ -124,6 +128,7 @@ class WatchHub:
                     cursor = change.rv
                 continue
             try:
-                await asyncio.wait_for(signal.wait(), heartbeat)
+                async with asyncio.timeout(heartbeat):
+                    await signal.wait()
             except TimeoutError:
-                yield max(cursor, self.last_rv)
+                yield cursor  # everything up to here was yielded; nothing later is promised
