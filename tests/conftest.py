@@ -12,6 +12,7 @@ import pytest
 from fixtures.postgres import postgres_db, postgres_server, postgres_url
 from shoal.api.objects import dump, validate
 from shoal.model.kinds import VirtualMachine
+from shoal.model.meta import now_iso
 from shoal.model.registry import BY_KIND
 from shoal.quantity import format_bytes
 
@@ -31,6 +32,7 @@ def build_node(
     ready: bool = True,
     unschedulable: bool = False,
     max_vms: int | None = None,
+    heartbeat: str | None = None,
 ) -> Obj:
     """A Node as the agent leaves it: registered with an empty spec, then a heartbeat's status.
 
@@ -48,7 +50,7 @@ def build_node(
         "disk": format_bytes(disk),
         "vms": vms,
     }
-    now = "2024-01-01T00:00:00.000000Z"
+    now = heartbeat or now_iso()  # the agent stamps its heartbeat with the current time
     status = {
         "capacity": resources,
         "allocatable": resources,

@@ -16,10 +16,11 @@ from shoal.api.hooks import CREATE_HOOKS
 from shoal.api.objects import Objects
 from shoal.controllers.gc import GarbageCollector
 from shoal.controllers.namespaces import NamespaceFinalizer
+from shoal.controllers.nodelifecycle import NodeLifecycle
 from shoal.errors import AlreadyExists
 from shoal.model.kinds import NAMESPACE_FINALIZER
 from shoal.model.meta import API_VERSION
-from shoal.scheduler.loop import Scheduler
+from shoal.scheduler.loop import Scheduler, SchedulerSettings
 from shoal.store.store import Store
 from shoal.store.tokens import TokenStore
 from shoal.store.watch import WatchHub
@@ -43,6 +44,11 @@ class ControllerSettings:
     housekeeping_interval: float = 2.0
     event_ttl: float = 3600.0
     change_retention: int = 200_000
+    # A Ready node with no heartbeat for this long goes NotReady; once NotReady this long, its VMs
+    # are failed (restartPolicy Never) or rescheduled (OnNodeLost).
+    node_grace_seconds: float = 40.0
+    eviction_timeout_seconds: float = 300.0
+    scheduling_profile: str = "pack"
 
     @property
     def store_url(self) -> str:
@@ -117,9 +123,16 @@ class ControlPlane:
             ca_pem=self.tls.ca_pem if self.tls else None,
         )
         self.app = create_app(self.ctx)
-        self.scheduler = Scheduler(self.store, self.hub)
+        self.scheduler = Scheduler(
+            self.store, self.hub, SchedulerSettings(default_profile=settings.scheduling_profile)
+        )
         self.gc = GarbageCollector(self.store, event_ttl=settings.event_ttl)
         self.namespaces = NamespaceFinalizer(self.store, self.tokens)
+        self.node_lifecycle = NodeLifecycle(
+            self.store,
+            grace=settings.node_grace_seconds,
+            eviction_timeout=settings.eviction_timeout_seconds,
+        )
         self.admin_token = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._server: uvicorn.Server | None = None
@@ -137,6 +150,7 @@ class ControlPlane:
         )
 
     def _housekeeping(self) -> None:
+        self.node_lifecycle.run_once()
         self.namespaces.run_once()
         self.gc.run_once()
 

@@ -175,18 +175,30 @@ def test_unschedulable_vm_says_why_and_namespace_delete_is_graceful(
 ) -> None:
     _, cli = cluster
     cli.run("namespace", "create", "doomed")
-    cli.run("vm", "deploy", "huge", "--image", "sim", "--cpu", "64", "-n", "doomed")
-    cli.run("vm", "deploy", "fits", "--image", "sim", "--cpu", "1", "-n", "doomed", "--wait")
+    for i in range(3):  # 20 of each node's 32 cpu: no node keeps room for another 20
+        cli.run(
+            "vm", "deploy", f"filler-{i}", "--image", "sim", "--cpu", "20", "-n", "doomed", "--wait"
+        )
+    assert (
+        len({vm["spec"]["nodeName"] for vm in cli.json("vm", "list", "-n", "doomed")["items"]}) == 3
+    )
+    cli.run("vm", "deploy", "waits", "--image", "sim", "--cpu", "20", "-n", "doomed")
     wait_until(
         lambda: (
-            "insufficient cpu" in cli.json("vm", "get", "huge", "-n", "doomed")["status"]["message"]
+            "insufficient cpu"
+            in cli.json("vm", "get", "waits", "-n", "doomed")["status"]["message"]
         ),
         what="the reason a VM waits",
     )
-    message = cli.json("vm", "get", "huge", "-n", "doomed")["status"]["message"]
+    message = cli.json("vm", "get", "waits", "-n", "doomed")["status"]["message"]
     assert message == "0/3 nodes available: 3 insufficient cpu"
-    shown = cli.run("vm", "get", "huge", "-n", "doomed").stdout
+    shown = cli.run("vm", "get", "waits", "-n", "doomed").stdout
     assert "insufficient cpu" in shown
+    cli.run("vm", "delete", "filler-0", "-n", "doomed")
+    wait_until(
+        lambda: cli.json("vm", "get", "waits", "-n", "doomed")["status"]["phase"] == "Running",
+        what="the waiting VM to start once room is freed",
+    )
     cli.run("namespace", "delete", "doomed")
     wait_until(
         lambda: (
@@ -195,6 +207,17 @@ def test_unschedulable_vm_says_why_and_namespace_delete_is_graceful(
         timeout=60,
         what="the namespace and its VMs to go",
     )
+
+
+def test_vm_larger_than_any_node_is_refused_at_creation(
+    cluster: tuple[ControllerProcess, Cli],
+) -> None:
+    _, cli = cluster
+    refused = cli.run("vm", "deploy", "too-big", "--image", "sim", "--cpu", "64", check=False)
+    assert refused.returncode == 1
+    assert "spec.cpu" in refused.stderr and "has 32 cpu, 64Gi memory" in refused.stderr
+    missing = cli.run("vm", "get", "too-big", check=False)
+    assert missing.returncode == 1
 
 
 def test_context_add_refuses_a_wrong_fingerprint(cluster: tuple[ControllerProcess, Cli]) -> None:

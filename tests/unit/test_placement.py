@@ -30,15 +30,18 @@ def request(cpu: int = 1, memory: int = 1 * GI, disk: int = 10 * GI) -> Request:
     return Request(cpu, memory, disk)
 
 
+def sizes(request: Request) -> tuple[int, int, int]:
+    return request.cpu, request.memory, request.disk
+
+
 def test_request_of_vm(make_vm: Maker) -> None:
-    assert Request.of(make_vm("vm", cpu=3, memory="1536Mi", disk="20Gi")) == Request(
-        3, 1536 * MI, 20 * GI
-    )
+    vm = make_vm("vm", cpu=3, memory="1536Mi", disk="20Gi")
+    assert sizes(Request.of(vm)) == (3, 1536 * MI, 20 * GI)
 
 
 def test_request_of_vm_with_model_defaults() -> None:
     vm = dump(VirtualMachine.model_validate({"metadata": {"name": "d"}, "spec": {"image": "x"}}))
-    assert Request.of(vm) == Request(2, 2 * GI, 10 * GI)
+    assert sizes(Request.of(vm)) == (2, 2 * GI, 10 * GI)
 
 
 def test_allocatable_of_a_heartbeat_node(make_node: Maker) -> None:
@@ -137,6 +140,50 @@ def test_why_not_checks_cheapest_and_hardest_first(make_node: Maker) -> None:
     deleting = make_node("n")
     deleting["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00.000000Z"
     assert why_not(deleting, Usage(), request()) == "being deleted"
+
+
+@pytest.mark.parametrize(
+    ("vm_spec", "namespace", "node_change", "fits"),
+    [
+        ({"nodeSelector": {"xcode": "16"}}, "default", {"labels": {"xcode": "16"}}, True),
+        ({"nodeSelector": {"xcode": "16"}}, "default", {"labels": {"xcode": "15"}}, False),
+        ({"nodeSelector": {"xcode": "16"}}, "default", {}, False),
+        ({"arch": "arm64"}, "default", {"arch": "arm64"}, True),
+        ({"arch": "arm64"}, "default", {"arch": "amd64"}, False),
+        ({"os": "macos"}, "default", {"guestOS": ["linux", "macos"]}, True),
+        ({"os": "macos"}, "default", {"guestOS": ["linux"]}, False),
+        ({}, "team-a", {"dedicated": ["team-a"]}, True),
+        ({}, "default", {"dedicated": ["team-a"]}, False),
+    ],
+    ids=[
+        "tag-present",
+        "tag-other-value",
+        "tag-missing",
+        "arch-same",
+        "arch-other",
+        "guest-os-supported",
+        "guest-os-unsupported",
+        "dedicated-to-mine",
+        "dedicated-to-other",
+    ],
+)
+def test_why_not_node_traits(
+    make_node: Maker,
+    make_vm: Maker,
+    vm_spec: dict[str, Any],
+    namespace: str,
+    node_change: dict[str, Any],
+    fits: bool,
+) -> None:
+    node = make_node("n")
+    change = dict(node_change)
+    node["metadata"]["labels"] = change.pop("labels", {})
+    if dedicated := change.pop("dedicated", None):
+        node["spec"]["dedicatedNamespaces"] = dedicated
+    node["status"].update(change)
+    request = Request.of(make_vm("vm", namespace, **vm_spec))
+    reason = why_not(node, Usage(), request)
+    assert (reason is None) is fits, reason
 
 
 @pytest.mark.parametrize(
@@ -263,7 +310,7 @@ def schedule(store: Store) -> dict[str, str | None]:
     return {vm["metadata"]["name"]: vm["spec"].get("nodeName") for vm in vms}
 
 
-def test_scheduler_binds_to_the_first_node_that_fits(
+def test_scheduler_binds_where_vms_fit_and_explains_the_rest(
     store: Store, make_node: Maker, make_vm: Maker
 ) -> None:
     store.create(make_node("a-host", ready=False))
@@ -293,8 +340,9 @@ def test_scheduler_binds_to_the_first_node_that_fits(
             {"guestOS": ["linux", "macos"], "os": "darwin", "arch": "arm64"},
         ),
         ({}, {"dedicated": ["team-a"]}, {}),
+        ({}, {"heartbeat": "2024-01-01T00:00:00.000000Z"}, {}),
     ],
-    ids=["required-tags", "arch", "guest-os", "namespace-dedication"],
+    ids=["required-tags", "arch", "guest-os", "namespace-dedication", "stale-heartbeat"],
 )
 def test_scheduler_honours_node_filters(
     store: Store,
@@ -305,8 +353,8 @@ def test_scheduler_honours_node_filters(
     right: dict[str, Any],
 ) -> None:
     def node(name: str, traits: dict[str, Any]) -> Obj:
-        built = make_node(name)
         traits = dict(traits)
+        built = make_node(name, heartbeat=traits.pop("heartbeat", None))
         built["metadata"]["labels"] = traits.pop("labels", {})
         if dedicated := traits.pop("dedicated", None):
             built["spec"]["dedicatedNamespaces"] = dedicated

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoal import __version__
-from shoal.agent.reconcile import PHASE_DURING, PHASE_OF, Action, Desired, decide, desired_of
+from shoal.agent.reconcile import (
+    PHASE_DURING,
+    PHASE_OF,
+    Action,
+    Desired,
+    decide,
+    desired_of,
+    lost_with_node,
+)
 from shoal.backends.base import Backend, BackendError, VMState
 from shoal.client import AsyncClient, resource_path
 from shoal.errors import AlreadyExists, ApiError, Conflict, Gone, NotFound
@@ -224,6 +232,12 @@ class Agent:
         uid = vm["metadata"]["uid"]
         desired = desired_of(vm)
         state = await self.backend.status(uid)
+        if lost_with_node(vm):
+            # Failed by the controller while this node was lost: desired Stopped, and no status
+            # write, so it stays Failed/NodeLost instead of being restarted by this agent.
+            if decide(Desired.STOPPED, state.actual) == Action.STOP:
+                await self._act(Action.STOP, uid, vm)
+            return
         action = decide(desired, state.actual)
         failure: str | None = None
         if action in PHASE_DURING and desired != Desired.ABSENT:

@@ -85,5 +85,20 @@ def desired_of(vm: dict[str, Any]) -> Desired:
     return Desired(vm["spec"].get("powerState") or "Running")
 
 
+def lost_with_node(vm: dict[str, Any]) -> bool:
+    """The node-lifecycle loop failed this VM (Failed, reason NodeLost) while this node was gone.
+
+    A returning agent must not bring it back: it is treated as desired Stopped (stop whatever
+    still runs, create nothing) and its Failed/NodeLost status is left as it is. Deleting it
+    still goes the usual way.
+    """
+    status = vm.get("status") or {}
+    return (
+        not vm["metadata"].get("deletionTimestamp")
+        and status.get("phase") == "Failed"
+        and status.get("reason") == "NodeLost"
+    )
+
+
 def decide(desired: Desired, actual: Actual) -> Action:
     return TABLE[(desired, actual)]

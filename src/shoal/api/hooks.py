@@ -6,6 +6,8 @@ from shoal.api.objects import CreateHook, dump, invalid_from
 from shoal.errors import Invalid, NotFound
 from shoal.model.kinds import NAMESPACE_FINALIZER, VirtualMachine, VirtualMachineSpec
 from shoal.model.meta import now_iso
+from shoal.quantity import format_bytes
+from shoal.scheduler.placement import Allocatable, Request, could_ever_fit
 from shoal.store.store import Obj, Store
 
 
@@ -37,6 +39,38 @@ def _virtual_machine(store: Store, obj: Obj, model: BaseModel) -> None:
             "spec.image: required (or spec.config naming a VMConfig that sets it)",
             field="spec.image",
         )
+    _check_some_node_could_hold(store, obj)
+
+
+def _check_some_node_could_hold(store: Store, vm: Obj) -> None:
+    """A VM bigger than every node would wait forever: refuse it now, saying how big they are."""
+    nodes, _ = store.list_objects("Node")
+    if not nodes:
+        return  # nothing has joined yet: the VM waits, and says so
+    request = Request.of(vm)
+    if any(could_ever_fit(node, request) for node in nodes):
+        return
+    largest = max(nodes, key=lambda n: (Allocatable.of(n).cpu, Allocatable.of(n).memory))
+    alloc = Allocatable.of(largest)
+    field = next(
+        (
+            name
+            for name, wanted, room in (
+                ("spec.cpu", request.cpu, alloc.cpu),
+                ("spec.memory", request.memory, alloc.memory),
+                ("spec.disk", request.disk, alloc.disk),
+            )
+            if wanted > room
+        ),
+        "spec.cpu",
+    )
+    raise Invalid(
+        f"{field}: the VM asks for {request.cpu} cpu, {format_bytes(request.memory)} memory and "
+        f"{format_bytes(request.disk)} disk, more than any node can hold; the largest node, "
+        f"{largest['metadata']['name']}, has {alloc.cpu} cpu, {format_bytes(alloc.memory)} memory "
+        f"and {format_bytes(alloc.disk)} disk",
+        field=field,
+    )
 
 
 def _namespace(store: Store, obj: Obj, model: BaseModel) -> None:

@@ -120,6 +120,17 @@ def register(app: typer.Typer) -> None:
         tls_san: Annotated[
             list[str] | None, typer.Option(help="Extra DNS name or IP for the made certificate.")
         ] = None,
+        node_grace: Annotated[
+            float,
+            typer.Option(min=0.1, help="Seconds without a heartbeat before a node is NotReady."),
+        ] = 40.0,
+        eviction_timeout: Annotated[
+            float,
+            typer.Option(
+                min=0,
+                help="Seconds a node stays NotReady before its VMs fail or are rescheduled.",
+            ),
+        ] = 300.0,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     ) -> None:
         """Run the controller: REST API, scheduler and housekeeping loops."""
@@ -144,6 +155,8 @@ def register(app: typer.Typer) -> None:
             tls_cert=tls_cert,
             tls_key=tls_key,
             tls_sans=list(tls_san or []),
+            node_grace_seconds=node_grace,
+            eviction_timeout_seconds=eviction_timeout,
         )
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_controller(settings, lambda text: typer.echo(text)))

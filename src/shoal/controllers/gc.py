@@ -48,7 +48,7 @@ class GarbageCollector:
                 self.store.mutate("VirtualMachine", namespace, name, _drop_agent_finalizer)
             return
         phase = (vm.get("status") or {}).get("phase")
-        if spec.get("ephemeral") and phase == "Stopped":
+        if spec.get("ephemeral") and phase in ("Stopped", "Failed"):  # a failed one is done too
             self.store.delete("VirtualMachine", namespace, name, expect_uid=meta["uid"])
             events.record(self.store, vm, "Collected", "ephemeral VM stopped: deleted", source="gc")
             return

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from shoal.model.meta import Condition, DNSLabel, Labels, ObjectMeta, StrictModel
 from shoal.quantity import parse_bytes
@@ -107,6 +107,24 @@ class NodeStatus(StrictModel):
     conditions: list[Condition] = Field(default_factory=list)
     lastHeartbeatTime: str | None = None
 
+    @model_validator(mode="after")
+    def _allocatable_within_capacity(self) -> "NodeStatus":
+        """A node reporting more to give than it has is refused, not trusted."""
+        cap, alloc = self.capacity, self.allocatable
+        for field, have, give in (
+            ("cpu", cap.cpu, alloc.cpu),
+            ("memory", _bytes_or_zero(cap.memory), _bytes_or_zero(alloc.memory)),
+            ("disk", _bytes_or_zero(cap.disk), _bytes_or_zero(alloc.disk)),
+            ("vms", cap.vms, alloc.vms),
+        ):
+            if give > have:
+                raise ValueError(f"allocatable.{field} ({give}) exceeds capacity.{field} ({have})")
+        return self
+
+
+def _bytes_or_zero(value: str) -> int:
+    return 0 if value == "0" else parse_bytes(value)
+
 
 class Node(TypeMeta):
     kind: Literal["Node"] = "Node"
@@ -138,6 +156,13 @@ class VMTemplate(StrictModel):
     ephemeral: bool = False
     ttlSeconds: Annotated[int, Field(ge=1, le=10 * 365 * 86400)] | None = None
     priority: Annotated[int, Field(ge=-1000000, le=1000000)] = 0
+    # Soft tags: nodes that have them score higher, nodes that lack them still qualify.
+    preferredNodeSelector: Labels = Field(default_factory=dict)
+    # pack (most allocated first) or spread (least allocated first); empty: the cluster default.
+    schedulingProfile: Literal["pack", "spread"] | None = None
+    # What happens when the VM's node is lost: Never (the VM goes Failed, reason NodeLost) or
+    # OnNodeLost (it goes back to Pending and is scheduled again, restartCount + 1).
+    restartPolicy: Literal["Never", "OnNodeLost"] = "Never"
     startupScript: Annotated[str, Field(max_length=65536)] | None = None
 
     @field_validator("ports")

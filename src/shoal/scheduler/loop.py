@@ -1,33 +1,45 @@
 """The scheduling loop: level-triggered, woken by changes to VMs and nodes.
 
-A pass takes every unbound VM by priority then age, tries nodes first-fit, and binds through
-`binder.bind`; a VM that fits nowhere keeps Scheduled=False with a message saying why, and does not
-block the smaller VMs behind it.
+A pass takes every unbound VM by priority then age. For each it runs the filters over the nodes
+(from a rotating start, stopping once enough feasible nodes are found, as Kubernetes does on large
+clusters), scores the feasible ones and picks the best. Decisions are bound in batches by
+`binder.bind_many`, which re-checks them; a refused one is retried by the next pass. A VM that fits
+nowhere gets Scheduled=False with a message saying why, and does not block the VMs behind it.
 """
 
 import asyncio
 import logging
+import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Any
 
+from shoal.events import bump, new_event
 from shoal.model.meta import set_condition
-from shoal.scheduler.binder import bind
-from shoal.scheduler.placement import Request, unschedulable_message, why_not
-from shoal.store import events
-from shoal.store.store import Obj, Store, Usage
+from shoal.scheduler.binder import Decision, add_request, bind_many
+from shoal.scheduler.placement import (
+    DEFAULT_HEARTBEAT_GRACE,
+    Allocatable,
+    Request,
+    unschedulable_message,
+    why_not,
+)
+from shoal.scheduler.scores import score
+from shoal.store.store import Obj, Store, Tx, Usage
 from shoal.store.watch import WatchHub
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = 30.0
 
 
-def _add(usage: Usage, request: Request) -> Usage:
-    return Usage(
-        usage.cpu + request.cpu,
-        usage.memory + request.memory,
-        usage.disk + request.disk,
-        usage.vms + 1,
-    )
+@dataclass
+class SchedulerSettings:
+    default_profile: str = "pack"
+    heartbeat_grace: float = DEFAULT_HEARTBEAT_GRACE
+    batch: int = 500
+    # Stop looking once this many feasible nodes were found (at least), or this share of them.
+    min_feasible: int = 50
+    feasible_share: float = 0.1
 
 
 def _node_signature(node: Obj) -> Any:
@@ -35,22 +47,36 @@ def _node_signature(node: Obj) -> Any:
     ready = [c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"]
     return (
         node.get("spec"),
+        node["metadata"].get("labels"),
         status.get("allocatable"),
+        status.get("cachedImages"),
         ready,
         node["metadata"].get("deletionTimestamp"),
     )
 
 
+def _priority_then_age(vm: Obj) -> tuple[int, str]:
+    return -int(vm["spec"].get("priority") or 0), vm["metadata"]["creationTimestamp"]
+
+
 class Scheduler:
-    def __init__(self, store: Store, hub: WatchHub) -> None:
+    def __init__(
+        self, store: Store, hub: WatchHub, settings: SchedulerSettings | None = None
+    ) -> None:
         self.store = store
         self.hub = hub
+        self.settings = settings or SchedulerSettings()
         self._node_signatures: dict[str, Any] = {}
+        self._start = 0
+        self._again = False
         self.passes = 0
+
+    # -- one pass -----------------------------------------------------------------------------
 
     def run_once(self) -> int:
         """One scheduling pass; returns how many VMs it bound."""
         self.passes += 1
+        self._again = False
         vms, _ = self.store.list_objects("VirtualMachine")
         nodes, _ = self.store.list_objects("Node")
         usage: dict[str, Usage] = defaultdict(Usage)
@@ -58,73 +84,130 @@ class Scheduler:
         for vm in vms:
             node_name = vm["spec"].get("nodeName")
             if node_name:
-                usage[node_name] = _add(usage[node_name], Request.of(vm))
+                usage[node_name] = add_request(usage[node_name], Request.of(vm))
             elif not vm["metadata"].get("deletionTimestamp"):
                 pending.append(vm)
-        pending.sort(
-            key=lambda vm: (
-                -int(vm["spec"].get("priority") or 0),
-                vm["metadata"]["creationTimestamp"],
-            )
-        )
+        pending.sort(key=_priority_then_age)
+        allocatable = {n["metadata"]["name"]: Allocatable.of(n) for n in nodes}
+        now = time.time()
+        decisions: list[Decision] = []
+        waiting: list[tuple[Obj, str]] = []
+        hopeless: dict[Request, str] = {}  # requests that fit nowhere in this pass
         bound = 0
         for vm in pending:
-            if self._place(vm, nodes, usage):
-                bound += 1
+            request = Request.of(vm)
+            if request in hopeless:  # usage only grows within a pass
+                waiting.append((vm, hopeless[request]))
+                continue
+            choice, message = self._choose(request, nodes, usage, allocatable, now)
+            if choice is None:
+                hopeless[request] = message
+                waiting.append((vm, message))
+                continue
+            usage[choice] = add_request(usage[choice], request)
+            meta = vm["metadata"]
+            decisions.append(
+                Decision(meta["namespace"], meta["name"], meta["resourceVersion"], choice)
+            )
+            if len(decisions) >= self.settings.batch:
+                bound += self._bind(decisions)
+                decisions = []
+        bound += self._bind(decisions)
+        self._mark_unschedulable(waiting)
         return bound
 
-    def _place(self, vm: Obj, nodes: list[Obj], usage: dict[str, Usage]) -> bool:
-        request = Request.of(vm)
-        meta = vm["metadata"]
+    def _choose(
+        self,
+        request: Request,
+        nodes: list[Obj],
+        usage: dict[str, Usage],
+        allocatable: dict[str, Allocatable],
+        now: float,
+    ) -> tuple[str | None, str]:
+        enough = max(self.settings.min_feasible, int(len(nodes) * self.settings.feasible_share))
         reasons: Counter[str] = Counter()
-        for node in nodes:
-            node_name = node["metadata"]["name"]
-            reason = why_not(node, usage[node_name], request)
-            if reason is None:
-                reason = bind(
-                    self.store, meta["namespace"], meta["name"], meta["resourceVersion"], node_name
-                )
-                if reason is None:
-                    usage[node_name] = _add(usage[node_name], request)
-                    events.record(
-                        self.store,
-                        vm,
-                        "Scheduled",
-                        f"bound to node {node_name}",
-                        source="scheduler",
-                    )
-                    return True
-                if reason == "vm changed":
-                    return False  # the next pass sees its new version
-            reasons[reason] += 1
-        self._mark_unschedulable(vm, unschedulable_message(len(nodes), reasons))
-        return False
-
-    def _mark_unschedulable(self, vm: Obj, message: str) -> None:
-        meta = vm["metadata"]
-
-        def change(current: Obj) -> Obj | None:
-            if current["spec"].get("nodeName") or current["metadata"].get("deletionTimestamp"):
-                return None
-            status = current.setdefault("status", {})
-            changed = set_condition(
-                status.setdefault("conditions", []), "Scheduled", "False", "Unschedulable", message
+        best: str | None = None
+        best_score = -1.0
+        feasible = 0
+        count = len(nodes)
+        start = self._start % count if count else 0
+        for offset in range(count):
+            node = nodes[(start + offset) % count]
+            name = node["metadata"]["name"]
+            reason = why_not(
+                node,
+                usage[name],
+                request,
+                now=now,
+                heartbeat_grace=self.settings.heartbeat_grace,
+                allocatable=allocatable[name],
             )
-            if status.get("message") != message:
-                status["message"] = message
-                status["reason"] = "Unschedulable"
-                changed = True
-            return current if changed else None
+            if reason is not None:
+                reasons[reason] += 1
+                continue
+            value = score(node, usage[name], request, self.settings.default_profile)
+            if value > best_score:
+                best, best_score = name, value
+            feasible += 1
+            if feasible >= enough:
+                break
+        self._start = start + 1
+        return best, "" if best else unschedulable_message(count, reasons)
 
-        try:
-            before = vm.get("status", {}).get("message")
-            self.store.mutate("VirtualMachine", meta["namespace"], meta["name"], change)
-            if before != message:
-                events.record(
-                    self.store, vm, "FailedScheduling", message, type_="Warning", source="scheduler"
-                )
-        except Exception:  # the VM went away meanwhile
-            log.debug("could not mark %s unschedulable", meta["name"], exc_info=True)
+    def _bind(self, decisions: list[Decision]) -> int:
+        if not decisions:
+            return 0
+        results = bind_many(self.store, decisions)
+        refused = [r for r in results if r is not None]
+        if refused:
+            # The snapshot was stale (another scheduler, a node change): look again at once.
+            self._again = True
+            log.debug(
+                "binder refused %d of %d decisions: %s",
+                len(refused),
+                len(results),
+                Counter(refused),
+            )
+        return sum(r is None for r in results)
+
+    def _mark_unschedulable(self, waiting: list[tuple[Obj, str]]) -> None:
+        todo = [
+            (vm, message)
+            for vm, message in waiting
+            if vm.get("status", {}).get("message") != message
+        ]
+        if not todo:
+            return
+        with self.store.tx() as tx:
+            for vm, message in todo:
+                self._mark_one(tx, vm, message)
+
+    @staticmethod
+    def _mark_one(tx: Tx, vm: Obj, message: str) -> None:
+        meta = vm["metadata"]
+        current = tx.get("VirtualMachine", meta["namespace"], meta["name"])
+        if current is None or current["metadata"]["uid"] != meta["uid"]:
+            return
+        if current["spec"].get("nodeName") or current["metadata"].get("deletionTimestamp"):
+            return
+        status = current.setdefault("status", {})
+        changed = set_condition(
+            status.setdefault("conditions", []), "Scheduled", "False", "Unschedulable", message
+        )
+        if status.get("message") != message or status.get("reason") != "Unschedulable":
+            status.update(message=message, reason="Unschedulable")
+            changed = True
+        if not changed:
+            return
+        tx.replace(current)
+        event = new_event(current, "FailedScheduling", message, type_="Warning", source="scheduler")
+        existing = tx.get("Event", event["metadata"]["namespace"], event["metadata"]["name"])
+        if existing is None:
+            tx.insert(event)
+        else:
+            tx.replace(bump(existing, event))
+
+    # -- triggering -----------------------------------------------------------------------
 
     def _wants_pass(self, change: Any) -> bool:
         if isinstance(change, int):
@@ -132,10 +215,9 @@ class Scheduler:
         if change.kind == "VirtualMachine":
             return change.type == "DELETED" or not change.object["spec"].get("nodeName")
         if change.kind == "Node":
-            name = change.name
             signature = None if change.type == "DELETED" else _node_signature(change.object)
-            if self._node_signatures.get(name) != signature:
-                self._node_signatures[name] = signature
+            if self._node_signatures.get(change.name) != signature:
+                self._node_signatures[change.name] = signature
                 return True
         return False
 
@@ -158,6 +240,8 @@ class Scheduler:
                 except Exception:
                     log.exception("scheduling pass failed; retrying")
                     await asyncio.sleep(1)
+                    dirty.set()
+                if self._again:
                     dirty.set()
         finally:
             follower.cancel()

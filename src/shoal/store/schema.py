@@ -30,6 +30,7 @@ objects = Table(
     Column("req_cpu", Integer, nullable=False, default=0),
     Column("req_memory", BigInteger, nullable=False, default=0),
     Column("req_disk", BigInteger, nullable=False, default=0),
+    Column("guest_os", String(16), nullable=True),
     Column("body", Text, nullable=False),
     Index("ix_objects_kind_node", "kind", "node_name"),
 )

@@ -49,6 +49,7 @@ class Usage:
     memory: int = 0
     disk: int = 0
     vms: int = 0
+    macos: int = 0
 
 
 def key_of(obj: Obj) -> tuple[str, str, str]:
@@ -58,10 +59,11 @@ def key_of(obj: Obj) -> tuple[str, str, str]:
 
 def _index_columns(obj: Obj) -> dict[str, Any]:
     if obj["kind"] != "VirtualMachine":
-        return {"node_name": None, "req_cpu": 0, "req_memory": 0, "req_disk": 0}
+        return {"node_name": None, "req_cpu": 0, "req_memory": 0, "req_disk": 0, "guest_os": None}
     spec = obj.get("spec") or {}
     return {
         "node_name": spec.get("nodeName"),
+        "guest_os": spec.get("os"),
         "req_cpu": int(spec.get("cpu") or 0),
         "req_memory": parse_bytes(spec["memory"]) if spec.get("memory") else 0,
         "req_disk": parse_bytes(spec["disk"]) if spec.get("disk") else 0,
@@ -185,9 +187,12 @@ class Tx:
                 sa.func.coalesce(sa.func.sum(objects.c.req_memory), 0),
                 sa.func.coalesce(sa.func.sum(objects.c.req_disk), 0),
                 sa.func.count(),
+                sa.func.coalesce(
+                    sa.func.sum(sa.case((objects.c.guest_os == "macos", 1), else_=0)), 0
+                ),
             ).where(objects.c.kind == "VirtualMachine", objects.c.node_name == node_name)
         ).one()
-        return Usage(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+        return Usage(int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]))
 
 
 def _qualified(namespace: str, name: str) -> str:
