@@ -271,14 +271,9 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[Tx]:
-        try:
-            with self._engine.begin() as conn:
-                tx = Tx(self, conn)
-                yield tx
-        except sa.exc.IntegrityError as error:
-            # Two transactions inserted the same key at once; the loser is told as a lone
-            # writer would be.
-            raise AlreadyExists(f"the object already exists ({error.orig})") from None
+        with self._engine.begin() as conn:
+            tx = Tx(self, conn)
+            yield tx
         if tx.written:
             top = max(tx.written)
             with self._listeners_lock:
