@@ -148,9 +148,14 @@ class ControlPlane:
                 name="housekeeping",
             )
         )
+        self._tasks.append(
+            asyncio.create_task(
+                self._every(self.settings.housekeeping_interval, self.node_lifecycle.run_once),
+                name="node-lifecycle",
+            )
+        )
 
     def _housekeeping(self) -> None:
-        self.node_lifecycle.run_once()
         self.namespaces.run_once()
         self.gc.run_once()
 

@@ -29,7 +29,10 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def loop(store: Store) -> NodeLifecycle:
-    return NodeLifecycle(store, grace=GRACE, eviction_timeout=EVICTION)
+    """The loop of a controller that has been watching since T0."""
+    lifecycle = NodeLifecycle(store, grace=GRACE, eviction_timeout=EVICTION)
+    lifecycle.run_once(T0)
+    return lifecycle
 
 
 def add_node(store: Store, name: str, heartbeat: datetime) -> Obj:
@@ -148,6 +151,7 @@ def test_heartbeat_racing_the_not_ready_write_is_not_clobbered(
 ) -> None:
     add_node(store, "n1", T0)
     now = T0 + timedelta(seconds=60)
+    lifecycle = loop(store)
     real_list = store.list_objects
 
     def list_then_heartbeat(kind: str, *args: Any, **kwargs: Any) -> tuple[list[Obj], int]:
@@ -157,12 +161,29 @@ def test_heartbeat_racing_the_not_ready_write_is_not_clobbered(
         return listed
 
     monkeypatch.setattr(store, "list_objects", list_then_heartbeat)
-    loop(store).run_once(now)
+    lifecycle.run_once(now)
 
     node = store.get("Node", "", "n1")
     assert ready(node)["status"] == "True"
     assert node["status"]["lastHeartbeatTime"] == iso(now)
     assert events_of(store, "NodeNotReady") == []
+
+
+def test_a_controller_back_from_downtime_gives_agents_a_grace_first(store: Store) -> None:
+    # Agents cannot heartbeat while the controller is down: coming back after ten minutes, it
+    # must not find every node lost, only those still silent a grace after it started looking.
+    before = add_node(store, "n1", T0)
+    lifecycle = NodeLifecycle(store, grace=GRACE, eviction_timeout=EVICTION)
+    back = T0 + timedelta(minutes=10)
+    lifecycle.run_once(back)
+    lifecycle.run_once(back + timedelta(seconds=GRACE))
+    assert rv(store.get("Node", "", "n1")) == rv(before)
+    lifecycle.run_once(back + timedelta(seconds=GRACE + 1))
+    condition = ready(store.get("Node", "", "n1"))
+    assert (condition["status"], condition["message"]) == (
+        "False",
+        "no heartbeat for 641s (grace 40s): the agent is down or cut off",
+    )
 
 
 def test_node_back_to_ready_is_reported_once(store: Store) -> None:

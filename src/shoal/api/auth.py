@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from fastapi.concurrency import run_in_threadpool
 
 from shoal.errors import Forbidden, Unauthorized
 from shoal.store.store import Store
@@ -74,11 +73,11 @@ def bearer(request: Request) -> str:
     return token.strip()
 
 
-async def authenticate(request: Request) -> Principal:
+def authenticate(request: Request) -> Principal:
     """FastAPI dependency: the caller behind the bearer token."""
     tokens: TokenStore = request.app.state.ctx.tokens
     token = bearer(request)
-    record = tokens.cached(token) or await run_in_threadpool(tokens.verify, token)
+    record = tokens.cached(token) or tokens.verify(token)
     if record is None:
         raise Unauthorized("the token is invalid, expired or revoked")
     if record.subject_kind == "Join":

@@ -44,9 +44,9 @@ def _virtual_machine(store: Store, obj: Obj, model: BaseModel) -> None:
 
 def _check_some_node_could_hold(store: Store, vm: Obj) -> None:
     """A VM bigger than every node would wait forever: refuse it now, saying how big they are."""
-    nodes, _ = store.list_objects("Node")
+    nodes = [n for n in store.list_objects("Node")[0] if Allocatable.of(n).cpu > 0]
     if not nodes:
-        return  # nothing has joined yet: the VM waits, and says so
+        return  # no node has reported its capacity yet: the VM waits, and says so
     request = Request.of(vm)
     if any(could_ever_fit(node, request) for node in nodes):
         return

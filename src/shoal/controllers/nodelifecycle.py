@@ -63,21 +63,30 @@ def _set_condition(
     return changed
 
 
-def is_stale(node: Obj, now: datetime, grace: float) -> bool:
-    """Ready=True, but no heartbeat for longer than the grace."""
+def is_stale(
+    node: Obj, now: datetime, grace: float, watching_since: datetime | None = None
+) -> bool:
+    """Ready=True, but no heartbeat for longer than the grace.
+
+    Silence is counted from watching_since at the earliest (when this controller started
+    looking): agents cannot heartbeat while the controller is down, so a controller that comes
+    back after longer than the grace must not find every node lost.
+    """
     heartbeat = last_heartbeat(node)
-    return (
-        _ready_status(node) == "True"
-        and heartbeat is not None
-        and (now - heartbeat).total_seconds() > grace
-    )
+    if _ready_status(node) != "True" or heartbeat is None:
+        return False
+    if watching_since is not None:
+        heartbeat = max(heartbeat, watching_since)
+    return (now - heartbeat).total_seconds() > grace
 
 
-def mark_not_ready(node: Obj, now: datetime, grace: float) -> Obj | None:
+def mark_not_ready(
+    node: Obj, now: datetime, grace: float, watching_since: datetime | None = None
+) -> Obj | None:
     """The node with Ready=False, or None when it is not stale (any more: a heartbeat may have
     landed since the caller looked)."""
     heartbeat = last_heartbeat(node)
-    if heartbeat is None or not is_stale(node, now, grace):
+    if heartbeat is None or not is_stale(node, now, grace, watching_since):
         return None
     silent = int((now - heartbeat).total_seconds())
     message = f"no heartbeat for {silent}s (grace {_seconds(grace)}): the agent is down or cut off"
@@ -152,9 +161,12 @@ class NodeLifecycle:
         self.eviction_timeout = eviction_timeout
         self.clock = clock
         self._ready: dict[str, bool] = {}  # node -> Ready as last seen, to report recoveries
+        self.watching_since: datetime | None = None  # the first round's time
 
     def run_once(self, now: datetime | None = None) -> None:
         now = now or self.clock()
+        if self.watching_since is None:
+            self.watching_since = now
         nodes, _ = self.store.list_objects("Node")
         for node in nodes:
             try:
@@ -174,17 +186,18 @@ class NodeLifecycle:
             if self._ready.get(name) is False:
                 events.record(self.store, node, "NodeReady", "heartbeats resumed", source=SOURCE)
             self._ready[name] = True
-            if is_stale(node, now, self.grace):
+            if is_stale(node, now, self.grace, self.watching_since):
                 self._mark_not_ready(node, now)
             return
         self._ready[name] = False
-        since = lost_since(node, now, self.eviction_timeout)
-        if since is not None:
+        if lost_since(node, now, self.eviction_timeout) is not None:
             self._evict_all(node, now)
 
     def _mark_not_ready(self, node: Obj, now: datetime) -> None:
         name = node["metadata"]["name"]
-        written = self.store.mutate("Node", "", name, lambda n: mark_not_ready(n, now, self.grace))
+        written = self.store.mutate(
+            "Node", "", name, lambda n: mark_not_ready(n, now, self.grace, self.watching_since)
+        )
         if written["metadata"]["resourceVersion"] == node["metadata"]["resourceVersion"]:
             return
         if _ready_status(written) != "False":

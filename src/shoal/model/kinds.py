@@ -111,6 +111,8 @@ class NodeStatus(StrictModel):
     def _allocatable_within_capacity(self) -> "NodeStatus":
         """A node reporting more to give than it has is refused, not trusted."""
         cap, alloc = self.capacity, self.allocatable
+        if cap == Resources():
+            return self  # capacity not reported (yet): nothing to check against
         for field, have, give in (
             ("cpu", cap.cpu, alloc.cpu),
             ("memory", _bytes_or_zero(cap.memory), _bytes_or_zero(alloc.memory)),

@@ -44,18 +44,10 @@ def add_request(usage: Usage, request: Request) -> Usage:
     )
 
 
-def _record_scheduled(tx: Tx, vm: Obj, node_name: str) -> None:
-    event = new_event(vm, "Scheduled", f"bound to node {node_name}", source="scheduler")
-    meta = event["metadata"]
-    existing = tx.get("Event", meta["namespace"], meta["name"])
-    if existing is None:
-        tx.insert(event)
-    else:
-        tx.replace(bump(existing, event))
-
-
-def _bind_one(tx: Tx, decision: Decision, node: Obj, usage: Usage) -> tuple[str | None, Usage]:
-    vm = tx.get("VirtualMachine", decision.namespace, decision.name)
+def _bind_one(
+    decision: Decision, vm: Obj | None, node: Obj, usage: Usage
+) -> tuple[str | None, Usage]:
+    """Check one decision against the node's current reservations and update the VM in place."""
     if vm is None or vm["metadata"]["resourceVersion"] != decision.resource_version:
         return VM_CHANGED, usage
     if vm["spec"].get("nodeName") or vm["metadata"].get("deletionTimestamp"):
@@ -77,27 +69,53 @@ def _bind_one(tx: Tx, decision: Decision, node: Obj, usage: Usage) -> tuple[str 
         "Scheduled",
         f"bound to {decision.node_name}",
     )
-    tx.replace(vm)
-    _record_scheduled(tx, vm, decision.node_name)
     return None, add_request(usage, request)
 
 
+def _record_scheduled(tx: Tx, bound: list[Obj]) -> None:
+    """One Scheduled event per bound VM, written with the bind."""
+    fresh = [
+        new_event(vm, "Scheduled", f"bound to node {vm['spec']['nodeName']}", source="scheduler")
+        for vm in bound
+    ]
+    keys = [(e["metadata"]["namespace"], e["metadata"]["name"]) for e in fresh]
+    existing = tx.get_many("Event", keys)
+    tx.insert_many([e for e, key in zip(fresh, keys, strict=True) if key not in existing])
+    tx.replace_many(
+        [bump(existing[key], e) for e, key in zip(fresh, keys, strict=True) if key in existing]
+    )
+
+
 def bind_many(store: Store, decisions: list[Decision]) -> list[str | None]:
-    """Bind each VM to its node; per decision None on success, else why not."""
+    """Bind each VM to its node; per decision None on success, else why not.
+
+    A handful of statements whatever the batch size: the nodes (locked), what is bound to them,
+    the VMs, then the updates and their events.
+    """
     results: list[str | None] = [None] * len(decisions)
     by_node: dict[str, list[int]] = defaultdict(list)
     for index, decision in enumerate(decisions):
         by_node[decision.node_name].append(index)
+    names = sorted(by_node)
     with store.tx() as tx:
-        for node_name in sorted(by_node):
-            node = tx.get("Node", "", node_name)  # locks the row: binds to it are serialized
-            if node is None:
-                for index in by_node[node_name]:
+        nodes = tx.get_many("Node", [("", name) for name in names])
+        usages = tx.node_usages(names)
+        vms = tx.get_many("VirtualMachine", [(d.namespace, d.name) for d in decisions])
+        bound: list[Obj] = []
+        for name in names:
+            node = nodes.get(("", name))
+            usage = usages[name]
+            for index in by_node[name]:
+                if node is None:
                     results[index] = "node gone"
-                continue
-            usage = tx.node_usage(node_name)
-            for index in by_node[node_name]:
-                results[index], usage = _bind_one(tx, decisions[index], node, usage)
+                    continue
+                decision = decisions[index]
+                vm = vms.get((decision.namespace, decision.name))
+                results[index], usage = _bind_one(decision, vm, node, usage)
+                if results[index] is None and vm is not None:
+                    bound.append(vm)
+        tx.replace_many(bound)
+        _record_scheduled(tx, bound)
     return results
 
 

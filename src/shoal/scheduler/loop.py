@@ -38,8 +38,8 @@ class SchedulerSettings:
     heartbeat_grace: float = DEFAULT_HEARTBEAT_GRACE
     batch: int = 500
     # Stop looking once this many feasible nodes were found (at least), or this share of them.
-    min_feasible: int = 50
-    feasible_share: float = 0.1
+    min_feasible: int = 20
+    feasible_share: float = 0.02
 
 
 def _node_signature(node: Obj) -> Any:
@@ -145,7 +145,9 @@ class Scheduler:
             if reason is not None:
                 reasons[reason] += 1
                 continue
-            value = score(node, usage[name], request, self.settings.default_profile)
+            value = score(
+                node, usage[name], request, self.settings.default_profile, allocatable[name]
+            )
             if value > best_score:
                 best, best_score = name, value
             feasible += 1

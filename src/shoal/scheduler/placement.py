@@ -9,6 +9,7 @@ against the node's current reservations, so a stale snapshot can cost a retry, n
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from shoal.model.meta import get_condition, parse_iso
@@ -117,11 +118,17 @@ def schedulable(node: Obj, _r: Request, _s: Situation) -> str | None:
     return "cordoned" if _spec(node).get("unschedulable") else None
 
 
+@lru_cache(maxsize=65536)
+def _epoch(timestamp: str) -> float:
+    """Seconds since the epoch of an API timestamp; cached, as a pass asks once per VM and node."""
+    return parse_iso(timestamp).timestamp()
+
+
 def heartbeat_fresh(node: Obj, _r: Request, situation: Situation) -> str | None:
     if situation.now is None:
         return None
     beat = _status(node).get("lastHeartbeatTime")
-    if not beat or situation.now - parse_iso(beat).timestamp() > situation.heartbeat_grace:
+    if not beat or situation.now - _epoch(beat) > situation.heartbeat_grace:
         return "not heartbeating"
     return None
 

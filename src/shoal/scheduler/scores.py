@@ -44,9 +44,15 @@ def profile_score(alloc: Allocatable, usage: Usage, request: Request, profile: s
     return full if profile == "pack" else 1.0 - full
 
 
-def score(node: Obj, usage: Usage, request: Request, default_profile: str = "pack") -> float:
+def score(
+    node: Obj,
+    usage: Usage,
+    request: Request,
+    default_profile: str = "pack",
+    allocatable: Allocatable | None = None,
+) -> float:
     profile = request.profile or default_profile
-    alloc = Allocatable.of(node)
+    alloc = allocatable or Allocatable.of(node)
     return (
         WEIGHTS["image"] * image_cached(node, request)
         + WEIGHTS["preferred"] * preferred_tags(node, request)

@@ -179,6 +179,150 @@ class Tx:
         self._log(rv, "DELETED", obj, json.dumps(obj, separators=(",", ":")))
         return obj
 
+    # -- bulk forms, for the scheduler's batched binds ------------------------------------
+
+    def get_many(self, kind: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Obj]:
+        """The objects at (namespace, name) keys that exist, read (and on PostgreSQL locked) in one
+        statement, in key order."""
+        found: dict[tuple[str, str], Obj] = {}
+        for start in range(0, len(keys), 500):
+            chunk = sorted(set(keys[start : start + 500]))
+            query = (
+                sa.select(objects.c.namespace, objects.c.name, objects.c.body)
+                .where(
+                    objects.c.kind == kind,
+                    sa.tuple_(objects.c.namespace, objects.c.name).in_(chunk),
+                )
+                .order_by(objects.c.namespace, objects.c.name)
+            )
+            if self._store.dialect == "postgresql":
+                query = query.with_for_update()
+            for namespace, name, body in self._conn.execute(query):
+                found[(namespace, name)] = json.loads(body)
+        return found
+
+    def _next_rvs(self, count: int) -> list[int]:
+        top = int(
+            self._conn.execute(
+                sa.update(counters)
+                .where(counters.c.name == "rv")
+                .values(value=counters.c.value + count)
+                .returning(counters.c.value)
+            ).scalar_one()
+        )
+        rvs = list(range(top - count + 1, top + 1))
+        self.written.extend(rvs)
+        return rvs
+
+    def replace_many(self, updated: list[Obj]) -> None:
+        """replace() for many live objects (none of them finishing a deletion), in two statements."""
+        if not updated:
+            return
+        rows, log = [], []
+        for obj, rv in zip(updated, self._next_rvs(len(updated)), strict=True):
+            kind, namespace, name = key_of(obj)
+            obj["metadata"]["resourceVersion"] = str(rv)
+            body = json.dumps(obj, separators=(",", ":"))
+            rows.append(
+                {
+                    "k": kind,
+                    "ns": namespace,
+                    "n": name,
+                    "rv": rv,
+                    "body": body,
+                    **_index_columns(obj),
+                }
+            )
+            log.append(
+                {
+                    "rv": rv,
+                    "kind": kind,
+                    "namespace": namespace,
+                    "name": name,
+                    "type": "MODIFIED",
+                    "body": body,
+                }
+            )
+        self._conn.execute(
+            sa.update(objects)
+            .where(
+                objects.c.kind == sa.bindparam("k"),
+                objects.c.namespace == sa.bindparam("ns"),
+                objects.c.name == sa.bindparam("n"),
+            )
+            .values(
+                rv=sa.bindparam("rv"),
+                body=sa.bindparam("body"),
+                node_name=sa.bindparam("node_name"),
+                req_cpu=sa.bindparam("req_cpu"),
+                req_memory=sa.bindparam("req_memory"),
+                req_disk=sa.bindparam("req_disk"),
+                guest_os=sa.bindparam("guest_os"),
+            ),
+            rows,
+        )
+        self._conn.execute(sa.insert(changes), log)
+
+    def insert_many(self, created: list[Obj]) -> None:
+        """insert() for many new objects whose keys the caller knows to be free (read under lock)."""
+        if not created:
+            return
+        rows, log = [], []
+        for obj, rv in zip(created, self._next_rvs(len(created)), strict=True):
+            kind, namespace, name = key_of(obj)
+            meta = obj["metadata"]
+            meta["resourceVersion"] = str(rv)
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", now_iso())
+            meta.setdefault("generation", 1)
+            body = json.dumps(obj, separators=(",", ":"))
+            rows.append(
+                {
+                    "kind": kind,
+                    "namespace": namespace,
+                    "name": name,
+                    "uid": meta["uid"],
+                    "rv": rv,
+                    "body": body,
+                    **_index_columns(obj),
+                }
+            )
+            log.append(
+                {
+                    "rv": rv,
+                    "kind": kind,
+                    "namespace": namespace,
+                    "name": name,
+                    "type": "ADDED",
+                    "body": body,
+                }
+            )
+        self._conn.execute(sa.insert(objects), rows)
+        self._conn.execute(sa.insert(changes), log)
+
+    def node_usages(self, node_names: list[str]) -> dict[str, Usage]:
+        """node_usage() for many nodes in one statement."""
+        usages = {name: Usage() for name in node_names}
+        for start in range(0, len(node_names), 500):
+            chunk = node_names[start : start + 500]
+            rows = self._conn.execute(
+                sa.select(
+                    objects.c.node_name,
+                    sa.func.coalesce(sa.func.sum(objects.c.req_cpu), 0),
+                    sa.func.coalesce(sa.func.sum(objects.c.req_memory), 0),
+                    sa.func.coalesce(sa.func.sum(objects.c.req_disk), 0),
+                    sa.func.count(),
+                    sa.func.coalesce(
+                        sa.func.sum(sa.case((objects.c.guest_os == "macos", 1), else_=0)), 0
+                    ),
+                )
+                .where(objects.c.kind == "VirtualMachine", objects.c.node_name.in_(chunk))
+                .group_by(objects.c.node_name)
+            )
+            for name, cpu, memory, disk, vms, macos in rows:
+                usages[name] = Usage(int(cpu), int(memory), int(disk), int(vms), int(macos))
+        return usages
+
     def node_usage(self, node_name: str) -> Usage:
         """What the VMs bound to a node reserve: every bound VM holds its share until deleted."""
         row = self._conn.execute(
