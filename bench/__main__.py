@@ -6,14 +6,19 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import foundation
+from bench import foundation, scheduler
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> int:
     RESULTS.mkdir(exist_ok=True)
-    rows = foundation.run()
+    wanted = set(sys.argv[1:]) or {"foundation", "scheduler"}
+    rows = []
+    if "foundation" in wanted:
+        rows += foundation.run()
+    if "scheduler" in wanted:
+        rows += scheduler.run()
     width = max(len(r["name"]) for r in rows)
     print(f"{'benchmark':<{width}}  {'value':>12}  unit")
     for row in rows:
@@ -23,8 +28,9 @@ def main() -> int:
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
         "results": rows,
     }
-    (RESULTS / "foundation.json").write_text(json.dumps(report, indent=2))
-    print(f"\nwritten: {RESULTS / 'foundation.json'}")
+    path = RESULTS / f"{'-'.join(sorted(wanted))}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten: {path}")
     return 0
 
 
