@@ -153,6 +153,7 @@ async def watch(
     last_sent = since
     stream = hub.changes(
         since,
+        kind=query.info.kind,
         heartbeat=bookmark_interval
         if deadline is None
         else min(bookmark_interval, max(0.05, timeout or bookmark_interval)),
