@@ -6,19 +6,21 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import foundation, scheduler
+from bench import foundation, heartbeats, scheduler
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> int:
     RESULTS.mkdir(exist_ok=True)
-    wanted = set(sys.argv[1:]) or {"foundation", "scheduler"}
+    wanted = set(sys.argv[1:]) or {"foundation", "scheduler", "heartbeats"}
     rows = []
     if "foundation" in wanted:
         rows += foundation.run()
     if "scheduler" in wanted:
         rows += scheduler.run()
+    if "heartbeats" in wanted:
+        rows += heartbeats.run()
     width = max(len(r["name"]) for r in rows)
     print(f"{'benchmark':<{width}}  {'value':>12}  unit")
     for row in rows:

@@ -58,6 +58,9 @@ class Cluster:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
+        self.start_with(agents=NODES, heartbeat=10.0)
+
+    def start_with(self, *, agents: int, heartbeat: float) -> None:
         log = (self.base / "controller.log").open("ab")
         self.procs.append(
             subprocess.Popen(
@@ -94,7 +97,7 @@ class Cluster:
                     "--name",
                     "sim",
                     "--replicas",
-                    str(NODES),
+                    str(agents),
                     "--state-dir",
                     str(self.base / "agent"),
                     "--sim-vms",
@@ -106,14 +109,14 @@ class Cluster:
                     "--sim-boot-delay",
                     "0",
                     "--heartbeat-interval",
-                    "10",
+                    str(heartbeat),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         )
-        _wait(lambda: len(self.client.list("nodes")["items"]) == NODES, 120)
+        _wait(lambda: len(self.client.list("nodes")["items"]) == agents, 600)
 
     def stop(self) -> None:
         for proc in self.procs:

@@ -6,6 +6,7 @@ finalizer it releases once a deleted VM's disk is gone.
 """
 
 import asyncio
+import random
 import contextlib
 import copy
 import logging
@@ -134,12 +135,14 @@ class Agent:
         await self.client.patch("nodes", self.name, {"status": status}, sub="status")
 
     async def _heartbeat_loop(self) -> None:
+        # A random first delay spreads the heartbeats of many agents started at once.
+        await asyncio.sleep(random.uniform(0, self.settings.heartbeat_interval))
         while True:
-            await asyncio.sleep(self.settings.heartbeat_interval)
             try:
                 await self.heartbeat()
             except ApiError as error:
                 log.warning("node %s: heartbeat failed: %s", self.name, error.message)
+            await asyncio.sleep(self.settings.heartbeat_interval)
 
     async def _resync_loop(self) -> None:
         while True:

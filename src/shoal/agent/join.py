@@ -38,14 +38,20 @@ def load_credentials(state_dir: Path) -> Credentials | None:
     )
 
 
-async def join(server: str, join_token: str, node_name: str, state_dir: Path) -> Credentials:
-    """Credentials for node_name: the saved ones, or new ones from the join token."""
+async def join(
+    server: str, join_token: str, node_name: str, state_dir: Path, *, pinned_ca: str | None = None
+) -> Credentials:
+    """Credentials for node_name: the saved ones, or new ones from the join token.
+
+    pinned_ca is a CA already fetched and checked against this join token's fingerprint (by the
+    first of many nodes joining from one process), so it is not fetched again.
+    """
     saved = load_credentials(state_dir)
     if saved is not None:
         return saved
     parsed = parse_join_token(join_token)
-    ca_pem: str | None = None
-    if server.startswith("https://"):
+    ca_pem: str | None = pinned_ca
+    if server.startswith("https://") and ca_pem is None:
         if parsed.ca_fingerprint is None:
             raise ValueError("the join token carries no CA fingerprint, but the server uses https")
         ca_pem = (await asyncio.to_thread(fetch_pinned_ca, server, parsed.ca_fingerprint)).decode()

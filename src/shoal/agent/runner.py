@@ -11,7 +11,7 @@ import httpx
 from shoal.agent.agent import Agent, AgentSettings
 from shoal.agent.join import Credentials, join, load_credentials
 from shoal.backends.base import Backend
-from shoal.client import AsyncClient, ssl_context
+from shoal.client import REQUEST_SLOTS, AsyncClient, ssl_context
 from shoal.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class AgentPlan:
     credentials: dict[str, Credentials] = field(default_factory=dict)
 
 
-async def _credentials(plan: AgentPlan, name: str) -> Credentials:
+async def _credentials(plan: AgentPlan, name: str, pinned_ca: str | None = None) -> Credentials:
     if name in plan.credentials:
         return plan.credentials[name]
     if plan.join_token is None:
@@ -40,7 +40,9 @@ async def _credentials(plan: AgentPlan, name: str) -> Credentials:
         return saved
     while True:
         try:
-            return await join(plan.server, plan.join_token, name, plan.state_dir / name)
+            return await join(
+                plan.server, plan.join_token, name, plan.state_dir / name, pinned_ca=pinned_ca
+            )
         except ApiError as error:
             if error.code in (401, 403):
                 raise
@@ -49,18 +51,35 @@ async def _credentials(plan: AgentPlan, name: str) -> Credentials:
 
 
 async def run_agents(plan: AgentPlan) -> None:
-    """Run every agent of the plan until cancelled; they share one connection pool."""
+    """Run every agent of the plan until cancelled.
+
+    They share one pool for requests, with a bound on requests in flight (which keeps the pool's
+    queue short), and one for their watch streams, which stay open and must not hold the
+    connections requests wait for.
+    """
     first = await _credentials(plan, plan.names[0])
-    limits = httpx.Limits(
-        max_connections=max(100, 3 * len(plan.names)), max_keepalive_connections=100
+    joining = asyncio.Semaphore(16)
+
+    async def credentials(name: str) -> Credentials:
+        async with joining:
+            return await _credentials(plan, name, first.ca_pem)
+
+    rest = await asyncio.gather(*(credentials(name) for name in plan.names[1:]))
+    verify = ssl_context(first.ca_pem)
+    requests = httpx.Limits(max_connections=REQUEST_SLOTS, max_keepalive_connections=REQUEST_SLOTS)
+    streams = httpx.Limits(
+        max_connections=len(plan.names) + 4, max_keepalive_connections=len(plan.names) + 4
     )
-    async with httpx.AsyncClient(
-        verify=ssl_context(first.ca_pem), timeout=30, limits=limits
-    ) as http:
+    slots = asyncio.Semaphore(REQUEST_SLOTS)
+    async with (
+        httpx.AsyncClient(verify=verify, timeout=30, limits=requests) as http,
+        httpx.AsyncClient(verify=verify, timeout=30, limits=streams) as watch_http,
+    ):
         agents = []
-        for name in plan.names:
-            creds = first if name == plan.names[0] else await _credentials(plan, name)
-            client = AsyncClient(plan.server, creds.token, http=http)
+        for name, creds in zip(plan.names, [first, *rest], strict=True):
+            client = AsyncClient(
+                plan.server, creds.token, http=http, watch_http=watch_http, slots=slots
+            )
             settings = AgentSettings(
                 node_name=name, heartbeat_interval=plan.heartbeat_interval, labels=plan.labels
             )

@@ -1,0 +1,112 @@
+"""The API under the load of many agents: 1,000 simulated nodes heartbeating every 10 s (each also
+holding its watch open) while 20 clients list and watch. Reports per-route latency percentiles as
+the clients see them, and the heartbeat route's p99 from the controller's /metrics histogram."""
+
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.foundation import Cluster, _percentile
+from shoal.client import Client
+
+AGENTS = 1_000
+CLIENTS = 20
+SECONDS = 60.0
+
+
+def _histogram_p99(metrics: str, route: str, method: str) -> float | None:
+    """The smallest bucket bound holding 99% of a route's requests (Prometheus-style, coarse)."""
+    buckets: list[tuple[float, int]] = []
+    for line in metrics.splitlines():
+        if (
+            line.startswith("shoal_http_request_duration_seconds_bucket{")
+            and f'route="{route}"' in line
+            and f'method="{method}"' in line
+        ):
+            bound = line.split('le="')[1].split('"')[0]
+            buckets.append(
+                (float("inf") if bound == "+Inf" else float(bound), int(line.rsplit(" ", 1)[1]))
+            )
+    if not buckets:
+        return None
+    total = buckets[-1][1]
+    for bound, count in buckets:
+        if count >= 0.99 * total:
+            return bound * 1000
+    return None
+
+
+def run() -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = Cluster(Path(tmp))
+        try:
+            cluster.start_with(agents=AGENTS, heartbeat=10.0)
+            client = cluster.client
+            for i in range(50):
+                client.create(
+                    "virtualmachines",
+                    {
+                        "metadata": {"name": f"hb-{i}"},
+                        "spec": {"image": "sim", "cpu": 1, "memory": "1Gi"},
+                    },
+                    "default",
+                )
+            timings: dict[str, list[float]] = {
+                "list nodes": [],
+                "list vms": [],
+                "get node": [],
+                "watch vms (first event)": [],
+            }
+            lock = threading.Lock()
+            stop = time.monotonic() + SECONDS
+
+            def worker(index: int) -> None:
+                mine = Client(cluster.url, cluster.token, ca_pem=cluster.ca)
+                while time.monotonic() < stop:
+                    for name, call in (
+                        ("list nodes", lambda: mine.list("nodes", limit=500)),
+                        ("list vms", lambda: mine.list("virtualmachines", "default")),
+                        ("get node", lambda: mine.get("nodes", f"sim-{1 + index * 37 % AGENTS}")),
+                        (
+                            "watch vms (first event)",
+                            lambda: next(iter(mine.watch("virtualmachines", "default", timeout=5))),
+                        ),
+                    ):
+                        started = time.perf_counter()
+                        call()
+                        with lock:
+                            timings[name].append((time.perf_counter() - started) * 1000)
+
+            threads = [threading.Thread(target=worker, args=(i,)) for i in range(CLIENTS)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            metrics = client._http.get("/metrics").text
+            rows = []
+            for name, values in timings.items():
+                rows.append(
+                    {
+                        "name": f"{name} p50 ({AGENTS} agents, {CLIENTS} clients)",
+                        "value": statistics.median(values),
+                        "unit": "ms",
+                    }
+                )
+                rows.append(
+                    {"name": f"{name} p99", "value": _percentile(values, 0.99), "unit": "ms"}
+                )
+            heartbeat = _histogram_p99(metrics, "/apis/shoal.dev/v1/nodes/{name}/status", "PATCH")
+            if heartbeat is not None:
+                rows.append(
+                    {
+                        "name": "heartbeat PATCH p99 (server, bucket bound)",
+                        "value": heartbeat,
+                        "unit": "ms",
+                    }
+                )
+            return rows
+        finally:
+            cluster.stop()
