@@ -17,7 +17,7 @@ from shoal.errors import ApiError, Unavailable, error_from_status
 
 API = "/apis/shoal.dev/v1"
 # Requests one process keeps in flight to the API at once (the agents of a process share them).
-REQUEST_SLOTS = 32
+REQUEST_SLOTS = 64
 Obj = dict[str, Any]
 
 

@@ -66,7 +66,11 @@ async def run_agents(plan: AgentPlan) -> None:
 
     rest = await asyncio.gather(*(credentials(name) for name in plan.names[1:]))
     verify = ssl_context(first.ca_pem)
-    requests = httpx.Limits(max_connections=REQUEST_SLOTS, max_keepalive_connections=REQUEST_SLOTS)
+    # Twice as many connections as requests in flight: a connection the server is slow to release
+    # never makes a request wait for the pool.
+    requests = httpx.Limits(
+        max_connections=2 * REQUEST_SLOTS, max_keepalive_connections=2 * REQUEST_SLOTS
+    )
     streams = httpx.Limits(
         max_connections=len(plan.names) + 4, max_keepalive_connections=len(plan.names) + 4
     )
