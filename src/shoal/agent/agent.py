@@ -6,10 +6,10 @@ finalizer it releases once a deleted VM's disk is gone.
 """
 
 import asyncio
-import random
 import contextlib
 import copy
 import logging
+import random
 from dataclasses import dataclass, field
 from typing import Any
 

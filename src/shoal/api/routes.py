@@ -4,6 +4,7 @@ Every handler authorizes first, then does its store work in one transaction (obj
 """
 
 import json
+from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Any
 
@@ -192,7 +193,53 @@ class KindHandlers:
         return ok(ctx.objects.write_status(self.info, namespace, name, body, is_patch=is_patch))
 
 
+def path_namespace(namespace: NamespaceParam) -> str | None:
+    """The namespace of a namespaced route, from its path."""
+    return namespace
+
+
+def no_namespace() -> str | None:
+    """Cluster scope: cluster-scoped kinds, and namespaced kinds across all namespaces."""
+    return None
+
+
+ListScope = Callable[..., str | None]
+
+
+def add_list_route(
+    router: APIRouter, handlers: KindHandlers, path: str, scope: ListScope, **doc: Any
+) -> None:
+    async def list_or_watch(
+        ctx: Ctx,
+        caller: Caller,
+        namespace: Annotated[str | None, Depends(scope)],
+        labelSelector: Annotated[str | None, Query(max_length=4096)] = None,
+        fieldSelector: Annotated[str | None, Query(max_length=4096)] = None,
+        limit: Annotated[int | None, Query(ge=1, le=10000)] = None,
+        continue_: Annotated[str | None, Query(alias="continue", max_length=4096)] = None,
+        watch_: Annotated[bool, Query(alias="watch")] = False,
+        resourceVersion: Annotated[str | None, Query(max_length=32)] = None,
+        timeoutSeconds: Annotated[int | None, Query(ge=1, le=86400)] = None,
+    ) -> Response:
+        return await handlers.list(
+            ctx,
+            caller,
+            namespace,
+            labelSelector,
+            fieldSelector,
+            limit,
+            continue_,
+            watch_,
+            resourceVersion,
+            timeoutSeconds,
+        )
+
+    router.add_api_route(path, list_or_watch, methods=["GET"], name=f"list_{path}", **doc)
+
+
 def add_kind_routes(router: APIRouter, info: KindInfo) -> None:
+    """Every route of one kind. Namespaced and cluster-scoped kinds share the handlers; only the
+    dependency that yields the namespace differs."""
     handlers = KindHandlers(info)
     model: Any = info.model
     tags: list[str | Enum] = [info.kind]
@@ -205,6 +252,8 @@ def add_kind_routes(router: APIRouter, info: KindInfo) -> None:
         },
         **ERRORS,
     }
+    scope: ListScope = path_namespace if info.namespaced else no_namespace
+    Namespace = Annotated[str | None, Depends(scope)]
     collection = (
         f"{PREFIX}/namespaces/{{namespace}}/{info.plural}"
         if info.namespaced
@@ -212,270 +261,109 @@ def add_kind_routes(router: APIRouter, info: KindInfo) -> None:
     )
     item = collection + "/{name}"
 
+    add_list_route(
+        router,
+        handlers,
+        collection,
+        scope,
+        tags=tags,
+        responses=many,
+        summary=f"List or watch {info.plural}",
+    )
     if info.namespaced:
-
-        @router.get(collection, tags=tags, responses=many, summary=f"List or watch {info.plural}")
-        async def list_namespaced(
-            ctx: Ctx,
-            caller: Caller,
-            namespace: NamespaceParam,
-            labelSelector: Annotated[str | None, Query(max_length=4096)] = None,
-            fieldSelector: Annotated[str | None, Query(max_length=4096)] = None,
-            limit: Annotated[int | None, Query(ge=1, le=10000)] = None,
-            continue_: Annotated[str | None, Query(alias="continue", max_length=4096)] = None,
-            watch_: Annotated[bool, Query(alias="watch")] = False,
-            resourceVersion: Annotated[str | None, Query(max_length=32)] = None,
-            timeoutSeconds: Annotated[int | None, Query(ge=1, le=86400)] = None,
-        ) -> Response:
-            return await handlers.list(
-                ctx,
-                caller,
-                namespace,
-                labelSelector,
-                fieldSelector,
-                limit,
-                continue_,
-                watch_,
-                resourceVersion,
-                timeoutSeconds,
-            )
-
-        @router.get(
+        add_list_route(
+            router,
+            handlers,
             f"{PREFIX}/{info.plural}",
+            no_namespace,
             tags=tags,
             responses=many,
             summary=f"List or watch {info.plural} in all namespaces",
         )
-        async def list_all(
-            ctx: Ctx,
-            caller: Caller,
-            labelSelector: Annotated[str | None, Query(max_length=4096)] = None,
-            fieldSelector: Annotated[str | None, Query(max_length=4096)] = None,
-            limit: Annotated[int | None, Query(ge=1, le=10000)] = None,
-            continue_: Annotated[str | None, Query(alias="continue", max_length=4096)] = None,
-            watch_: Annotated[bool, Query(alias="watch")] = False,
-            resourceVersion: Annotated[str | None, Query(max_length=32)] = None,
-            timeoutSeconds: Annotated[int | None, Query(ge=1, le=86400)] = None,
-        ) -> Response:
-            return await handlers.list(
-                ctx,
-                caller,
-                None,
-                labelSelector,
-                fieldSelector,
-                limit,
-                continue_,
-                watch_,
-                resourceVersion,
-                timeoutSeconds,
-            )
 
-        @router.post(
-            collection,
-            tags=tags,
-            status_code=201,
-            responses={201: one[200], **ERRORS},
-            summary=f"Create a {info.kind}",
+    @router.post(
+        collection,
+        tags=tags,
+        status_code=201,
+        responses={201: one[200], **ERRORS},
+        summary=f"Create a {info.kind}",
+    )
+    def create(
+        ctx: Ctx, caller: Caller, namespace: Namespace, body: Annotated[model, Body()]
+    ) -> Response:
+        return handlers.create(ctx, caller, namespace, body)
+
+    @router.get(item, tags=tags, responses=one, summary=f"Read a {info.kind}")
+    def get(ctx: Ctx, caller: Caller, namespace: Namespace, name: NameParam) -> Response:
+        return handlers.get(ctx, caller, namespace, name)
+
+    @router.put(item, tags=tags, responses=one, summary=f"Replace a {info.kind}")
+    def replace(
+        ctx: Ctx,
+        caller: Caller,
+        namespace: Namespace,
+        name: NameParam,
+        body: Annotated[model, Body()],
+    ) -> Response:
+        return handlers.replace(ctx, caller, namespace, name, body)
+
+    @router.patch(
+        item,
+        tags=tags,
+        responses=one,
+        openapi_extra=MERGE_PATCH,
+        summary=f"Patch a {info.kind} (JSON merge patch)",
+    )
+    async def patch(
+        request: Request, ctx: Ctx, caller: Caller, namespace: Namespace, name: NameParam
+    ) -> Response:
+        body = await read_json(request)
+        return await run_in_threadpool(handlers.patch, ctx, caller, namespace, name, body)
+
+    @router.delete(item, tags=tags, responses=one, summary=f"Delete a {info.kind}")
+    def delete(
+        ctx: Ctx,
+        caller: Caller,
+        namespace: Namespace,
+        name: NameParam,
+        resourceVersion: Annotated[str | None, Query(max_length=32)] = None,
+    ) -> Response:
+        return handlers.delete(ctx, caller, namespace, name, resourceVersion)
+
+    if not info.has_status:
+        return
+
+    @router.get(item + "/status", tags=tags, responses=one, summary=f"Read a {info.kind}'s status")
+    def get_status(ctx: Ctx, caller: Caller, namespace: Namespace, name: NameParam) -> Response:
+        return handlers.get(ctx, caller, namespace, name)
+
+    @router.put(
+        item + "/status", tags=tags, responses=one, summary=f"Replace a {info.kind}'s status"
+    )
+    def put_status(
+        ctx: Ctx,
+        caller: Caller,
+        namespace: Namespace,
+        name: NameParam,
+        body: Annotated[model, Body()],
+    ) -> Response:
+        dumped = body.model_dump(mode="json", exclude_none=True)
+        return handlers.write_status(ctx, caller, namespace, name, dumped, False)
+
+    @router.patch(
+        item + "/status",
+        tags=tags,
+        responses=one,
+        openapi_extra=MERGE_PATCH,
+        summary=f"Patch a {info.kind}'s status",
+    )
+    async def patch_status(
+        request: Request, ctx: Ctx, caller: Caller, namespace: Namespace, name: NameParam
+    ) -> Response:
+        body = await read_json(request)
+        return await run_in_threadpool(
+            handlers.write_status, ctx, caller, namespace, name, body, True
         )
-        def create_namespaced(
-            ctx: Ctx, caller: Caller, namespace: NamespaceParam, body: Annotated[model, Body()]
-        ) -> Response:
-            return handlers.create(ctx, caller, namespace, body)
-
-        @router.get(item, tags=tags, responses=one, summary=f"Read a {info.kind}")
-        def get_namespaced(
-            ctx: Ctx, caller: Caller, namespace: NamespaceParam, name: NameParam
-        ) -> Response:
-            return handlers.get(ctx, caller, namespace, name)
-
-        @router.put(item, tags=tags, responses=one, summary=f"Replace a {info.kind}")
-        def replace_namespaced(
-            ctx: Ctx,
-            caller: Caller,
-            namespace: NamespaceParam,
-            name: NameParam,
-            body: Annotated[model, Body()],
-        ) -> Response:
-            return handlers.replace(ctx, caller, namespace, name, body)
-
-        @router.patch(
-            item,
-            tags=tags,
-            responses=one,
-            openapi_extra=MERGE_PATCH,
-            summary=f"Patch a {info.kind} (JSON merge patch)",
-        )
-        async def patch_namespaced(
-            request: Request, ctx: Ctx, caller: Caller, namespace: NamespaceParam, name: NameParam
-        ) -> Response:
-            body = await read_json(request)
-            return await run_in_threadpool(handlers.patch, ctx, caller, namespace, name, body)
-
-        @router.delete(item, tags=tags, responses=one, summary=f"Delete a {info.kind}")
-        def delete_namespaced(
-            ctx: Ctx,
-            caller: Caller,
-            namespace: NamespaceParam,
-            name: NameParam,
-            resourceVersion: Annotated[str | None, Query(max_length=32)] = None,
-        ) -> Response:
-            return handlers.delete(ctx, caller, namespace, name, resourceVersion)
-
-        if info.has_status:
-
-            @router.get(
-                item + "/status", tags=tags, responses=one, summary=f"Read a {info.kind}'s status"
-            )
-            def get_status_namespaced(
-                ctx: Ctx, caller: Caller, namespace: NamespaceParam, name: NameParam
-            ) -> Response:
-                return handlers.get(ctx, caller, namespace, name)
-
-            @router.put(
-                item + "/status",
-                tags=tags,
-                responses=one,
-                summary=f"Replace a {info.kind}'s status",
-            )
-            def put_status_namespaced(
-                ctx: Ctx,
-                caller: Caller,
-                namespace: NamespaceParam,
-                name: NameParam,
-                body: Annotated[model, Body()],
-            ) -> Response:
-                return handlers.write_status(
-                    ctx,
-                    caller,
-                    namespace,
-                    name,
-                    body.model_dump(mode="json", exclude_none=True),
-                    False,
-                )
-
-            @router.patch(
-                item + "/status",
-                tags=tags,
-                responses=one,
-                openapi_extra=MERGE_PATCH,
-                summary=f"Patch a {info.kind}'s status",
-            )
-            async def patch_status_namespaced(
-                request: Request,
-                ctx: Ctx,
-                caller: Caller,
-                namespace: NamespaceParam,
-                name: NameParam,
-            ) -> Response:
-                body = await read_json(request)
-                return await run_in_threadpool(
-                    handlers.write_status, ctx, caller, namespace, name, body, True
-                )
-
-    else:
-
-        @router.get(collection, tags=tags, responses=many, summary=f"List or watch {info.plural}")
-        async def list_cluster(
-            ctx: Ctx,
-            caller: Caller,
-            labelSelector: Annotated[str | None, Query(max_length=4096)] = None,
-            fieldSelector: Annotated[str | None, Query(max_length=4096)] = None,
-            limit: Annotated[int | None, Query(ge=1, le=10000)] = None,
-            continue_: Annotated[str | None, Query(alias="continue", max_length=4096)] = None,
-            watch_: Annotated[bool, Query(alias="watch")] = False,
-            resourceVersion: Annotated[str | None, Query(max_length=32)] = None,
-            timeoutSeconds: Annotated[int | None, Query(ge=1, le=86400)] = None,
-        ) -> Response:
-            return await handlers.list(
-                ctx,
-                caller,
-                None,
-                labelSelector,
-                fieldSelector,
-                limit,
-                continue_,
-                watch_,
-                resourceVersion,
-                timeoutSeconds,
-            )
-
-        @router.post(
-            collection,
-            tags=tags,
-            status_code=201,
-            responses={201: one[200], **ERRORS},
-            summary=f"Create a {info.kind}",
-        )
-        def create_cluster(ctx: Ctx, caller: Caller, body: Annotated[model, Body()]) -> Response:
-            return handlers.create(ctx, caller, None, body)
-
-        @router.get(item, tags=tags, responses=one, summary=f"Read a {info.kind}")
-        def get_cluster(ctx: Ctx, caller: Caller, name: NameParam) -> Response:
-            return handlers.get(ctx, caller, None, name)
-
-        @router.put(item, tags=tags, responses=one, summary=f"Replace a {info.kind}")
-        def replace_cluster(
-            ctx: Ctx, caller: Caller, name: NameParam, body: Annotated[model, Body()]
-        ) -> Response:
-            return handlers.replace(ctx, caller, None, name, body)
-
-        @router.patch(
-            item,
-            tags=tags,
-            responses=one,
-            openapi_extra=MERGE_PATCH,
-            summary=f"Patch a {info.kind} (JSON merge patch)",
-        )
-        async def patch_cluster(
-            request: Request, ctx: Ctx, caller: Caller, name: NameParam
-        ) -> Response:
-            body = await read_json(request)
-            return await run_in_threadpool(handlers.patch, ctx, caller, None, name, body)
-
-        @router.delete(item, tags=tags, responses=one, summary=f"Delete a {info.kind}")
-        def delete_cluster(
-            ctx: Ctx,
-            caller: Caller,
-            name: NameParam,
-            resourceVersion: Annotated[str | None, Query(max_length=32)] = None,
-        ) -> Response:
-            return handlers.delete(ctx, caller, None, name, resourceVersion)
-
-        if info.has_status:
-
-            @router.get(
-                item + "/status", tags=tags, responses=one, summary=f"Read a {info.kind}'s status"
-            )
-            def get_status_cluster(ctx: Ctx, caller: Caller, name: NameParam) -> Response:
-                return handlers.get(ctx, caller, None, name)
-
-            @router.put(
-                item + "/status",
-                tags=tags,
-                responses=one,
-                summary=f"Replace a {info.kind}'s status",
-            )
-            def put_status_cluster(
-                ctx: Ctx, caller: Caller, name: NameParam, body: Annotated[model, Body()]
-            ) -> Response:
-                return handlers.write_status(
-                    ctx, caller, None, name, body.model_dump(mode="json", exclude_none=True), False
-                )
-
-            @router.patch(
-                item + "/status",
-                tags=tags,
-                responses=one,
-                openapi_extra=MERGE_PATCH,
-                summary=f"Patch a {info.kind}'s status",
-            )
-            async def patch_status_cluster(
-                request: Request, ctx: Ctx, caller: Caller, name: NameParam
-            ) -> Response:
-                body = await read_json(request)
-                return await run_in_threadpool(
-                    handlers.write_status, ctx, caller, None, name, body, True
-                )
 
 
 async def read_json(request: Request) -> Any:
