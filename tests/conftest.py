@@ -104,3 +104,11 @@ def make_node() -> Callable[..., Obj]:
 @pytest.fixture(scope="session")
 def make_vm() -> Callable[..., Obj]:
     return build_vm
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """A store URL on each backend: a SQLite file, and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/s.db"
+    return str(request.getfixturevalue("postgres_db"))

@@ -240,17 +240,10 @@ def test_at_most_two_macos_guests_per_apple_host(store: Store) -> None:
     assert waiting["status"]["message"] == "0/1 nodes available: 1 at their macOS guest limit"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url_both(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/race.db"
-    return str(request.getfixturevalue("postgres_db"))
-
-
-def test_two_schedulers_racing_never_overcommit(store_url_both: str) -> None:
+def test_two_schedulers_racing_never_overcommit(store_url: str) -> None:
     """Two scheduler loops on one store, 2,000 VMs, 100 nodes: every VM bound exactly once,
     no node over capacity at any version of the change log."""
-    store = Store(store_url_both)
+    store = Store(store_url)
     try:
         nodes, per_node = 100, 20
         for i in range(nodes):

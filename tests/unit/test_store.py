@@ -23,13 +23,6 @@ Obj = dict[str, Any]
 GI = 2**30
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/s.db"
-    return str(request.getfixturevalue("postgres_db"))
-
-
 @pytest.fixture
 def open_store(store_url: str) -> Iterator[Callable[..., Store]]:
     """Open Stores on the test's database; all are closed at the end."""

@@ -22,13 +22,6 @@ def anyio_backend() -> str:
     return "asyncio"  # the hub is written against asyncio
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/s.db"
-    return str(request.getfixturevalue("postgres_db"))
-
-
 @pytest.fixture
 def open_store(store_url: str) -> Iterator[Callable[..., Store]]:
     opened: list[Store] = []

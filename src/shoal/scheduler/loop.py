@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from shoal.events import bump, new_event
+from shoal.events import new_event
 from shoal.model.meta import set_condition
 from shoal.scheduler.binder import Decision, add_request, bind_many
 from shoal.scheduler.placement import (
@@ -25,6 +25,7 @@ from shoal.scheduler.placement import (
     why_not,
 )
 from shoal.scheduler.scores import score
+from shoal.store import events
 from shoal.store.store import Obj, Store, Tx, Usage
 from shoal.store.watch import WatchHub
 
@@ -202,12 +203,9 @@ class Scheduler:
         if not changed:
             return
         tx.replace(current)
-        event = new_event(current, "FailedScheduling", message, type_="Warning", source="scheduler")
-        existing = tx.get("Event", event["metadata"]["namespace"], event["metadata"]["name"])
-        if existing is None:
-            tx.insert(event)
-        else:
-            tx.replace(bump(existing, event))
+        events.upsert(
+            tx, new_event(current, "FailedScheduling", message, type_="Warning", source="scheduler")
+        )
 
     # -- triggering -----------------------------------------------------------------------
 

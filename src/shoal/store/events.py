@@ -4,9 +4,19 @@ import logging
 
 from shoal.errors import AlreadyExists, ApiError
 from shoal.events import bump, new_event
-from shoal.store.store import Obj, Store
+from shoal.store.store import Obj, Store, Tx
 
 log = logging.getLogger(__name__)
+
+
+def upsert(tx: Tx, event: Obj) -> None:
+    """Write an Event in tx: new, or counted onto the one of the same object and reason."""
+    meta = event["metadata"]
+    current = tx.get("Event", meta["namespace"], meta["name"])
+    if current is None:
+        tx.insert(event)
+    else:
+        tx.replace(bump(current, event))
 
 
 def record(
@@ -23,11 +33,7 @@ def record(
     meta = event["metadata"]
     try:
         with store.tx() as tx:
-            current = tx.get("Event", meta["namespace"], meta["name"])
-            if current is None:
-                tx.insert(event)
-            else:
-                tx.replace(bump(current, event))
+            upsert(tx, event)
     except (AlreadyExists, ApiError) as error:
         log.debug("event %s not recorded: %s", reason, error)
     except Exception:  # e.g. a busy database: the event is dropped, the change it reports stands
