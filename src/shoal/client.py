@@ -322,7 +322,7 @@ class AsyncClient:
     ) -> AsyncIterator[Obj]:
         query = {"watch": "1", "resourceVersion": resource_version, **params}
         try:
-            async with self._http.stream(
+            async with self._watch_http.stream(
                 "GET",
                 self.server + resource_path(plural, namespace),
                 params={k: v for k, v in query.items() if v is not None},

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,6 +170,9 @@ class ControlPlane:
 
     async def serve(self, ready: Callable[[], Awaitable[None]] | None = None) -> None:
         """Start everything and serve until cancelled or signalled."""
+        # Requests hop between the event loop and worker threads several times; with the default
+        # 5 ms GIL switch interval each hop can wait that long behind a busy thread.
+        sys.setswitchinterval(0.0005)
         await self.start()
         config = uvicorn.Config(
             self.app,

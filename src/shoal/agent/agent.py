@@ -65,6 +65,7 @@ class Agent:
         self._dirty: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.registered = asyncio.Event()
+        self._ready_since: str | None = None  # when this agent first reported Ready
         backend.subscribe(self._on_backend_change)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -112,6 +113,8 @@ class Agent:
             "vms": capacity.vms,
         }
         now = now_iso()
+        if self._ready_since is None:
+            self._ready_since = now
         status = {
             "capacity": resources,
             "allocatable": resources,
@@ -127,7 +130,7 @@ class Agent:
                     "status": "True",
                     "reason": "AgentReady",
                     "message": "",
-                    "lastTransitionTime": now,
+                    "lastTransitionTime": self._ready_since,
                 }
             ],
             "lastHeartbeatTime": now,

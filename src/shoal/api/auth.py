@@ -46,7 +46,7 @@ ROLES: dict[str, dict[str, frozenset[str]]] = {
 }
 
 # Anyone with a valid credential may read these cluster-scoped kinds.
-CLUSTER_READABLE = frozenset({"Node", "Namespace"})
+CLUSTER_READABLE = frozenset({"Node", "Namespace", "Image"})
 
 
 @dataclass(frozen=True)

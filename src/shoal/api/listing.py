@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from shoal import jsoncodec
 from shoal.errors import ApiError, BadRequest, Gone
 from shoal.model.meta import API_VERSION
 from shoal.model.registry import KindInfo
@@ -104,7 +105,7 @@ def list_objects(store: Store, query: Query, limit: int | None, cont: str | None
 
 
 def _line(event_type: str, obj: Obj) -> bytes:
-    return (json.dumps({"type": event_type, "object": obj}, separators=(",", ":")) + "\n").encode()
+    return jsoncodec.dumps_bytes({"type": event_type, "object": obj}) + b"\n"
 
 
 def _bookmark(info: KindInfo, rv: int) -> bytes:

@@ -2,11 +2,11 @@
 
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI
 from fastapi.responses import PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shoal.api.auth import Principal, authenticate
 from shoal.api.context import ApiContext
@@ -62,27 +62,43 @@ class RequestMetrics:
         return lines
 
 
-def _route_of(request: Request) -> str:
-    route = request.scope.get("route")  # set by the router once it matched
-    return str(getattr(route, "path", "unmatched"))
+class MeasureRequests:
+    """ASGI middleware: each HTTP request's route, code and time to its response headers.
+
+    Plain ASGI rather than Starlette's BaseHTTPMiddleware, which costs an extra task and a memory
+    stream per request.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        observed = False
+
+        async def send_and_observe(message: Message) -> None:
+            nonlocal observed
+            if message["type"] == "http.response.start" and not observed:
+                observed = True
+                route = scope.get("route")  # set by the router once it matched
+                self.metrics.observe(
+                    scope["method"],
+                    str(getattr(route, "path", "unmatched")),
+                    int(message["status"]),
+                    time.perf_counter() - started,
+                )
+            await send(message)
+
+        await self.app(scope, receive, send_and_observe)
 
 
 def install_metrics(app: FastAPI, ctx: ApiContext) -> None:
     metrics = RequestMetrics()
-
-    @app.middleware("http")
-    async def measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        metrics.observe(
-            request.method,
-            _route_of(request),
-            response.status_code,
-            time.perf_counter() - started,
-        )
-        return response
+    app.add_middleware(MeasureRequests, metrics=metrics)
 
     @app.get(
         "/metrics", tags=["Health"], response_class=PlainTextResponse, summary="Prometheus metrics"

@@ -3,16 +3,16 @@
 Every handler authorizes first, then does its store work in one transaction (objects.Objects).
 """
 
-import json
 from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from shoal import jsoncodec
 from shoal.api.auth import Principal, authenticate, authorize
 from shoal.api.context import ApiContext, get_ctx
 from shoal.api.docs import ERRORS, list_model
@@ -50,8 +50,8 @@ MERGE_PATCH = {
 }
 
 
-def ok(obj: Obj, code: int = 200) -> JSONResponse:
-    return JSONResponse(obj, status_code=code)
+def ok(obj: Obj, code: int = 200) -> Response:
+    return Response(jsoncodec.dumps_bytes(obj), status_code=code, media_type="application/json")
 
 
 def audit(ctx: ApiContext, caller: Principal, obj: Obj, reason: str) -> None:
@@ -67,6 +67,8 @@ def _node_owned(
     """For node credentials, the object they act on (their rights depend on it)."""
     if caller.kind != "Node":
         return None
+    if info.kind == "Node":  # a node's rights on Nodes depend on the name alone
+        return {"metadata": {"name": name}}
     return ctx.store.get(info.kind, ns or "", name)
 
 
@@ -369,8 +371,8 @@ def add_kind_routes(router: APIRouter, info: KindInfo) -> None:
 async def read_json(request: Request) -> Any:
     raw = await request.body()
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
+        return jsoncodec.loads(raw)
+    except ValueError as error:
         raise BadRequest(f"the body is not valid JSON: {error}") from None
 
 

@@ -216,6 +216,71 @@ class VirtualMachine(TypeMeta):
     status: VirtualMachineStatus = Field(default_factory=VirtualMachineStatus)
 
 
+# -- Image -----------------------------------------------------------------------------------
+
+Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+HostPath = Annotated[str, Field(min_length=2, max_length=4096, pattern=r"^/")]
+
+
+class ImageFile(StrictModel):
+    """A file of an image on the nodes' filesystem (a local import), with its digest."""
+
+    path: HostPath
+    digest: Digest
+    size: Annotated[int, Field(ge=0)]
+
+
+class LocalSource(StrictModel):
+    disk: ImageFile
+    kernel: ImageFile | None = None
+    initrd: ImageFile | None = None
+
+
+class ImageSource(StrictModel):
+    local: LocalSource | None = None
+    oci: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ImageSource":
+        if (self.local is None) == (self.oci is None):
+            raise ValueError("give exactly one of local or oci")
+        return self
+
+
+class ImageSpec(StrictModel):
+    source: ImageSource
+    os: GuestOS = "linux"
+    arch: Arch = "amd64"
+    # disk: firmware boots the disk (as real images do); kernel: direct kernel boot.
+    boot: Literal["disk", "kernel"] = "disk"
+    firmware: Literal["bios", "uefi"] = "bios"
+    cmdline: Annotated[str, Field(max_length=4096)] = ""
+    sshUser: Annotated[str, Field(min_length=1, max_length=64)] = "root"
+    cpu: Cpu | None = None
+    memory: MemoryQuantity | None = None
+    disk: DiskQuantity | None = None
+
+    @model_validator(mode="after")
+    def _kernel_boot_has_kernel(self) -> "ImageSpec":
+        local = self.source.local
+        if self.boot == "kernel" and local is not None and local.kernel is None:
+            raise ValueError("boot: kernel needs source.local.kernel")
+        return self
+
+
+class ImageStatus(StrictModel):
+    phase: Literal["Ready", "Failed"] = "Ready"
+    size: Annotated[int, Field(ge=0)] = 0
+    message: Annotated[str, Field(max_length=4096)] = ""
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class Image(TypeMeta):
+    kind: Literal["Image"] = "Image"
+    spec: ImageSpec
+    status: ImageStatus = Field(default_factory=ImageStatus)
+
+
 # -- Access: ServiceAccount, RoleBinding ---------------------------------------------------
 
 

@@ -33,6 +33,7 @@ KINDS: tuple[KindInfo, ...] = (
         immutable=("spec.image", "spec.nodeName", "spec.config", "spec.os", "spec.arch"),
     ),
     KindInfo("VMConfig", "vmconfigs", True, kinds.VMConfig, ("spec",), False),
+    KindInfo("Image", "images", False, kinds.Image, ("spec",), True, immutable=("spec.source",)),
     KindInfo("ServiceAccount", "serviceaccounts", True, kinds.ServiceAccount, ("spec",), True),
     KindInfo(
         "RoleBinding", "rolebindings", True, kinds.RoleBinding, ("roleRef", "subjects"), False

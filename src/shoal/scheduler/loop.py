@@ -78,6 +78,11 @@ class Scheduler:
         """One scheduling pass; returns how many VMs it bound."""
         self.passes += 1
         self._again = False
+        # Most passes (a node changed, a VM went away) find the queue empty: look at it first,
+        # without reading every node and VM.
+        queued, _ = self.store.list_objects("VirtualMachine", unbound=True)
+        if not any(not vm["metadata"].get("deletionTimestamp") for vm in queued):
+            return 0
         vms, _ = self.store.list_objects("VirtualMachine")
         nodes, _ = self.store.list_objects("Node")
         usage: dict[str, Usage] = defaultdict(Usage)

@@ -8,7 +8,7 @@ never miss one that commits later with a smaller number. Compare-and-swap is don
 row under lock (SELECT ... FOR UPDATE on PostgreSQL) and checking its resourceVersion.
 """
 
-import json
+import contextlib
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
+from shoal import jsoncodec
 from shoal.errors import AlreadyExists, Conflict, Gone, NotFound
 from shoal.model.meta import now_iso
 from shoal.quantity import parse_bytes
@@ -85,7 +86,7 @@ class Tx:
         if self._store.dialect == "postgresql":
             query = query.with_for_update()
         row = self._conn.execute(query).first()
-        return json.loads(row[0]) if row else None
+        return jsoncodec.loads(row[0]) if row else None
 
     def must_get(self, kind: str, namespace: str, name: str) -> Obj:
         obj = self.get(kind, namespace, name)
@@ -123,7 +124,7 @@ class Tx:
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", now_iso())
         meta.setdefault("generation", 1)
-        body = json.dumps(obj, separators=(",", ":"))
+        body = jsoncodec.dumps(obj)
         # ON CONFLICT DO NOTHING: a racing transaction that inserted the same key first makes
         # this one a no-op (on PostgreSQL, after waiting for it), answered as AlreadyExists.
         insert = postgresql_insert if self._store.dialect == "postgresql" else sqlite_insert
@@ -156,7 +157,7 @@ class Tx:
             return self.remove(obj)
         rv = self._next_rv()
         meta["resourceVersion"] = str(rv)
-        body = json.dumps(obj, separators=(",", ":"))
+        body = jsoncodec.dumps(obj)
         updated = self._conn.execute(
             sa.update(objects)
             .where(objects.c.kind == kind, objects.c.namespace == namespace, objects.c.name == name)
@@ -176,7 +177,7 @@ class Tx:
                 objects.c.kind == kind, objects.c.namespace == namespace, objects.c.name == name
             )
         )
-        self._log(rv, "DELETED", obj, json.dumps(obj, separators=(",", ":")))
+        self._log(rv, "DELETED", obj, jsoncodec.dumps(obj))
         return obj
 
     # -- bulk forms, for the scheduler's batched binds ------------------------------------
@@ -198,7 +199,7 @@ class Tx:
             if self._store.dialect == "postgresql":
                 query = query.with_for_update()
             for namespace, name, body in self._conn.execute(query):
-                found[(namespace, name)] = json.loads(body)
+                found[(namespace, name)] = jsoncodec.loads(body)
         return found
 
     def _next_rvs(self, count: int) -> list[int]:
@@ -222,7 +223,7 @@ class Tx:
         for obj, rv in zip(updated, self._next_rvs(len(updated)), strict=True):
             kind, namespace, name = key_of(obj)
             obj["metadata"]["resourceVersion"] = str(rv)
-            body = json.dumps(obj, separators=(",", ":"))
+            body = jsoncodec.dumps(obj)
             rows.append(
                 {
                     "k": kind,
@@ -275,7 +276,7 @@ class Tx:
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", now_iso())
             meta.setdefault("generation", 1)
-            body = json.dumps(obj, separators=(",", ":"))
+            body = jsoncodec.dumps(obj)
             rows.append(
                 {
                     "kind": kind,
@@ -354,7 +355,11 @@ class Store:
         self.dialect = sa.engine.make_url(url).get_backend_name()
         self._listeners: list[Callable[[int], None]] = []
         self._listeners_lock = threading.Lock()
+        # SQLite lets one writer in at a time and makes the others poll with sleeps of up to
+        # 100 ms; queueing writers of this process on a lock hands the turn over at once.
+        self._writer_turn: threading.Lock | None = None
         if self.dialect == "sqlite":
+            self._writer_turn = threading.Lock()
             self._engine = self._sqlite_engine(url, immediate=True)
             self._read_engine = self._sqlite_engine(url, immediate=False)
         else:
@@ -414,8 +419,14 @@ class Store:
     # -- transactions ---------------------------------------------------------------------
 
     @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A write transaction; every writer of this process goes through here."""
+        with self._writer_turn or contextlib.nullcontext(), self._engine.begin() as conn:
+            yield conn
+
+    @contextmanager
     def tx(self) -> Iterator[Tx]:
-        with self._engine.begin() as conn:
+        with self.writing() as conn:
             tx = Tx(self, conn)
             yield tx
         if tx.written:
@@ -443,7 +454,7 @@ class Store:
         with self.tx() as tx:
             current = tx.must_get(kind, namespace, name)
             _check_preconditions(current, expect_rv, expect_uid)
-            updated = change(json.loads(json.dumps(current)))
+            updated = change(jsoncodec.clone(current))
             if updated is None:
                 return current
             return tx.replace(updated)
@@ -483,7 +494,7 @@ class Store:
             ).first()
         if row is None:
             raise NotFound(_not_found_message(kind, namespace, name), kind=kind, name=name)
-        return dict(json.loads(row[0]))
+        return dict(jsoncodec.loads(row[0]))
 
     def list_objects(
         self,
@@ -491,11 +502,16 @@ class Store:
         namespace: str | None = None,
         *,
         node_name: str | None = None,
+        unbound: bool = False,
         after: tuple[str, str] | None = None,
         batch: int | None = None,
     ) -> tuple[list[Obj], int]:
-        """Objects of a kind in (namespace, name) order after a key, with the list's version."""
+        """Objects of a kind in (namespace, name) order after a key, with the list's version.
+
+        unbound: only VMs that no node holds yet (the scheduler's queue)."""
         query = sa.select(objects.c.body).where(objects.c.kind == kind)
+        if unbound:
+            query = query.where(objects.c.node_name.is_(None))
         if namespace is not None:
             query = query.where(objects.c.namespace == namespace)
         if node_name is not None:
@@ -510,7 +526,7 @@ class Store:
         with self._read_engine.connect() as conn, conn.begin():
             rv = self._current_rv(conn)
             rows = conn.execute(query).all()
-        return [json.loads(row[0]) for row in rows], rv
+        return [jsoncodec.loads(row[0]) for row in rows], rv
 
     def count(self, kind: str, namespace: str | None = None) -> int:
         query = sa.select(sa.func.count()).where(objects.c.kind == kind)
@@ -556,11 +572,11 @@ class Store:
                 .order_by(changes.c.rv)
                 .limit(limit)
             ).all()
-        return [Change(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+        return [Change(r[0], r[1], r[2], r[3], r[4], jsoncodec.loads(r[5])) for r in rows]
 
     def compact(self) -> int:
         """Drop change-log entries older than the retention; return the new compaction point."""
-        with self._engine.begin() as conn:
+        with self.writing() as conn:
             current = self._current_rv(conn)
             point = max(0, current - self.change_retention)
             conn.execute(sa.delete(changes).where(changes.c.rv <= point))

@@ -79,7 +79,7 @@ class TokenStore:
         record = TokenRecord(
             token_id, subject_kind, namespace, name, now, now + ttl_seconds if ttl_seconds else None
         )
-        with self._store.engine.begin() as conn:
+        with self._store.writing() as conn:
             conn.execute(
                 sa.insert(tokens).values(
                     id=token_id,
@@ -123,13 +123,13 @@ class TokenStore:
             return [_record(row) for row in conn.execute(query.order_by(tokens.c.created_at))]
 
     def revoke(self, token_id: str) -> bool:
-        with self._store.engine.begin() as conn:
+        with self._store.writing() as conn:
             removed = bool(conn.execute(sa.delete(tokens).where(tokens.c.id == token_id)).rowcount)
         self._cache.clear()
         return removed
 
     def revoke_subject(self, subject_kind: str, namespace: str, name: str) -> int:
-        with self._store.engine.begin() as conn:
+        with self._store.writing() as conn:
             removed = int(
                 conn.execute(
                     sa.delete(tokens).where(

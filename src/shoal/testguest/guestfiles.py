@@ -1,0 +1,159 @@
+"""The small files the test guest is made of, as string constants.
+
+`build.py` writes them into the initramfs and the root disk. Placeholders are `@NAME@` (the
+scripts are full of `$`, so neither str.format nor string.Template fit) and are filled in by
+`render`. Changing any of these changes the recipe hash, so a new guest gets built.
+"""
+
+import re
+
+# PID 1 of the initramfs: load the few modules the cloud kernel keeps outside its image, mount
+# the root disk and switch_root into it. @MODULES@ is the module list in dependency order. On
+# failure it exits, the kernel panics and `panic=-1` with QEMU's -no-reboot ends the VM, unless
+# the kernel command line has `shoal.rescue`, which gives a shell on the console instead.
+INITRAMFS_INIT = """\
+#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+root=/dev/vda
+rootfstype=ext4
+rootflags=rw
+rescue=
+read -r cmdline </proc/cmdline
+for arg in $cmdline; do
+    case "$arg" in
+        root=*) root="${arg#root=}" ;;
+        rootfstype=*) rootfstype="${arg#rootfstype=}" ;;
+        ro) rootflags=ro ;;
+        rw) rootflags=rw ;;
+        shoal.rescue) rescue=1 ;;
+    esac
+done
+
+fail() {
+    echo "shoal-test-guest: initramfs: $*"
+    if [ -n "$rescue" ]; then
+        exec sh
+    fi
+    exit 1
+}
+
+for module in @MODULES@; do
+    insmod "/lib/modules/$module.ko" || fail "insmod $module failed"
+done
+
+tries=0
+while [ ! -b "$root" ]; do
+    tries=$((tries + 1))
+    [ "$tries" -gt 1000 ] && fail "$root did not appear"
+    usleep 10000
+done
+mount -t "$rootfstype" -o "$rootflags" "$root" /newroot || fail "cannot mount $root"
+for dir in dev proc sys; do
+    mount --move "/$dir" "/newroot/$dir"
+done
+exec switch_root /newroot /sbin/init
+"""
+
+# busybox init's table on the root disk. dropbear runs in the foreground under init (respawned
+# if it dies, its log on the console); `announce` prints the ready line once it listens. The
+# console shell starts when Enter is pressed on ttyS0 (askfirst, respawned on exit), which keeps
+# it from competing with sshd for the one vCPU at boot.
+INITTAB = """\
+::sysinit:/etc/init.d/rcS
+::once:/etc/init.d/announce
+::respawn:/usr/sbin/dropbear -F -E -s -p 22 -r /etc/dropbear/dropbear_ed25519_host_key -P /run/dropbear.pid
+ttyS0::askfirst:-/bin/sh
+::shutdown:/etc/init.d/rcK
+"""
+
+RCS = """\
+#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+[ -e /proc/self ] || mount -t proc proc /proc
+[ -d /sys/kernel ] || mount -t sysfs sysfs /sys
+[ -c /dev/null ] || mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
+ln -s /proc/self/fd /dev/fd
+hostname -F /etc/hostname
+ip link set lo up
+ip addr add @ADDRESS@/@PREFIX@ dev eth0
+ip link set eth0 up
+ip route add default via @GATEWAY@
+# The ACPI power button (QMP system_powerdown) arrives as an input event; acpid runs
+# /etc/acpi/PWRF/00000080 for it, which powers off.
+acpid -l /dev/null
+"""
+
+ANNOUNCE = """\
+#!/bin/sh
+tries=0
+while ! grep -qE '^ *[0-9]+: [0-9A-F]+:0016 [0-9A-F]+:[0-9A-F]+ 0A ' /proc/net/tcp /proc/net/tcp6; do
+    tries=$((tries + 1))
+    if [ "$tries" -gt 1500 ]; then
+        echo "shoal-test-guest: ssh failed to start"
+        exit 1
+    fi
+    usleep 20000
+done
+echo "shoal-test-guest: ssh ready on @ADDRESS@:22"
+"""
+
+RCK = """\
+#!/bin/sh
+echo "shoal-test-guest: powering off"
+sync
+mount -o remount,ro / 2>/dev/null
+"""
+
+POWER_BUTTON = """\
+#!/bin/sh
+exec /sbin/poweroff
+"""
+
+PROFILE = """\
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export PS1='\\u@\\h:\\w\\$ '
+"""
+
+PASSWD = "root:x:0:0:root:/root:/bin/sh\n"
+SHADOW = "root:*:19000:0:99999:7:::\n"
+GROUP = "root:x:0:\ntty:x:5:\n"
+SHELLS = "/bin/sh\n/bin/ash\n"
+HOSTNAME = "shoal-test-guest\n"
+HOSTS = "127.0.0.1\tlocalhost\n127.0.1.1\tshoal-test-guest\n"
+RESOLV_CONF = "nameserver @DNS@\n"
+
+
+def render(template: str, **values: str) -> str:
+    """Fill `@NAME@` placeholders; every placeholder in the template must be given."""
+    out = template
+    for name, value in values.items():
+        out = out.replace(f"@{name}@", value)
+    left = re.findall(r"@[A-Z_]+@", out)
+    if left:
+        raise ValueError(f"unfilled placeholders: {', '.join(left)}")
+    return out
+
+
+ALL = (
+    INITRAMFS_INIT,
+    INITTAB,
+    RCS,
+    ANNOUNCE,
+    RCK,
+    POWER_BUTTON,
+    PROFILE,
+    PASSWD,
+    SHADOW,
+    GROUP,
+    SHELLS,
+    HOSTNAME,
+    HOSTS,
+    RESOLV_CONF,
+)
