@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,3 +225,27 @@ def processes(*items: ControllerProcess | AgentProcess) -> Iterator[None]:
     finally:
         for item in items:
             item.kill()
+
+
+@dataclass
+class Cli:
+    env: dict[str, str]
+
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [SHOAL, *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"shoal {' '.join(args)} exited {result.returncode}: {result.stderr}{result.stdout}"
+            )
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "-o", "json").stdout)
+
+    def many(self, commands: list[list[str]]) -> None:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda args: self.run(*args), commands))

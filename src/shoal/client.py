@@ -294,6 +294,9 @@ class AsyncClient:
         _raise_for(response)
         return response.json() if response.content else None
 
+    async def get(self, plural: str, name: str, namespace: str | None = None) -> Obj:
+        return dict(await self.request("GET", resource_path(plural, namespace, name)))
+
     async def patch(
         self,
         plural: str,

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from shoal.agent.join import Credentials
 from shoal.agent.runner import AgentPlan, run_agents
-from shoal.backends.base import Backend
-from shoal.backends.sim import SimBackend, SimSettings
+from shoal.backends.choose import BackendOptions, choose
+from shoal.backends.qemu import QemuSettings
+from shoal.backends.sim import SimSettings
 from shoal.client import Context, Contexts
 from shoal.server import ControllerSettings, ControlPlane
 
@@ -25,6 +26,7 @@ class DevSettings:
     backend: str = "auto"
     nodes: int = 1
     sim: SimSettings = field(default_factory=SimSettings)
+    qemu: QemuSettings = field(default_factory=lambda: QemuSettings(state_dir=Path(".")))
     heartbeat_interval: float = 5.0
 
 
@@ -40,19 +42,11 @@ def check_loopback(host: str) -> None:
         )
 
 
-def choose_backend(wanted: str, sim: SimSettings) -> tuple[str, Callable[[str], Backend]]:
-    """The backend to run and a sentence saying why."""
-    if wanted == "qemu":
-        raise ValueError("the qemu backend is not part of this version yet; use --backend sim")
-    if wanted not in ("auto", "sim"):
-        raise ValueError(f"unknown backend {wanted!r}: choose auto, sim or qemu")
-    reason = "sim (simulated VMs: no QEMU backend in this version)" if wanted == "auto" else "sim"
-    return reason, lambda _name: SimBackend(sim)
-
-
 async def run_dev(settings: DevSettings, announce: Callable[[str], None]) -> None:
     check_loopback(settings.host)
-    reason, factory = choose_backend(settings.backend, settings.sim)
+    choice = await choose(
+        BackendOptions(settings.backend, settings.sim, settings.qemu), settings.data_dir / "agents"
+    )
     plane = ControlPlane(
         ControllerSettings(
             data_dir=settings.data_dir,
@@ -76,7 +70,7 @@ async def run_dev(settings: DevSettings, announce: Callable[[str], None]) -> Non
         plan = AgentPlan(
             server=url,
             names=names,
-            backend_factory=factory,
+            backend_factory=choice.factory,
             state_dir=settings.data_dir / "agents",
             heartbeat_interval=settings.heartbeat_interval,
             credentials=credentials,
@@ -88,7 +82,7 @@ async def run_dev(settings: DevSettings, announce: Callable[[str], None]) -> Non
         contexts.save()
         announce(
             f"shoal dev is serving {url}\n"
-            f"  backend: {reason}, {settings.nodes} node(s)\n"
+            f"  backend: {choice.reason}, {settings.nodes} node(s)\n"
             f"  data dir: {settings.data_dir}  (admin token in {settings.data_dir / 'admin.token'})\n"
             f"  CLI context '{DEV_CONTEXT}' is now current: try `shoal vm deploy --image test --wait`"
         )

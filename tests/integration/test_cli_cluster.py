@@ -1,43 +1,21 @@
 """The controller and 3 agents as separate processes, driven through the `shoal` CLI."""
 
-import json
 import os
-import subprocess
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
-from helpers import SHOAL, AgentProcess, ControllerProcess, create_join_token, processes, wait_until
+from helpers import (
+    AgentProcess,
+    Cli,
+    ControllerProcess,
+    create_join_token,
+    processes,
+    wait_until,
+)
 
 VMS = 50
-
-
-@dataclass
-class Cli:
-    env: dict[str, str]
-
-    def run(
-        self, *args: str, check: bool = True, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [SHOAL, *args], env=self.env, capture_output=True, text=True, timeout=timeout
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"shoal {' '.join(args)} exited {result.returncode}: {result.stderr}{result.stdout}"
-            )
-        return result
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.run(*args, "-o", "json").stdout)
-
-    def many(self, commands: list[list[str]]) -> None:
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(lambda args: self.run(*args), commands))
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ def test_shoal_dev_then_deploy_wait_reaches_running(tmp_path: Path) -> None:
             f"127.0.0.1:{port}",
             "--nodes",
             "2",
+            "--backend",
+            "sim",
         ],
         env=env,
         stdout=log,

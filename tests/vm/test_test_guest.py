@@ -146,11 +146,6 @@ def _banner(port: int) -> bytes:
         return b""
 
 
-@pytest.fixture(scope="session")
-def guest_image() -> TestGuest:
-    return build_test_guest()
-
-
 @pytest.fixture(scope="module")
 def guest(guest_image: TestGuest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     workdir = tmp_path_factory.mktemp("test-guest")

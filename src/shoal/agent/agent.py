@@ -10,6 +10,7 @@ import contextlib
 import copy
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ from shoal.model.meta import now_iso, set_condition
 from shoal.quantity import format_bytes
 
 log = logging.getLogger(__name__)
+DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 Obj = dict[str, Any]
 STATUS_FIELDS = (
     "phase",
@@ -261,10 +263,23 @@ class Agent:
             status.update(phase="Failed", reason="BackendError", message=failure)
         await self._write_status(vm, status)
 
+    async def _image_spec(self, name: str) -> Obj | None:
+        """The spec of the Image a VM names; None when there is none by that name."""
+        if not DNS_NAME.fullmatch(name):
+            return None  # an OCI reference, not an Image name
+        try:
+            image = await self.client.get("images", name)
+        except NotFound:
+            return None
+        return dict(image.get("spec") or {})
+
     async def _act(self, action: Action, uid: str, vm: Obj) -> None:
         backend = self.backend
         if action in (Action.CREATE, Action.CREATE_AND_START):
-            await backend.create(uid, vm["spec"])
+            spec = vm["spec"]
+            if backend.resolves_images:
+                spec = {**spec, "resolvedImage": await self._image_spec(str(spec.get("image")))}
+            await backend.create(uid, spec)
         if action in (Action.CREATE_AND_START, Action.START):
             await backend.start(uid)
         elif action == Action.STOP:

@@ -51,6 +51,8 @@ class BackendError(Exception):
 
 class Backend(Protocol):
     name: str
+    # True: create() wants spec["resolvedImage"], the spec of the Image the VM names.
+    resolves_images: bool
 
     def subscribe(self, callback: Callable[[str], None]) -> None:
         """Call callback(vm_id) whenever a VM's state changes on its own (boot done, crash)."""

@@ -27,6 +27,7 @@ class SimSettings:
 
 class SimBackend:
     name = "sim"
+    resolves_images = False
 
     def __init__(self, settings: SimSettings | None = None) -> None:
         self.settings = settings or SimSettings()

@@ -168,6 +168,7 @@ def _tart_state(entry: Mapping[str, Any]) -> str:
 
 class TartBackend:
     name = "tart"
+    resolves_images = False
 
     def __init__(self, settings: TartSettings) -> None:
         self.settings = settings

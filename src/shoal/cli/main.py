@@ -11,6 +11,7 @@ from shoal import __version__
 from shoal.cli import (
     context,
     events,
+    image,
     namespace,
     node,
     rolebinding,
@@ -83,6 +84,7 @@ def root(
 
 app.add_typer(context.app, name="context", help="Manage server contexts (server, token, CA).")
 app.add_typer(vm.app, name="vm", help="Deploy and manage VirtualMachines.")
+app.add_typer(image.app, name="image", help="Manage VM images.")
 app.add_typer(vmconfig.app, name="vmconfig", help="Manage VMConfigs (named VM templates).")
 app.add_typer(node.app, name="node", help="Inspect and manage nodes (hosts).")
 app.add_typer(namespace.app, name="namespace", help="Manage namespaces.")

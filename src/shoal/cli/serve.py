@@ -57,10 +57,23 @@ def register(app: typer.Typer) -> None:
         listen: Annotated[
             str, typer.Option(help="HOST:PORT to serve plain HTTP on (loopback only).")
         ] = "127.0.0.1:8420",
-        backend: Annotated[str, typer.Option(help="auto, sim or qemu.")] = "auto",
+        backend: Annotated[
+            str, typer.Option(help="auto (qemu when QEMU runs guests here, else sim), sim or qemu.")
+        ] = "auto",
         nodes: Annotated[
             int, typer.Option(min=1, max=1000, help="How many local agents (nodes) to run.")
         ] = 1,
+        accel: Annotated[
+            str, typer.Option(help="QEMU accelerator: auto (probe), kvm, hvf or tcg.")
+        ] = "auto",
+        node_cpu: Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="vCPUs each qemu node offers (default: the host's cores less the reserve; "
+                "more than the host has overcommits).",
+            ),
+        ] = None,
         sim_cpu: Annotated[int, typer.Option(min=1, help="vCPUs of each simulated node.")] = 8,
         sim_memory: Annotated[str, typer.Option(help="Memory of each simulated node.")] = "16Gi",
         sim_vms: Annotated[int, typer.Option(min=1, help="VMs each simulated node may hold.")] = 8,
@@ -73,6 +86,7 @@ def register(app: typer.Typer) -> None:
 
         Writes DATA_DIR/admin.token and a CLI context named `dev`, which it makes current.
         """
+        from shoal.backends.qemu import QemuSettings
         from shoal.backends.sim import SimSettings
         from shoal.dev import DevSettings, check_loopback, run_dev
 
@@ -91,6 +105,7 @@ def register(app: typer.Typer) -> None:
             sim=SimSettings(
                 boot_delay=sim_boot_delay, cpu=sim_cpu, memory=_size(sim_memory), max_vms=sim_vms
             ),
+            qemu=QemuSettings(state_dir=Path("."), accelerator=accel, cpu=node_cpu),
         )
         try:
             asyncio.run(run_dev(settings, lambda text: typer.echo(text)))
@@ -174,7 +189,12 @@ def register(app: typer.Typer) -> None:
         name: Annotated[
             str | None, typer.Option(help="Node name (default: this host's name).")
         ] = None,
-        backend: Annotated[str, typer.Option(help="sim (qemu and tart come later).")] = "sim",
+        backend: Annotated[
+            str,
+            typer.Option(
+                help="sim, qemu, tart, or auto (qemu when QEMU runs guests here, else sim)."
+            ),
+        ] = "sim",
         replicas: Annotated[
             int,
             typer.Option(
@@ -197,26 +217,66 @@ def register(app: typer.Typer) -> None:
         sim_boot_delay: Annotated[
             float, typer.Option(min=0, help="Seconds a simulated VM takes to boot.")
         ] = 0.5,
+        accel: Annotated[
+            str, typer.Option(help="QEMU accelerator: auto (probe), kvm, hvf or tcg.")
+        ] = "auto",
+        node_cpu: Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="vCPUs each qemu node offers (default: the host's cores less the reserve; "
+                "more than the host has overcommits).",
+            ),
+        ] = None,
+        max_vms: Annotated[
+            int, typer.Option(min=1, help="VMs this node may run at once (qemu).")
+        ] = 8,
+        cpu_reserve: Annotated[
+            int, typer.Option(min=0, help="Host cores kept out of the node's capacity (qemu).")
+        ] = 0,
+        memory_reserve: Annotated[
+            str, typer.Option(help="Host memory kept out of the node's capacity (qemu).")
+        ] = "1Gi",
+        tart_binary: Annotated[str, typer.Option(help="The tart executable (tart).")] = "tart",
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     ) -> None:
         """Run an agent: join the controller, heartbeat, and run the VMs bound to this node."""
         from shoal.agent.runner import AgentPlan, run_agents
-        from shoal.backends.sim import SimBackend, SimSettings
+        from shoal.backends.choose import BackendOptions, choose
+        from shoal.backends.qemu import QemuSettings
+        from shoal.backends.sim import SimSettings
 
         _logging(verbose)
-        if backend != "sim":
-            raise typer.BadParameter(
-                f"backend {backend!r} is not part of this version yet; use sim"
-            )
+        if replicas > 1 and backend != "sim":
+            raise typer.BadParameter("--replicas is for simulated nodes (--backend sim)")
         base = name or socket.gethostname().split(".")[0].lower()
         names = [base] if replicas == 1 else [f"{base}-{i}" for i in range(1, replicas + 1)]
         sim = SimSettings(
             boot_delay=sim_boot_delay, cpu=sim_cpu, memory=_size(sim_memory), max_vms=sim_vms
         )
+        options = BackendOptions(
+            backend,
+            sim,
+            QemuSettings(
+                state_dir=Path("."),
+                accelerator=accel,
+                cpu=node_cpu,
+                max_vms=max_vms,
+                cpu_reserve=cpu_reserve,
+                memory_reserve=_size(memory_reserve),
+            ),
+            tart_binary,
+        )
+        try:
+            choice = asyncio.run(choose(options, state_dir.resolve()))
+        except ValueError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"backend: {choice.reason}", err=True)
         plan = AgentPlan(
             server=server.rstrip("/"),
             names=names,
-            backend_factory=lambda _name: SimBackend(sim),
+            backend_factory=choice.factory,
             state_dir=state_dir.resolve(),
             join_token=join_token,
             heartbeat_interval=heartbeat_interval,

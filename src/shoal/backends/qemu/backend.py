@@ -1,0 +1,605 @@
+"""The qemu backend: real VMs under QEMU, driven through QMP.
+
+Each VM lives in its own state dir (machine.json, the qcow2 overlay on the image's disk, QEMU's
+pid file, the serial log, and links to its QMP, VNC and serial-console sockets). QEMU runs
+daemonized, so it is nobody's child: VMs outlive the agent, and a restarted agent adopts them from
+their state dirs exactly as it would find them in any other round.
+
+A VM is Starting from launch until its guest answers on port 22 with an SSH banner (or, with no
+port 22 forwarded, until QMP says it runs), then Running. A QEMU that dies unasked makes the VM
+Failed with the last lines of its serial console in the message.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal.backends.base import Actual, BackendError, Capacity, VMState
+from shoal.backends.qemu import accel as accelerators
+from shoal.backends.qemu import qmp
+from shoal.backends.qemu.machine import (
+    MACHINE_FILE,
+    Forward,
+    HostSetup,
+    Machine,
+    MachineError,
+    Paths,
+    command,
+)
+from shoal.model.meta import now_iso
+from shoal.quantity import parse_bytes
+
+log = logging.getLogger(__name__)
+
+GUEST_ADDRESS = "10.0.2.15"  # the guest's address on QEMU's user-mode network
+SERIAL_TAIL_LINES = 15
+START_MARK = "--- shoal: starting"
+
+
+@dataclass(frozen=True)
+class QemuSettings:
+    state_dir: Path
+    qemu: str = "qemu-system-x86_64"
+    qemu_img: str = "qemu-img"
+    accelerator: str = "auto"  # auto | kvm | hvf | tcg
+    max_vms: int = 8
+    cpu_reserve: int = 0  # host cores kept for the host itself
+    memory_reserve: int = 1 * 2**30  # bytes kept for the host itself
+    cpu: int | None = None  # None: the host's cores
+    memory: int | None = None  # None: the host's memory
+    disk: int | None = None  # None: the free space where the state dir is
+    forward_address: str = "127.0.0.1"  # where guest ports are published on the host
+    network: str = "user"  # user | bridge:<name> | tap:<name>
+    boot_timeout: float = 600.0  # Starting this long without an SSH banner: Running, not Ready
+    stop_timeout: float = 30.0
+    poll_interval: float = 0.5
+    uefi_code: str | None = None
+    opencore: str | None = None
+    apple_osk: str | None = None
+    guest_os: tuple[str, ...] = ("linux",)
+
+
+@dataclass
+class _Running:
+    state: VMState
+    monitor: asyncio.Task[None] | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+# Host ports handed out by any backend of this process but maybe not bound by QEMU yet.
+_reserved_ports: set[int] = set()
+
+
+def _short_link(root: Path) -> Path:
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"shoal-vm-{digest}"
+
+
+def _pid_alive(pid: int, vm_id: str) -> bool:
+    """The process exists and is this VM's QEMU (a recycled pid is not)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return f"shoal-{vm_id}".encode() in cmdline
+
+
+def _host_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _tail(path: Path, lines: int = SERIAL_TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as file:
+            file.seek(0, os.SEEK_END)
+            size = file.tell()
+            file.seek(max(0, size - 8192))
+            text = file.read().decode(errors="replace")
+    except OSError:
+        return ""
+    if START_MARK in text:  # only what this boot printed
+        text = text.rsplit(START_MARK, 1)[1].split("\n", 1)[-1]
+    kept = [line.rstrip("\r") for line in text.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+async def ssh_banner(host: str, port: int, timeout: float = 2.0) -> bool:
+    """True when host:port answers with an SSH identification line."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        return line.startswith(b"SSH-")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+class QemuBackend:
+    name = "qemu"
+    resolves_images = True
+
+    def __init__(self, settings: QemuSettings) -> None:
+        self.settings = settings
+        self.vms_dir = settings.state_dir / "vms"
+        self.vms_dir.mkdir(parents=True, exist_ok=True)
+        self._accel: str | None = None
+        self._accel_error: str | None = None
+        self._accel_lock = asyncio.Lock()
+        self._create_lock = asyncio.Lock()
+        self._vms: dict[str, _Running] = {}
+        self._callbacks: list[Callable[[str], None]] = []
+        self._clean_leftovers()
+
+    # -- host ------------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[str], None]) -> None:
+        self._callbacks.append(callback)
+
+    def _changed(self, vm_id: str) -> None:
+        for callback in self._callbacks:
+            callback(vm_id)
+
+    async def accelerator(self) -> str:
+        """The accelerator in use, probed once (BackendError when QEMU cannot run guests)."""
+        async with self._accel_lock:
+            if self._accel is None and self._accel_error is None:
+                try:
+                    self._accel = await accelerators.detect(
+                        self.settings.qemu, self.settings.accelerator
+                    )
+                except RuntimeError as error:
+                    self._accel_error = str(error)
+            if self._accel is None:
+                raise BackendError(self._accel_error or "no accelerator")
+            return self._accel
+
+    async def capacity(self) -> Capacity:
+        s = self.settings
+        cpu = s.cpu if s.cpu is not None else max(1, (os.cpu_count() or 1) - s.cpu_reserve)
+        memory = s.memory if s.memory is not None else max(0, _host_memory() - s.memory_reserve)
+        disk = s.disk if s.disk is not None else shutil.disk_usage(self.vms_dir).free
+        try:
+            accel: str | None = await self.accelerator()
+        except BackendError:
+            accel = None
+        return Capacity(cpu, memory, disk, s.max_vms, "amd64", "linux", s.guest_os, accel)
+
+    def _clean_leftovers(self) -> None:
+        """Half-made VM dirs from a create that was interrupted never become VMs."""
+        for path in self.vms_dir.glob(".creating-*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _paths(self, vm_id: str) -> Paths:
+        root = self.vms_dir / vm_id
+        return Paths(root, _short_link(root))
+
+    def _link(self, paths: Paths) -> None:
+        if paths.short.is_symlink() and os.readlink(paths.short) == str(paths.root):
+            return
+        with contextlib.suppress(FileNotFoundError):
+            paths.short.unlink()
+        paths.short.symlink_to(paths.root)
+
+    def host_setup(self, accel: str) -> HostSetup:
+        s = self.settings
+        return HostSetup(s.qemu, accel, s.uefi_code, s.opencore, s.apple_osk)
+
+    # -- create ----------------------------------------------------------------------------
+
+    async def create(self, vm_id: str, spec: dict[str, Any]) -> None:
+        paths = self._paths(vm_id)
+        if (paths.root / MACHINE_FILE).exists():
+            return
+        image = spec.get("resolvedImage")
+        if not isinstance(image, dict):
+            raise BackendError(f"image {spec.get('image')!r}: no such Image")
+        local = (image.get("source") or {}).get("local")
+        if not local:
+            raise BackendError(
+                f"image {spec.get('image')!r}: only locally imported images run here yet"
+            )
+        for role in ("disk", "kernel", "initrd"):
+            entry = local.get(role)
+            if entry and not Path(entry["path"]).is_file():
+                raise BackendError(
+                    f"image {spec.get('image')!r}: its {role} {entry['path']} is not on this node"
+                )
+        async with self._create_lock:
+            if (paths.root / MACHINE_FILE).exists():
+                return
+            if len(self._existing()) >= self.settings.max_vms:
+                raise BackendError(f"this node already holds {self.settings.max_vms} VMs")
+            forwards = self._allocate_ports(spec)
+        staging = self.vms_dir / f".creating-{vm_id}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            base = local["disk"]["path"]
+            wanted_size = parse_bytes(str(spec.get("disk") or "0"))
+            base_size = await self._virtual_size(base)
+            await self._run(
+                self.settings.qemu_img,
+                "create", "-q", "-f", "qcow2", "-F", await self._format(base), "-b", base,
+                str(staging / "disk.qcow2"),
+                *([str(wanted_size)] if wanted_size > base_size else []),
+            )  # fmt: skip
+            machine = Machine(
+                vm_id=vm_id,
+                cpu=int(spec.get("cpu") or image.get("cpu") or 1),
+                memory_mib=parse_bytes(str(spec.get("memory") or image.get("memory") or "1Gi"))
+                // 2**20,
+                guest_os=str(spec.get("os") or image.get("os") or "linux"),
+                boot=str(image.get("boot") or "disk"),
+                firmware=str(image.get("firmware") or "bios"),
+                kernel=(local.get("kernel") or {}).get("path"),
+                initrd=(local.get("initrd") or {}).get("path"),
+                cmdline=str(image.get("cmdline") or ""),
+                base=base,
+                forwards=forwards,
+                ssh_user=str(image.get("sshUser") or "root"),
+                network=self.settings.network,
+            )
+            if machine.firmware == "uefi" or machine.guest_os == "macos":
+                await self._copy_uefi_vars(staging)
+            machine.save(staging)
+            os.rename(staging, paths.root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            for forward in forwards:
+                _reserved_ports.discard(forward.host)
+        self._link(paths)
+        self._vms[vm_id] = _Running(self._stopped_state(vm_id, machine))
+
+    def _existing(self) -> list[str]:
+        return [p.name for p in self.vms_dir.iterdir() if (p / MACHINE_FILE).exists()]
+
+    def _allocate_ports(self, spec: dict[str, Any]) -> tuple[Forward, ...]:
+        """A free host port for each guest port (22 always), unique in this process and among
+        the VMs on this node."""
+        guest_ports = sorted({22, *(int(p["guest"]) for p in spec.get("ports") or [])})
+        taken = set(_reserved_ports)
+        for name in self._existing():
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                taken |= {f.host for f in Machine.load(self.vms_dir / name).forwards}
+        forwards = []
+        for guest in guest_ports:
+            for _ in range(100):
+                with socket.socket() as probe:
+                    probe.bind((self.settings.forward_address, 0))
+                    port = int(probe.getsockname()[1])
+                if port not in taken:
+                    break
+            else:
+                raise BackendError("no free host port for the VM's port forwards")
+            taken.add(port)
+            _reserved_ports.add(port)
+            forwards.append(Forward(guest, port, self.settings.forward_address))
+        return tuple(forwards)
+
+    async def _image_info(self, path: str) -> dict[str, Any]:
+        out = await self._run(self.settings.qemu_img, "info", "--output=json", "-U", path)
+        info: dict[str, Any] = json.loads(out)
+        return info
+
+    async def _virtual_size(self, path: str) -> int:
+        return int((await self._image_info(path))["virtual-size"])
+
+    async def _format(self, path: str) -> str:
+        return str((await self._image_info(path))["format"])
+
+    async def _copy_uefi_vars(self, directory: Path) -> None:
+        code = self.settings.uefi_code
+        if not code:
+            raise BackendError("UEFI firmware (OVMF) is not configured on this node")
+        template = Path(code).with_name(Path(code).name.replace("CODE", "VARS"))
+        if not template.is_file():
+            raise BackendError(f"UEFI variable store {template} is missing")
+        shutil.copyfile(template, directory / "uefi-vars.fd")
+
+    async def _run(self, *argv: str, timeout: float = 120.0) -> str:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except FileNotFoundError:
+            raise BackendError(f"{argv[0]} is not installed") from None
+        try:
+            out, err = await asyncio.wait_for(process.communicate(), timeout)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise BackendError(f"{argv[0]} {argv[1]} took longer than {timeout:.0f}s") from None
+        if process.returncode != 0:
+            detail = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
+            raise BackendError(f"{Path(argv[0]).name} {argv[1]} failed: {detail[-2000:]}")
+        return out.decode(errors="replace")
+
+    # -- power -----------------------------------------------------------------------------
+
+    def _pid(self, paths: Paths) -> int | None:
+        try:
+            return int(paths.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _alive(self, vm_id: str, paths: Paths) -> int | None:
+        pid = self._pid(paths)
+        return pid if pid is not None and _pid_alive(pid, vm_id) else None
+
+    async def start(self, vm_id: str) -> None:
+        paths = self._paths(vm_id)
+        machine = self._machine(vm_id)
+        if self._alive(vm_id, paths):
+            return
+        accel = await self.accelerator()
+        self._link(paths)
+        for stale in (paths.qmp, paths.vnc, paths.console, paths.pidfile):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        try:
+            argv = command(machine, paths, self.host_setup(accel))
+        except MachineError as error:
+            raise BackendError(str(error)) from None
+        paths.wanted.write_text("running")
+        with paths.serial_log.open("ab") as serial:
+            serial.write(f"\n{START_MARK} {now_iso()} ---\n".encode())
+        try:
+            await self._run(*argv, timeout=60)
+        except BackendError as error:
+            paths.wanted.write_text("stopped")
+            self._set(vm_id, Actual.FAILED, reason="QemuFailed", message=str(error))
+            return
+        entry = self._vms.setdefault(vm_id, _Running(self._stopped_state(vm_id, machine)))
+        entry.state = VMState(
+            vm_id,
+            Actual.STARTING,
+            ports={f.guest: (f.address, f.host) for f in machine.forwards},
+            addresses=[GUEST_ADDRESS],
+            boot_time=now_iso(),
+        )
+        entry.started = time.monotonic()
+        self._watch(vm_id)
+
+    async def stop(self, vm_id: str, timeout: float | None = None) -> None:
+        paths = self._paths(vm_id)
+        if not paths.root.exists():
+            return
+        paths.wanted.write_text("stopped")
+        pid = self._alive(vm_id, paths)
+        if pid is not None:
+            await self._power_down(vm_id, paths, pid, timeout or self.settings.stop_timeout)
+        self._unwatch(vm_id)
+        for stale in (paths.qmp, paths.vnc, paths.console):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        self._vms[vm_id] = _Running(self._stopped_state(vm_id, self._machine(vm_id)))
+
+    async def _power_down(self, vm_id: str, paths: Paths, pid: int, timeout: float) -> None:
+        """ACPI power button, then quit, then SIGKILL: the guest gets `timeout` to shut down."""
+        with contextlib.suppress(qmp.QMPError):
+            if await qmp.run_state(paths.qmp) == "paused":
+                await qmp.execute(paths.qmp, "cont")
+            await qmp.execute(paths.qmp, "system_powerdown")
+            if await self._exited(vm_id, paths, timeout):
+                return
+        with contextlib.suppress(qmp.QMPError):
+            await qmp.execute(paths.qmp, "quit")
+        if await self._exited(vm_id, paths, 5.0):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        await self._exited(vm_id, paths, 5.0)
+
+    async def _exited(self, vm_id: str, paths: Paths, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._alive(vm_id, paths) is None:
+                return True
+            await asyncio.sleep(0.1)
+        return self._alive(vm_id, paths) is None
+
+    async def suspend(self, vm_id: str) -> None:
+        await self._qmp_power(vm_id, "stop", Actual.SUSPENDED)
+
+    async def resume(self, vm_id: str) -> None:
+        await self._qmp_power(vm_id, "cont", Actual.RUNNING)
+
+    async def _qmp_power(self, vm_id: str, verb: str, actual: Actual) -> None:
+        paths = self._paths(vm_id)
+        if self._alive(vm_id, paths) is None:
+            raise BackendError(f"VM {vm_id} is not running")
+        try:
+            await qmp.execute(paths.qmp, verb)
+        except qmp.QMPError as error:
+            raise BackendError(str(error)) from None
+        state = self._vms[vm_id].state if vm_id in self._vms else await self.status(vm_id)
+        if actual == Actual.RUNNING and not state.ready:
+            actual = Actual.STARTING  # resumed before it ever answered: still booting
+        self._set(vm_id, actual)
+
+    async def delete(self, vm_id: str) -> None:
+        paths = self._paths(vm_id)
+        self._unwatch(vm_id)
+        if paths.root.exists():
+            with contextlib.suppress(OSError):
+                paths.wanted.write_text("stopped")
+            pid = self._alive(vm_id, paths)
+            if pid is not None:
+                with contextlib.suppress(qmp.QMPError):
+                    await qmp.execute(paths.qmp, "quit", timeout=3)
+                if not await self._exited(vm_id, paths, 3.0):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    await self._exited(vm_id, paths, 5.0)
+            shutil.rmtree(paths.root, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            paths.short.unlink()
+        self._vms.pop(vm_id, None)
+
+    # -- observing -------------------------------------------------------------------------
+
+    def _machine(self, vm_id: str) -> Machine:
+        try:
+            return Machine.load(self._paths(vm_id).root)
+        except (OSError, ValueError, TypeError):
+            raise BackendError(f"no VM {vm_id} on this node") from None
+
+    def _stopped_state(self, vm_id: str, machine: Machine) -> VMState:
+        return VMState(
+            vm_id,
+            Actual.STOPPED,
+            ports={f.guest: (f.address, f.host) for f in machine.forwards},
+            addresses=[GUEST_ADDRESS],
+        )
+
+    def _set(self, vm_id: str, actual: Actual, *, reason: str = "", message: str = "") -> None:
+        entry = self._vms.get(vm_id)
+        if entry is None:
+            entry = self._vms[vm_id] = _Running(self._stopped_state(vm_id, self._machine(vm_id)))
+        state = entry.state
+        changed = (state.actual, state.reason, state.message) != (actual, reason, message)
+        state.actual, state.reason, state.message = actual, reason, message
+        if actual in (Actual.STOPPED, Actual.FAILED):
+            state.ready = False
+        if changed:
+            self._changed(vm_id)
+
+    async def status(self, vm_id: str) -> VMState:
+        paths = self._paths(vm_id)
+        if not (paths.root / MACHINE_FILE).exists():
+            return VMState(vm_id, Actual.ABSENT)
+        entry = self._vms.get(vm_id)
+        if entry is None:
+            entry = self._vms[vm_id] = await self._adopt(vm_id, paths)
+        return entry.state
+
+    async def _adopt(self, vm_id: str, paths: Paths) -> _Running:
+        """Find a VM as a previous agent left it: running, paused, stopped, or dead."""
+        machine = self._machine(vm_id)
+        self._link(paths)
+        state = self._stopped_state(vm_id, machine)
+        entry = _Running(state)
+        wanted = paths.wanted.read_text().strip() if paths.wanted.exists() else "stopped"
+        if self._alive(vm_id, paths) is not None:
+            try:
+                run_state = await qmp.run_state(paths.qmp)
+            except qmp.QMPError:
+                run_state = "unknown"
+            forwarded = self._ssh_forward(machine)
+            ready = forwarded is not None and await ssh_banner(*forwarded)
+            state.ready = ready
+            state.boot_time = now_iso()
+            if run_state == "paused":
+                state.actual = Actual.SUSPENDED
+            else:
+                state.actual = Actual.RUNNING if ready or forwarded is None else Actual.STARTING
+            self._vms[vm_id] = entry
+            self._watch(vm_id)
+            log.info("adopted VM %s (%s)", vm_id, state.actual)
+        elif wanted == "running":
+            state.actual = Actual.FAILED
+            state.reason = "QemuExited"
+            state.message = self._death_message(paths)
+        return entry
+
+    async def list(self) -> list[VMState]:
+        return [await self.status(vm_id) for vm_id in self._existing()]
+
+    @staticmethod
+    def _ssh_forward(machine: Machine) -> tuple[str, int] | None:
+        for forward in machine.forwards:
+            if forward.guest == 22:
+                return forward.address, forward.host
+        return None
+
+    def _death_message(self, paths: Paths) -> str:
+        tail = _tail(paths.serial_log)
+        message = "QEMU exited unexpectedly"
+        return f"{message}; last serial console lines:\n{tail}" if tail else message
+
+    def _watch(self, vm_id: str) -> None:
+        entry = self._vms[vm_id]
+        if entry.monitor is None or entry.monitor.done():
+            entry.monitor = asyncio.create_task(self._follow(vm_id), name=f"qemu-{vm_id[:8]}")
+
+    def _unwatch(self, vm_id: str) -> None:
+        entry = self._vms.get(vm_id)
+        if entry is not None and entry.monitor is not None:
+            entry.monitor.cancel()
+            entry.monitor = None
+
+    async def _follow(self, vm_id: str) -> None:
+        """Until QEMU exits: notice the guest's SSH banner, and a QEMU that dies unasked."""
+        paths = self._paths(vm_id)
+        machine = self._machine(vm_id)
+        forwarded = self._ssh_forward(machine)
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            entry = self._vms.get(vm_id)
+            if entry is None:
+                return
+            state = entry.state
+            if self._alive(vm_id, paths) is None:
+                if paths.wanted.exists() and paths.wanted.read_text().strip() == "stopped":
+                    self._set(vm_id, Actual.STOPPED)
+                else:
+                    log.warning("VM %s: QEMU exited unexpectedly", vm_id)
+                    self._set(
+                        vm_id,
+                        Actual.FAILED,
+                        reason="QemuExited",
+                        message=self._death_message(paths),
+                    )
+                entry.monitor = None
+                return
+            if state.actual != Actual.STARTING:
+                continue
+            if forwarded is None:
+                with contextlib.suppress(qmp.QMPError):
+                    if await qmp.run_state(paths.qmp) == "running":
+                        self._set(vm_id, Actual.RUNNING)
+                continue
+            if await ssh_banner(*forwarded):
+                state.ready = True
+                self._set(vm_id, Actual.RUNNING)
+            elif time.monotonic() - entry.started > self.settings.boot_timeout:
+                self._set(
+                    vm_id,
+                    Actual.RUNNING,
+                    reason="GuestNotReachable",
+                    message=f"no SSH banner on port 22 after {self.settings.boot_timeout:.0f}s",
+                )
+
+    # -- for the agent's log and console streams -------------------------------------------
+
+    def serial_log(self, vm_id: str) -> Path:
+        return self._paths(vm_id).serial_log
+
+    def console_socket(self, vm_id: str) -> Path:
+        return self._paths(vm_id).console
+
+    def vnc_socket(self, vm_id: str) -> Path:
+        return self._paths(vm_id).vnc

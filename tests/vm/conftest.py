@@ -1,0 +1,118 @@
+"""Fixtures for tests on real QEMU guests: the test guest (built once, cached across sessions)
+and a `shoal dev --backend qemu` whose VMs are all gone when the test ends, passed or failed."""
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers import SHOAL, Cli, free_port, kill_group, wait_until
+from shoal.testguest import TestGuest, build_test_guest
+
+TEST_IMAGE = "test-guest"
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> TestGuest:
+    return build_test_guest()
+
+
+def qemu_processes_under(data_dir: Path) -> list[int]:
+    """Pids of QEMUs started for VMs whose state lives under data_dir."""
+    vm_ids = {path.parent.name for path in data_dir.glob("agents/*/qemu/vms/*/machine.json")}
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (proc / "cmdline").read_bytes()
+            if b"qemu-system" in cmdline and any(f"shoal-{v}".encode() in cmdline for v in vm_ids):
+                pids.append(int(proc.name))
+    return pids
+
+
+@dataclass
+class QemuDev:
+    """`shoal dev --backend qemu` in a process of its own, and the CLI pointed at it."""
+
+    base: Path
+    cli: Cli
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "dev.log"
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    SHOAL,
+                    "dev",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                    "--backend",
+                    "qemu",
+                    # Three one-vCPU guests on a two-core CI machine: offer 4 vCPUs.
+                    "--node-cpu",
+                    "4",
+                ],
+                env=self.cli.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{self.port}/readyz").status_code == 200,
+            timeout=90,
+            what="shoal dev to serve",
+        )
+        wait_until(
+            lambda: "Ready" in self.cli.run("node", "list").stdout, timeout=60, what="the node"
+        )
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: the VMs' QEMUs live on."""
+        if self.process is not None:
+            kill_group(self.process)
+            self.process = None
+
+    def vm_state_dirs(self) -> list[Path]:
+        return list(self.data_dir.glob("agents/*/qemu/vms/*"))
+
+
+@pytest.fixture
+def qemu_dev(tmp_path: Path, guest_image: TestGuest) -> Iterator[QemuDev]:
+    env = {**os.environ, "SHOAL_CONFIG": str(tmp_path / "config.yaml")}
+    dev = QemuDev(tmp_path, Cli(env), free_port())
+    dev.start()
+    try:
+        dev.cli.run(
+            "image", "import", str(guest_image.disk),
+            "--name", TEST_IMAGE,
+            "--boot", "kernel",
+            "--kernel", str(guest_image.kernel),
+            "--initrd", str(guest_image.initrd),
+            "--cmdline", guest_image.cmdline,
+            "--ssh-user", guest_image.ssh_user,
+        )  # fmt: skip
+        yield dev
+    finally:
+        dev.kill()
+        for pid in qemu_processes_under(dev.data_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not qemu_processes_under(dev.data_dir), timeout=20, what="QEMUs to exit")

@@ -1,0 +1,120 @@
+"""Real VMs through the CLI on `shoal dev --backend qemu`: the test guest boots, answers the real
+OpenSSH client, goes through every power action, survives its agent being SIGKILLed (and is
+adopted by the next one), and a QEMU killed under it makes it Failed with its console's last
+lines. Nothing (process, state dir, socket link) outlives a deleted VM."""
+
+import os
+import shutil
+import signal
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from conftest import TEST_IMAGE, QemuDev, qemu_processes_under
+from helpers import wait_until
+from shoal.testguest import TestGuest
+
+pytestmark = pytest.mark.skipif(
+    not all(shutil.which(tool) for tool in ("qemu-system-x86_64", "qemu-img", "ssh")),
+    reason="needs qemu-system-x86_64, qemu-img and the OpenSSH client (make system-deps)",
+)
+
+DEPLOY = ["--image", TEST_IMAGE, "--cpu", "1", "--memory", "256Mi", "--disk", "1Gi"]
+BOOT_TIMEOUT = 300  # three TCG guests booting at once on two slow cores
+
+
+def status(dev: QemuDev, name: str) -> dict[str, Any]:
+    return dict(dev.cli.json("vm", "get", name)["status"])
+
+
+def ssh(
+    dev: QemuDev, guest: TestGuest, name: str, command: str
+) -> subprocess.CompletedProcess[str]:
+    port = next(p["host"] for p in status(dev, name)["ports"] if p["guest"] == 22)
+    return subprocess.run(
+        ["ssh", *guest.ssh_options(), "-p", str(port), f"{guest.ssh_user}@127.0.0.1", command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_three_vms_boot_answer_ssh_and_go_through_every_action(
+    qemu_dev: QemuDev, guest_image: TestGuest
+) -> None:
+    dev = qemu_dev
+    names = ["q1", "q2", "q3"]
+    with ThreadPoolExecutor(3) as pool:
+        list(
+            pool.map(
+                lambda n: dev.cli.run("vm", "deploy", n, *DEPLOY, "--wait", timeout=BOOT_TIMEOUT),
+                names,
+            )
+        )
+    ports = set()
+    for name in names:
+        vm = status(dev, name)
+        assert vm["phase"] == "Running"
+        assert any(c["type"] == "Ready" and c["status"] == "True" for c in vm["conditions"])
+        ports.add(vm["ports"][0]["host"])
+        ran = ssh(dev, guest_image, name, "uname -sr; nproc; echo $((6*7))")
+        assert ran.returncode == 0, ran.stderr
+        assert "Linux" in ran.stdout and "\n1\n42" in ran.stdout
+        assert ssh(dev, guest_image, name, "exit 7").returncode == 7
+    assert len(ports) == 3, "every VM gets its own host port"
+    assert len({d.name for d in dev.vm_state_dirs()}) == 3
+
+    # Suspend pauses the guest (SSH stops answering); resume brings it back.
+    dev.cli.run("vm", "suspend", "q1", "--wait")
+    assert status(dev, "q1")["phase"] == "Suspended"
+    dev.cli.run("vm", "resume", "q1", "--wait")
+    assert ssh(dev, guest_image, "q1", "true").returncode == 0
+
+    # Stop powers the guest down (ACPI), keeping its disk; start boots that same disk again.
+    ssh(dev, guest_image, "q1", "echo kept > /root/marker; sync")
+    dev.cli.run("vm", "stop", "q1", "--wait", timeout=120)
+    assert status(dev, "q1")["phase"] == "Stopped"
+    assert len(qemu_processes_under(dev.data_dir)) == 2
+    dev.cli.run("vm", "start", "q1", "--wait", timeout=BOOT_TIMEOUT)
+    assert ssh(dev, guest_image, "q1", "cat /root/marker").stdout.strip() == "kept"
+
+    # Delete leaves nothing behind.
+    dev.cli.run("vm", "delete", "q1", "q2", "q3", "--wait", timeout=120)
+    wait_until(lambda: not qemu_processes_under(dev.data_dir), timeout=30, what="QEMUs gone")
+    assert dev.vm_state_dirs() == []
+    assert not [
+        p
+        for p in os.listdir("/tmp")
+        if p.startswith("shoal-vm-") and not os.path.exists(os.path.join("/tmp", p))
+    ]
+
+
+def test_agent_killed_then_restarted_adopts_its_vms_and_a_killed_qemu_fails_the_vm(
+    qemu_dev: QemuDev, guest_image: TestGuest
+) -> None:
+    dev = qemu_dev
+    dev.cli.run("vm", "deploy", "keep", *DEPLOY, "--wait", timeout=BOOT_TIMEOUT)
+    before = status(dev, "keep")
+    pids = qemu_processes_under(dev.data_dir)
+    assert len(pids) == 1
+
+    dev.kill()  # SIGKILL: controller and agent gone, QEMU lives on
+    assert qemu_processes_under(dev.data_dir) == pids
+    dev.start()
+    wait_until(lambda: status(dev, "keep")["phase"] == "Running", timeout=60, what="adoption")
+    after = status(dev, "keep")
+    assert after["ports"] == before["ports"]
+    assert qemu_processes_under(dev.data_dir) == pids, "adopted, not restarted"
+    assert ssh(dev, guest_image, "keep", "echo still here").stdout.strip() == "still here"
+
+    os.kill(pids[0], signal.SIGKILL)
+    wait_until(lambda: status(dev, "keep")["phase"] == "Failed", timeout=60, what="Failed")
+    failed = status(dev, "keep")
+    assert failed["reason"] == "QemuExited"
+    assert "QEMU exited unexpectedly" in failed["message"]
+    assert "ssh ready" in failed["message"], "the serial console's last lines are in the message"
+
+    dev.cli.run("vm", "delete", "keep", "--wait", timeout=120)
+    assert dev.vm_state_dirs() == []
