@@ -6,7 +6,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import foundation, heartbeats, scheduler
+from bench import foundation, heartbeats, qemu, scheduler
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -21,6 +21,8 @@ def main() -> int:
         rows += scheduler.run()
     if "heartbeats" in wanted:
         rows += heartbeats.run()
+    if "qemu" in wanted:  # not in the default set: needs QEMU and takes minutes
+        rows += qemu.run()
     width = max(len(r["name"]) for r in rows)
     print(f"{'benchmark':<{width}}  {'value':>12}  unit")
     for row in rows:

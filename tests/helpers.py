@@ -243,6 +243,9 @@ class Cli:
             )
         return result
 
+    def command(self) -> list[str]:
+        return [SHOAL]
+
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "-o", "json").stdout)
 

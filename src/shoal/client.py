@@ -227,6 +227,22 @@ class Client:
         except httpx.TransportError as error:
             raise Unavailable(f"watch on {self.server} broke: {error}") from None
 
+    def stream_bytes(self, path: str, **params: Any) -> Iterator[bytes]:
+        """A streamed GET's body as it arrives (no read timeout: it may follow for hours)."""
+        try:
+            with self._http.stream(
+                "GET",
+                path,
+                params={k: v for k, v in params.items() if v is not None},
+                timeout=httpx.Timeout(30.0, read=None),
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for(response)
+                yield from response.iter_bytes()
+        except httpx.TransportError as error:
+            raise Unavailable(f"stream from {self.server} broke: {error}") from None
+
 
 # -- async client ----------------------------------------------------------------------------
 
@@ -248,6 +264,7 @@ class AsyncClient:
         in one process share it), which keeps the connection pool's queue short."""
         self.server = server.rstrip("/")
         self.token = token
+        self.ca_pem = ca_pem
         self._headers = {"Authorization": f"Bearer {token}"}
         self._http = http or httpx.AsyncClient(
             base_url=self.server,
@@ -261,6 +278,20 @@ class AsyncClient:
             base_url=self.server, verify=ssl_context(ca_pem), timeout=timeout
         )
         self._slots = slots or asyncio.Semaphore(REQUEST_SLOTS)
+
+    def websocket(self, path: str) -> Any:
+        """Dial a WebSocket on the server (use with `async with`), authenticated like requests."""
+        from websockets.asyncio.client import connect
+
+        url = "ws" + self.server.removeprefix("http") + path
+        tls = ssl_context(self.ca_pem) if url.startswith("wss:") else None
+        return connect(
+            url,
+            additional_headers=self._headers,
+            ssl=tls if isinstance(tls, ssl.SSLContext) else None,
+            max_size=2**20,
+            open_timeout=15,
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()

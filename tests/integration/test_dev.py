@@ -63,6 +63,9 @@ def test_shoal_dev_then_deploy_wait_reaches_running(tmp_path: Path) -> None:
             [SHOAL, "vm", "list"], env=env, capture_output=True, text=True
         ).stdout
         assert "first" in shown and "Running" in shown
+        logs = subprocess.run([SHOAL, "logs", "first"], env=env, capture_output=True, text=True)
+        assert logs.returncode == 1
+        assert "the sim backend keeps no serial console log" in logs.stderr
     finally:
         kill_group(dev)
 

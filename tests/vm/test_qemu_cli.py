@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,6 +65,26 @@ def test_three_vms_boot_answer_ssh_and_go_through_every_action(
         assert "Linux" in ran.stdout and "\n1\n42" in ran.stdout
         assert ssh(dev, guest_image, name, "exit 7").returncode == 7
     assert len(ports) == 3, "every VM gets its own host port"
+
+    # The serial console log comes from the node through the agent's tunnel channel.
+    assert "ssh ready" in dev.cli.run("logs", "q2").stdout
+    assert len(dev.cli.run("logs", "q2", "--tail-bytes", "40").stdout.encode()) <= 40
+    follower = subprocess.Popen(
+        [*dev.cli.command(), "logs", "q2", "-f", "--tail-bytes", "1"],
+        env=dev.cli.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert ssh(dev, guest_image, "q2", "echo marker-$((40+2)) > /dev/ttyS0").returncode == 0
+        seen = ""
+        while "marker-42" not in seen:
+            line = follower.stdout.readline() if follower.stdout else ""
+            assert line, "the follower ended before the guest's line arrived"
+            seen += line
+    finally:
+        follower.kill()
+        follower.wait()
     assert len({d.name for d in dev.vm_state_dirs()}) == 3
 
     # Suspend pauses the guest (SSH stops answering); resume brings it back.
@@ -84,11 +105,8 @@ def test_three_vms_boot_answer_ssh_and_go_through_every_action(
     dev.cli.run("vm", "delete", "q1", "q2", "q3", "--wait", timeout=120)
     wait_until(lambda: not qemu_processes_under(dev.data_dir), timeout=30, what="QEMUs gone")
     assert dev.vm_state_dirs() == []
-    assert not [
-        p
-        for p in os.listdir("/tmp")
-        if p.startswith("shoal-vm-") and not os.path.exists(os.path.join("/tmp", p))
-    ]
+    links = [Path("/tmp", p) for p in os.listdir("/tmp") if p.startswith("shoal-vm-")]
+    assert not [p for p in links if str(dev.data_dir) in os.readlink(p)], "socket links left"
 
 
 def test_agent_killed_then_restarted_adopts_its_vms_and_a_killed_qemu_fails_the_vm(

@@ -24,6 +24,7 @@ from shoal.agent.reconcile import (
     desired_of,
     lost_with_node,
 )
+from shoal.agent.tunnel import TunnelClient
 from shoal.backends.base import Backend, BackendError, VMState
 from shoal.client import AsyncClient, resource_path
 from shoal.errors import AlreadyExists, ApiError, Conflict, Gone, NotFound
@@ -54,6 +55,7 @@ class AgentSettings:
     resync_interval: float = 10.0
     labels: dict[str, str] = field(default_factory=dict)
     retry_interval: float = 1.0
+    tunnels: bool = True  # hold a tunnel channel to the controller (logs, consoles, ports)
 
 
 class Agent:
@@ -78,6 +80,9 @@ class Agent:
             asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat"),
             asyncio.create_task(self._resync_loop(), name=f"{self.name}-resync"),
         ]
+        if self.settings.tunnels:
+            tunnels = TunnelClient(self.client, self.backend, self.name)
+            self._tasks.append(asyncio.create_task(tunnels.run(), name=f"{self.name}-tunnel"))
         try:
             await self._watch_loop()
         finally:

@@ -82,7 +82,12 @@ async def run_agents(plan: AgentPlan) -> None:
         agents = []
         for name, creds in zip(plan.names, [first, *rest], strict=True):
             client = AsyncClient(
-                plan.server, creds.token, http=http, watch_http=watch_http, slots=slots
+                plan.server,
+                creds.token,
+                ca_pem=first.ca_pem,
+                http=http,
+                watch_http=watch_http,
+                slots=slots,
             )
             settings = AgentSettings(
                 node_name=name, heartbeat_interval=plan.heartbeat_interval, labels=plan.labels

@@ -15,6 +15,7 @@ from shoal.api.context import ApiContext
 from shoal.api.docs import ERRORS
 from shoal.api.metrics import install_metrics
 from shoal.api.routes import kinds_router
+from shoal.api.streams import streams_router
 from shoal.errors import ApiError, BadRequest, Invalid, MethodNotAllowed, NotFound
 
 log = logging.getLogger(__name__)
@@ -118,4 +119,5 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(kinds_router())
     app.include_router(actions_router())
     app.include_router(access_router())
+    app.include_router(streams_router())
     return app

@@ -8,7 +8,7 @@ decided before any object is read, so a 403 never tells whether an object exists
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from shoal.errors import Forbidden, Unauthorized
 from shoal.store.store import Store
@@ -65,7 +65,7 @@ class Principal:
         return f"{self.kind.lower()} {self.name}"
 
 
-def bearer(request: Request) -> str:
+def bearer(request: HTTPConnection) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -73,8 +73,8 @@ def bearer(request: Request) -> str:
     return token.strip()
 
 
-def authenticate(request: Request) -> Principal:
-    """FastAPI dependency: the caller behind the bearer token."""
+def authenticate(request: HTTPConnection) -> Principal:
+    """FastAPI dependency (HTTP and WebSocket routes): the caller behind the bearer token."""
     tokens: TokenStore = request.app.state.ctx.tokens
     token = bearer(request)
     record = tokens.cached(token) or tokens.verify(token)

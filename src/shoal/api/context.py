@@ -8,6 +8,7 @@ from shoal.api.objects import Objects
 from shoal.store.store import Store
 from shoal.store.tokens import TokenStore
 from shoal.store.watch import WatchHub
+from shoal.tunnel.broker import Broker
 
 
 @dataclass
@@ -20,6 +21,7 @@ class ApiContext:
     ca_fingerprint: str | None = None
     ca_pem: bytes | None = None
     ready: bool = True
+    broker: Broker = field(default_factory=Broker)
     extra: dict[str, object] = field(default_factory=dict)
 
 

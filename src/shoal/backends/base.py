@@ -8,7 +8,8 @@ is fine), because the agent's reconcile may run twice.
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 
 class Actual(StrEnum):
@@ -75,3 +76,10 @@ class Backend(Protocol):
     async def status(self, vm_id: str) -> VMState: ...
 
     async def list(self) -> list[VMState]: ...
+
+
+@runtime_checkable
+class HasSerialLog(Protocol):
+    """A backend that keeps each VM's serial console output in a file."""
+
+    def serial_log(self, vm_id: str) -> Path: ...

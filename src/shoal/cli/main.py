@@ -12,6 +12,7 @@ from shoal.cli import (
     context,
     events,
     image,
+    logs,
     namespace,
     node,
     rolebinding,
@@ -85,6 +86,7 @@ def root(
 app.add_typer(context.app, name="context", help="Manage server contexts (server, token, CA).")
 app.add_typer(vm.app, name="vm", help="Deploy and manage VirtualMachines.")
 app.add_typer(image.app, name="image", help="Manage VM images.")
+logs.register(app)
 app.add_typer(vmconfig.app, name="vmconfig", help="Manage VMConfigs (named VM templates).")
 app.add_typer(node.app, name="node", help="Inspect and manage nodes (hosts).")
 app.add_typer(namespace.app, name="namespace", help="Manage namespaces.")

@@ -6,8 +6,9 @@ daemonized, so it is nobody's child: VMs outlive the agent, and a restarted agen
 their state dirs exactly as it would find them in any other round.
 
 A VM is Starting from launch until its guest answers on port 22 with an SSH banner (or, with no
-port 22 forwarded, until QMP says it runs), then Running. A QEMU that dies unasked makes the VM
-Failed with the last lines of its serial console in the message.
+port 22 forwarded, until QMP says it runs), then Running; a guest silent past the boot timeout
+did not boot, and is stopped and Failed. A QEMU that dies unasked makes the VM Failed. Both carry
+the last lines of the serial console in their message.
 """
 
 import asyncio
@@ -62,7 +63,7 @@ class QemuSettings:
     disk: int | None = None  # None: the free space where the state dir is
     forward_address: str = "127.0.0.1"  # where guest ports are published on the host
     network: str = "user"  # user | bridge:<name> | tap:<name>
-    boot_timeout: float = 600.0  # Starting this long without an SSH banner: Running, not Ready
+    boot_timeout: float = 600.0  # Starting this long without an SSH banner: Failed (BootTimeout)
     stop_timeout: float = 30.0
     poll_interval: float = 0.5
     uefi_code: str | None = None
@@ -186,6 +187,12 @@ class QemuBackend:
         """Half-made VM dirs from a create that was interrupted never become VMs."""
         for path in self.vms_dir.glob(".creating-*"):
             shutil.rmtree(path, ignore_errors=True)
+        mine = str(self.vms_dir.resolve())
+        for link in Path(tempfile.gettempdir()).glob("shoal-vm-*"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(link)
+                if target.startswith(mine) and not Path(target).exists():
+                    link.unlink()
 
     def _paths(self, vm_id: str) -> Paths:
         root = self.vms_dir / vm_id
@@ -586,12 +593,22 @@ class QemuBackend:
                 state.ready = True
                 self._set(vm_id, Actual.RUNNING)
             elif time.monotonic() - entry.started > self.settings.boot_timeout:
-                self._set(
-                    vm_id,
-                    Actual.RUNNING,
-                    reason="GuestNotReachable",
-                    message=f"no SSH banner on port 22 after {self.settings.boot_timeout:.0f}s",
-                )
+                await self._boot_timed_out(vm_id, paths)
+                entry.monitor = None
+                return
+
+    async def _boot_timed_out(self, vm_id: str, paths: Paths) -> None:
+        """A guest that never answered does not boot: stop its QEMU, say what the console said."""
+        tail = _tail(paths.serial_log)
+        paths.wanted.write_text("stopped")
+        pid = self._alive(vm_id, paths)
+        if pid is not None:
+            await self._power_down(vm_id, paths, pid, 0.0)
+        message = f"the guest did not answer SSH within {self.settings.boot_timeout:.0f}s"
+        if tail:
+            message += f"; last serial console lines:\n{tail}"
+        log.warning("VM %s: %s", vm_id, message.splitlines()[0])
+        self._set(vm_id, Actual.FAILED, reason="BootTimeout", message=message)
 
     # -- for the agent's log and console streams -------------------------------------------
 

@@ -1,0 +1,119 @@
+"""The agent's side of tunnels: a control channel dialed out to the controller, and one stream
+per request the controller sends down it (see shoal.tunnel.broker).
+
+Streams served today: `log`, a VM's serial console log (from its start or its last N bytes, and
+with follow, what the guest prints next).
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+from shoal.backends.base import Backend, HasSerialLog
+from shoal.client import AsyncClient, resource_path
+from shoal.tunnel.broker import REFUSED
+
+log = logging.getLogger(__name__)
+CHUNK = 64 * 1024
+FOLLOW_POLL = 0.25
+KEEPALIVE = 20.0
+
+
+class Refused(Exception):
+    """The request cannot be served; the message goes to the client."""
+
+
+class TunnelClient:
+    def __init__(self, client: AsyncClient, backend: Backend, node: str) -> None:
+        self.client = client
+        self.backend = backend
+        self.node = node
+        self.connected = asyncio.Event()
+        self._streams: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Keep the control channel up, reconnecting with backoff, until cancelled."""
+        delay = 0.5
+        path = resource_path("nodes", None, self.node, "tunnel")
+        while True:
+            try:
+                async with self.client.websocket(path) as channel:
+                    delay = 0.5
+                    self.connected.set()
+                    log.info("node %s: tunnel channel up", self.node)
+                    keepalive = asyncio.create_task(self._keepalive(channel))
+                    try:
+                        async for message in channel:
+                            self._serve(json.loads(message))
+                    finally:
+                        keepalive.cancel()
+            except asyncio.CancelledError:
+                for task in self._streams:
+                    task.cancel()
+                raise
+            except Exception as error:
+                log.info("node %s: tunnel channel down: %s", self.node, error)
+            self.connected.clear()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 15.0)
+
+    @staticmethod
+    async def _keepalive(channel: Any) -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE)
+            await channel.send("{}")
+
+    def _serve(self, request: dict[str, Any]) -> None:
+        if request.get("type") != "open" or not isinstance(request.get("id"), str):
+            return
+        task = asyncio.create_task(self._stream(request), name=f"stream-{request['id'][:8]}")
+        self._streams.add(task)
+        task.add_done_callback(self._streams.discard)
+
+    async def _stream(self, request: dict[str, Any]) -> None:
+        path = resource_path("nodes", None, self.node, f"tunnel/{request['id']}")
+        try:
+            async with self.client.websocket(path) as stream:
+                try:
+                    source = self._log_file(request)
+                except Refused as refusal:
+                    await stream.close(REFUSED, str(refusal)[:120])
+                    return
+                await stream.send(json.dumps({"ok": True}))
+                await self._send_log(stream, source, request)
+        except Exception as error:  # the client went away, or the controller did
+            log.debug("node %s: stream %s ended: %s", self.node, request["id"], error)
+
+    def _log_file(self, request: dict[str, Any]) -> Path:
+        if request.get("stream") != "log":
+            raise Refused(f"this agent does not serve {request.get('stream')!r} streams")
+        if not isinstance(self.backend, HasSerialLog):
+            raise Refused(f"the {self.backend.name} backend keeps no serial console log")
+        return self.backend.serial_log(str(request.get("vm")))
+
+    @staticmethod
+    async def _send_log(stream: Any, path: Path, request: dict[str, Any]) -> None:
+        follow = bool(request.get("follow"))
+        tail = request.get("tail")
+        position = 0
+        with contextlib.suppress(FileNotFoundError):
+            size = path.stat().st_size
+            position = max(0, size - int(tail)) if tail else 0
+        while True:
+            try:
+                with path.open("rb") as file:
+                    file.seek(position)
+                    while chunk := file.read(CHUNK):
+                        await stream.send(chunk)  # waits while the far end is slow
+                        position += len(chunk)
+            except FileNotFoundError:
+                if not follow:
+                    return
+            if not follow:
+                await stream.close()
+                return
+            await asyncio.sleep(FOLLOW_POLL)

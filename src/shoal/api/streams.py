@@ -1,0 +1,143 @@
+"""Routes that carry bytes from an agent: its tunnel channels, and a VM's serial log.
+
+- WebSocket /apis/shoal.dev/v1/nodes/{name}/tunnel: an agent's control channel (node credential).
+- WebSocket /apis/shoal.dev/v1/nodes/{name}/tunnel/{stream}: a stream an agent opens on request.
+- GET .../namespaces/{ns}/virtualmachines/{name}/log[?follow=true&tailBytes=N]: the VM's serial
+  console log, streamed from its node.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from fastapi.responses import StreamingResponse
+
+from shoal.api.auth import Principal, authenticate, authorize
+from shoal.api.context import ApiContext
+from shoal.api.docs import ERRORS
+from shoal.api.routes import PREFIX, Caller, Ctx, NameParam, NamespaceParam
+from shoal.errors import ApiError, Conflict, Forbidden, Unavailable
+from shoal.tunnel.broker import REFUSED
+
+MAX_TAIL = 64 * 2**20
+
+
+def _ctx(socket: WebSocket) -> ApiContext:
+    ctx = socket.app.state.ctx
+    assert isinstance(ctx, ApiContext)
+    return ctx
+
+
+async def _authenticated_node(socket: WebSocket, node: str) -> bool:
+    """Only the node's own credential (or the admin) may speak for its agent."""
+    try:
+        caller: Principal = authenticate(socket)
+        if not (caller.cluster_admin or (caller.kind == "Node" and caller.name == node)):
+            raise Forbidden(f"{caller} may not serve tunnels for node {node}")
+    except ApiError as error:
+        await socket.close(code=4000 + error.code, reason=error.message[:120])
+        return False
+    return True
+
+
+async def accepted(source: WebSocket) -> None:
+    """Wait for the agent's first frame: a text frame when it serves the stream, a close with a
+    reason when it cannot (which becomes the client's error)."""
+    message = await source.receive()
+    if message["type"] == "websocket.disconnect":
+        code = int(message.get("code") or 1000)
+        reason = str(message.get("reason") or "")
+        if code == REFUSED:
+            raise Conflict(reason or "the agent refused the stream")
+        raise Unavailable(f"the agent closed the stream ({code}) {reason}".strip())
+
+
+async def pump(source: WebSocket) -> AsyncIterator[bytes]:
+    """The binary messages of a stream until it closes."""
+    while True:
+        message = await source.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("bytes")
+        if data:
+            yield data
+
+
+def streams_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.websocket(f"{PREFIX}/nodes/{{name}}/tunnel")
+    async def agent_channel(socket: WebSocket, name: str) -> None:
+        if not await _authenticated_node(socket, name):
+            return
+        await socket.accept()
+        await _ctx(socket).broker.serve_agent(name, socket)
+
+    @router.websocket(f"{PREFIX}/nodes/{{name}}/tunnel/{{stream}}")
+    async def agent_stream(socket: WebSocket, name: str, stream: str) -> None:
+        if not await _authenticated_node(socket, name):
+            return
+        waiter = _ctx(socket).broker.accept_stream(name, stream)
+        if waiter is None:
+            await socket.close(code=4404, reason="no client waits for this stream")
+            return
+        await socket.accept()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        socket.state.done = done
+        waiter.set_result(socket)
+        # The client's handler reads and closes this socket; keep the ASGI call alive meanwhile.
+        with contextlib.suppress(WebSocketDisconnect):
+            await done
+
+    @router.get(
+        f"{PREFIX}/namespaces/{{namespace}}/virtualmachines/{{name}}/log",
+        tags=["VirtualMachine"],
+        summary="Stream a VM's serial console log from its node",
+        response_class=StreamingResponse,
+        responses={**ERRORS, 200: {"content": {"text/plain": {}}}},
+    )
+    async def vm_log(
+        ctx: Ctx,
+        caller: Caller,
+        namespace: NamespaceParam,
+        name: NameParam,
+        follow: Annotated[bool, Query(description="Keep streaming what the guest prints.")] = False,
+        tailBytes: Annotated[
+            int | None, Query(ge=1, le=MAX_TAIL, description="Only the last N bytes.")
+        ] = None,
+    ) -> StreamingResponse:
+        authorize(ctx.store, caller, "get", "VirtualMachine", namespace, plural="virtualmachines")
+        vm = await asyncio.to_thread(ctx.store.get, "VirtualMachine", namespace, name)
+        node = vm["spec"].get("nodeName")
+        if not node:
+            raise Conflict(f"VirtualMachine {name} is not on a node yet: it has no log")
+        source = await ctx.broker.open(
+            node,
+            {"stream": "log", "vm": vm["metadata"]["uid"], "follow": follow, "tail": tailBytes},
+        )
+        try:
+            await accepted(source)
+        except BaseException:
+            await _finish(source)
+            raise
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in pump(source):
+                    yield chunk
+            finally:
+                await _finish(source)
+
+        return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+
+    return router
+
+
+async def _finish(source: WebSocket) -> None:
+    with contextlib.suppress(Exception):
+        await source.close()
+    done = getattr(source.state, "done", None)
+    if done is not None and not done.done():
+        done.set_result(None)
