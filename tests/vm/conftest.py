@@ -117,3 +117,7 @@ def qemu_dev(tmp_path: Path, guest_image: TestGuest) -> Iterator[QemuDev]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not qemu_processes_under(dev.data_dir), timeout=20, what="QEMUs to exit")
+        for link in Path(tempfile.gettempdir()).glob("shoal-vm-*"):
+            with contextlib.suppress(OSError):
+                if str(dev.data_dir) in os.readlink(link):
+                    link.unlink()
