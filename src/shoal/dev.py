@@ -16,6 +16,7 @@ from shoal.client import Context, Contexts
 from shoal.server import ControllerSettings, ControlPlane
 
 DEV_CONTEXT = "dev"
+TEST_GUEST_IMAGE = "test-guest"
 
 
 @dataclass
@@ -28,6 +29,7 @@ class DevSettings:
     sim: SimSettings = field(default_factory=SimSettings)
     qemu: QemuSettings = field(default_factory=lambda: QemuSettings(state_dir=Path(".")))
     heartbeat_interval: float = 5.0
+    test_image: bool = True  # with qemu: register the built test guest as Image test-guest
 
 
 def check_loopback(host: str) -> None:
@@ -76,6 +78,10 @@ async def run_dev(settings: DevSettings, announce: Callable[[str], None]) -> Non
             credentials=credentials,
         )
         agents = asyncio.create_task(run_agents(plan), name="dev-agents")
+        image_hint = "test"
+        if choice.name == "qemu" and settings.test_image:
+            imported: str | None = await asyncio.to_thread(_import_test_guest, plane)
+            image_hint = imported or image_hint
         contexts = Contexts.load()
         contexts.contexts[DEV_CONTEXT] = Context(server=url, token=plane.admin_token)
         contexts.current = DEV_CONTEXT
@@ -84,7 +90,7 @@ async def run_dev(settings: DevSettings, announce: Callable[[str], None]) -> Non
             f"shoal dev is serving {url}\n"
             f"  backend: {choice.reason}, {settings.nodes} node(s)\n"
             f"  data dir: {settings.data_dir}  (admin token in {settings.data_dir / 'admin.token'})\n"
-            f"  CLI context '{DEV_CONTEXT}' is now current: try `shoal vm deploy --image test --wait`"
+            f"  CLI context '{DEV_CONTEXT}' is now current: try `shoal vm deploy --image {image_hint} --wait`"
         )
 
     try:
@@ -94,6 +100,33 @@ async def run_dev(settings: DevSettings, announce: Callable[[str], None]) -> Non
             agents.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await agents
+
+
+def _import_test_guest(plane: ControlPlane) -> str | None:
+    """Register the project's test guest as Image `test-guest` when it is built (make run builds
+    it), so a fresh dev cluster can boot a real VM at once. Returns the image's name."""
+    from shoal.errors import AlreadyExists
+    from shoal.images.local import file_entry, image_object
+    from shoal.model.registry import BY_KIND
+    from shoal.testguest import cached_test_guest
+
+    guest = cached_test_guest()
+    if guest is None:
+        return None
+    files = {
+        "disk": file_entry(guest.disk),
+        "kernel": file_entry(guest.kernel),
+        "initrd": file_entry(guest.initrd),
+    }
+    image = image_object(
+        TEST_GUEST_IMAGE, files, boot="kernel", cmdline=guest.cmdline, ssh_user=guest.ssh_user
+    )
+    try:
+        info = BY_KIND["Image"]
+        plane.ctx.objects.create(info, None, info.model.model_validate(image))
+    except AlreadyExists:
+        pass
+    return TEST_GUEST_IMAGE
 
 
 async def run_controller(settings: ControllerSettings, announce: Callable[[str], None]) -> None:

@@ -1,30 +1,29 @@
 """`shoal image`: VM images. `import` registers local files (a disk, and a kernel and initrd for
 direct kernel boot) as an Image; its files must be at the same path on every node that runs it."""
 
-import hashlib
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from shoal.cli.common import API_VERSION, CliError, ContextOpt, connect, fetch_list
+from shoal.cli.common import CliError, ContextOpt, connect, fetch_list
 from shoal.cli.output import (
     Column,
     Format,
     OutputOpt,
     created_age,
     field,
+    human_size,
     print_kv,
     print_list,
     print_object,
 )
 from shoal.cli.removal import delete_each
 from shoal.client import Obj
-from shoal.quantity import format_bytes
+from shoal.images.local import file_entry, image_object
 
 PLURAL = "images"
-CHUNK = 4 * 2**20
 
 app = typer.Typer(help="Manage VM images.", no_args_is_help=True)
 
@@ -40,7 +39,7 @@ def _source(obj: Obj) -> str:
 def _size(obj: Obj) -> str:
     local = ((obj.get("spec") or {}).get("source") or {}).get("local") or {}
     size = sum(int(entry.get("size") or 0) for entry in local.values() if entry)
-    return format_bytes(size) if size else "<unknown>"
+    return human_size(size) if size else "<unknown>"
 
 
 COLUMNS: list[Column] = [
@@ -76,21 +75,15 @@ def describe(obj: Obj) -> None:
 
 
 def _file_entry(path: Path, what: str, progress: Progress) -> Obj:
-    """Path, size and sha256 of a file, read once with a progress bar."""
-    resolved = path.expanduser().resolve()
-    if not resolved.is_file():
-        raise CliError(f"{what} {path}: no such file")
-    size = resolved.stat().st_size
-    digest = hashlib.sha256()
-    task = progress.add_task(f"{what} {resolved.name}", total=size)
+    task = progress.add_task(
+        f"{what} {path.name}", total=path.stat().st_size if path.is_file() else 0
+    )
     try:
-        with resolved.open("rb") as file:
-            while chunk := file.read(CHUNK):
-                digest.update(chunk)
-                progress.advance(task, len(chunk))
+        return file_entry(path, lambda n: progress.advance(task, n))
+    except FileNotFoundError:
+        raise CliError(f"{what} {path}: no such file") from None
     except OSError as error:
         raise CliError(f"{what} {path}: {error.strerror or error}") from None
-    return {"path": str(resolved), "digest": f"sha256:{digest.hexdigest()}", "size": size}
 
 
 @app.command("import")
@@ -135,20 +128,16 @@ def import_(
             local["kernel"] = _file_entry(kernel, "kernel", progress)
         if initrd is not None:
             local["initrd"] = _file_entry(initrd, "initrd", progress)
-    body: Obj = {
-        "apiVersion": API_VERSION,
-        "kind": "Image",
-        "metadata": {"name": name},
-        "spec": {
-            "source": {"local": local},
-            "os": os,
-            "arch": arch,
-            "boot": boot,
-            "firmware": firmware,
-            "cmdline": cmdline,
-            "sshUser": ssh_user,
-        },
-    }
+    body = image_object(
+        name,
+        local,
+        os=os,
+        arch=arch,
+        boot=boot,
+        firmware=firmware,
+        cmdline=cmdline,
+        ssh_user=ssh_user,
+    )
     with connect(context) as target:
         created = target.client.create(PLURAL, body)
     if output in (Format.json, Format.yaml):

@@ -65,6 +65,16 @@ def parse_time(text: str) -> datetime:
     return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
 
 
+def human_size(size: int) -> str:
+    """Bytes for people: 1 decimal, binary units (22.0Mi)."""
+    value = float(size)
+    for unit in ("", "Ki", "Mi", "Gi", "Ti"):
+        if value < 1024 or unit == "Ti":
+            return f"{value:.0f}{unit}" if unit == "" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{size}"
+
+
 def human_duration(seconds: float) -> str:
     """kubectl-like: 5s, 3m, 2h, 4d (whole units, rounded down)."""
     seconds = max(0, int(seconds))

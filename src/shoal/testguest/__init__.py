@@ -11,6 +11,7 @@ from shoal.testguest.build import (
     TestGuest,
     TestGuestError,
     build_test_guest,
+    cached_test_guest,
     default_cache_dir,
     free_port,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "TestGuest",
     "TestGuestError",
     "build_test_guest",
+    "cached_test_guest",
     "default_cache_dir",
     "free_port",
 ]

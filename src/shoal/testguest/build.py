@@ -204,6 +204,12 @@ def build_test_guest(
     return guest
 
 
+def cached_test_guest(cache_dir: Path | None = None) -> TestGuest | None:
+    """The test guest if a build of the current recipe is in the cache; never builds."""
+    cache = (cache_dir or default_cache_dir()).absolute()
+    return _cached(cache, cache / f"current-{_recipe_hash()[:16]}.json")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
