@@ -41,7 +41,8 @@ system-deps:
 	  systemctl disable --now postgresql >/dev/null 2>&1 || true; \
 	fi
 
-run: deps
+run: deps system-deps
+	$(PY) -m shoal.testguest build >/dev/null
 	$(SHOAL) dev --data-dir $(DATA_DIR) --listen $(LISTEN) --backend auto --nodes $(NODES)
 
 test: deps system-deps
