@@ -310,13 +310,9 @@ class Dev:
             "--cmdline", guest.cmdline,
             "--ssh-user", guest.ssh_user,
         ]  # fmt: skip
-        subprocess.run(
-            argv,
-            env=self.env,
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"shoal image import failed: {done.stderr or done.stdout}")
 
     def vm_dir(self, uid: str) -> Path | None:
         return next(iter(self.data_dir.glob(f"agents/*/qemu/vms/{uid}")), None)

@@ -237,6 +237,27 @@ def register(app: typer.Typer) -> None:
         memory_reserve: Annotated[
             str, typer.Option(help="Host memory kept out of the node's capacity (qemu).")
         ] = "1Gi",
+        network: Annotated[
+            str,
+            typer.Option(help="Guest network (qemu): user, bridge:<bridge> or tap:<interface>."),
+        ] = "user",
+        boot_timeout: Annotated[
+            float,
+            typer.Option(min=1, help="Seconds a guest may take to answer SSH before it Fails."),
+        ] = 600.0,
+        stop_timeout: Annotated[
+            float, typer.Option(min=0, help="Seconds a guest gets to power off before it is quit.")
+        ] = 30.0,
+        uefi_code: Annotated[
+            str | None, typer.Option(help="OVMF code file, for UEFI and macOS guests (qemu).")
+        ] = None,
+        opencore: Annotated[
+            str | None, typer.Option(help="OpenCore boot disk, for macOS guests (qemu).")
+        ] = None,
+        apple_osk_file: Annotated[
+            Path | None,
+            typer.Option(help="File holding the Apple SMC key, for macOS guests (qemu)."),
+        ] = None,
         tart_binary: Annotated[str, typer.Option(help="The tart executable (tart).")] = "tart",
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     ) -> None:
@@ -261,6 +282,13 @@ def register(app: typer.Typer) -> None:
                 state_dir=Path("."),
                 accelerator=accel,
                 cpu=node_cpu,
+                network=network,
+                boot_timeout=boot_timeout,
+                stop_timeout=stop_timeout,
+                uefi_code=uefi_code,
+                opencore=opencore,
+                apple_osk=apple_osk_file.read_text().strip() if apple_osk_file else None,
+                guest_os=("linux", "macos") if opencore else ("linux",),
                 max_vms=max_vms,
                 cpu_reserve=cpu_reserve,
                 memory_reserve=_size(memory_reserve),
