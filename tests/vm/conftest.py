@@ -101,7 +101,8 @@ def qemu_dev(tmp_path: Path, guest_image: TestGuest) -> Iterator[QemuDev]:
     dev = QemuDev(tmp_path, Cli(env), free_port())
     dev.start()
     try:
-        dev.cli.run(
+        # shoal dev registers the built test guest itself; importing it again must agree.
+        imported = dev.cli.run(
             "image", "import", str(guest_image.disk),
             "--name", TEST_IMAGE,
             "--boot", "kernel",
@@ -109,7 +110,9 @@ def qemu_dev(tmp_path: Path, guest_image: TestGuest) -> Iterator[QemuDev]:
             "--initrd", str(guest_image.initrd),
             "--cmdline", guest_image.cmdline,
             "--ssh-user", guest_image.ssh_user,
+            check=False,
         )  # fmt: skip
+        assert imported.returncode == 0 or "already exists" in imported.stderr, imported.stderr
         yield dev
     finally:
         dev.kill()

@@ -79,8 +79,14 @@ class _Running:
     started: float = field(default_factory=time.monotonic)
 
 
-# Host ports handed out by any backend of this process but maybe not bound by QEMU yet.
+# Host ports of the VMs of every backend in this process (several nodes may share a host), held
+# from create to delete whether or not QEMU has bound them yet.
 _reserved_ports: set[int] = set()
+
+
+def _release(forwards: "tuple[Forward, ...] | list[Forward]") -> None:
+    for forward in forwards:
+        _reserved_ports.discard(forward.host)
 
 
 def _short_link(root: Path) -> Path:
@@ -145,6 +151,7 @@ class QemuBackend:
         self._accel_error: str | None = None
         self._accel_lock = asyncio.Lock()
         self._create_lock = asyncio.Lock()
+        self._creating: set[str] = set()
         self._vms: dict[str, _Running] = {}
         self._callbacks: list[Callable[[str], None]] = []
         self._clean_leftovers()
@@ -230,15 +237,17 @@ class QemuBackend:
                     f"image {spec.get('image')!r}: its {role} {entry['path']} is not on this node"
                 )
         async with self._create_lock:
-            if (paths.root / MACHINE_FILE).exists():
+            if (paths.root / MACHINE_FILE).exists() or vm_id in self._creating:
                 return
-            if len(self._existing()) >= self.settings.max_vms:
+            if len(set(self._existing()) | self._creating) >= self.settings.max_vms:
                 raise BackendError(f"this node already holds {self.settings.max_vms} VMs")
             forwards = self._allocate_ports(spec)
+            self._creating.add(vm_id)
         staging = self.vms_dir / f".creating-{vm_id}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
+        made = False
         try:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
             base = local["disk"]["path"]
             wanted_size = parse_bytes(str(spec.get("disk") or "0"))
             base_size = await self._virtual_size(base)
@@ -268,12 +277,14 @@ class QemuBackend:
                 await self._copy_uefi_vars(staging)
             machine.save(staging)
             os.rename(staging, paths.root)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            made = True
+        except OSError as error:
+            raise BackendError(f"cannot create the VM's state in {self.vms_dir}: {error}") from None
         finally:
-            for forward in forwards:
-                _reserved_ports.discard(forward.host)
+            self._creating.discard(vm_id)
+            if not made:
+                shutil.rmtree(staging, ignore_errors=True)
+                _release(forwards)
         self._link(paths)
         self._vms[vm_id] = _Running(self._stopped_state(vm_id, machine))
 
@@ -461,6 +472,8 @@ class QemuBackend:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                     await self._exited(vm_id, paths, 5.0)
+            with contextlib.suppress(BackendError):
+                _release(self._machine(vm_id).forwards)
             shutil.rmtree(paths.root, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             paths.short.unlink()
@@ -507,6 +520,7 @@ class QemuBackend:
         """Find a VM as a previous agent left it: running, paused, stopped, or dead."""
         machine = self._machine(vm_id)
         self._link(paths)
+        _reserved_ports.update(f.host for f in machine.forwards)
         state = self._stopped_state(vm_id, machine)
         entry = _Running(state)
         wanted = paths.wanted.read_text().strip() if paths.wanted.exists() else "stopped"

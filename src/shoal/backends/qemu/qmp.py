@@ -5,6 +5,7 @@ is driven exactly like one this agent started.
 """
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ async def execute(
     except Exception as error:  # qemu.qmp's own errors (ExecuteError, ConnectError...)
         raise QMPError(f"QMP {command}: {error}") from None
     finally:
-        await client.disconnect()
+        # QEMU may close the socket first (after `quit`), which disconnect() reports as an error.
+        with contextlib.suppress(Exception):
+            await client.disconnect()
 
 
 async def run_state(socket: Path) -> str:
