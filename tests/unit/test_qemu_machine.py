@@ -32,13 +32,13 @@ def machine(**changes: object) -> Machine:
         "forwards": (Forward(22, 40022), Forward(8080, 40080, "0.0.0.0")),
     }
     fields.update(changes)
-    return Machine(**fields)  # type: ignore[arg-type]
+    return Machine(**fields)
 
 
 def host(**changes: object) -> HostSetup:
     fields: dict[str, object] = {"qemu": "/usr/bin/qemu-system-x86_64", "accel": "tcg"}
     fields.update(changes)
-    return HostSetup(**fields)  # type: ignore[arg-type]
+    return HostSetup(**fields)
 
 
 def value(argv: list[str], flag: str) -> str:

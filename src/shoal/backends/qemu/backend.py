@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 GUEST_ADDRESS = "10.0.2.15"  # the guest's address on QEMU's user-mode network
 SERIAL_TAIL_LINES = 15
 START_MARK = "--- shoal: starting"
+ACCEL_RETRY_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class QemuBackend:
         self.vms_dir.mkdir(parents=True, exist_ok=True)
         self._accel: str | None = None
         self._accel_error: str | None = None
+        self._accel_failed_at = 0.0  # a failed probe is tried again after ACCEL_RETRY_SECONDS
         self._accel_lock = asyncio.Lock()
         self._create_lock = asyncio.Lock()
         self._creating: set[str] = set()
@@ -168,13 +170,15 @@ class QemuBackend:
     async def accelerator(self) -> str:
         """The accelerator in use, probed once (BackendError when QEMU cannot run guests)."""
         async with self._accel_lock:
-            if self._accel is None and self._accel_error is None:
+            retry = time.monotonic() - self._accel_failed_at > ACCEL_RETRY_SECONDS
+            if self._accel is None and (self._accel_error is None or retry):
                 try:
                     self._accel = await accelerators.detect(
                         self.settings.qemu, self.settings.accelerator
                     )
                 except RuntimeError as error:
                     self._accel_error = str(error)
+                    self._accel_failed_at = time.monotonic()
             if self._accel is None:
                 raise BackendError(self._accel_error or "no accelerator")
             return self._accel
@@ -241,7 +245,8 @@ class QemuBackend:
                 return
             if len(set(self._existing()) | self._creating) >= self.settings.max_vms:
                 raise BackendError(f"this node already holds {self.settings.max_vms} VMs")
-            forwards = self._allocate_ports(spec)
+            # Bridged and tapped guests are reached at their own address: nothing to forward.
+            forwards = self._allocate_ports(spec) if self.settings.network == "user" else ()
             self._creating.add(vm_id)
         staging = self.vms_dir / f".creating-{vm_id}"
         made = False
@@ -249,7 +254,7 @@ class QemuBackend:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir()
             base = local["disk"]["path"]
-            wanted_size = parse_bytes(str(spec.get("disk") or "0"))
+            wanted_size = parse_bytes(str(spec["disk"])) if spec.get("disk") else 0
             base_size = await self._virtual_size(base)
             await self._run(
                 self.settings.qemu_img,
@@ -334,7 +339,7 @@ class QemuBackend:
             raise BackendError(f"UEFI variable store {template} is missing")
         shutil.copyfile(template, directory / "uefi-vars.fd")
 
-    async def _run(self, *argv: str, timeout: float = 120.0) -> str:
+    async def _run(self, *argv: str, timeout: float = 120.0, what: str | None = None) -> str:
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -349,10 +354,13 @@ class QemuBackend:
         except TimeoutError:
             process.kill()
             await process.wait()
-            raise BackendError(f"{argv[0]} {argv[1]} took longer than {timeout:.0f}s") from None
+            raise BackendError(
+                f"{what or argv[0] + ' ' + argv[1]} took longer than {timeout:.0f}s"
+            ) from None
         if process.returncode != 0:
             detail = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
-            raise BackendError(f"{Path(argv[0]).name} {argv[1]} failed: {detail[-2000:]}")
+            name = what or f"{Path(argv[0]).name} {argv[1]}"
+            raise BackendError(f"{name} failed: {detail[-2000:]}")
         return out.decode(errors="replace")
 
     # -- power -----------------------------------------------------------------------------
@@ -385,7 +393,7 @@ class QemuBackend:
         with paths.serial_log.open("ab") as serial:
             serial.write(f"\n{START_MARK} {now_iso()} ---\n".encode())
         try:
-            await self._run(*argv, timeout=60)
+            await self._run(*argv, timeout=60, what="QEMU")
         except BackendError as error:
             paths.wanted.write_text("stopped")
             self._set(vm_id, Actual.FAILED, reason="QemuFailed", message=str(error))
@@ -573,6 +581,15 @@ class QemuBackend:
             entry.monitor = None
 
     async def _follow(self, vm_id: str) -> None:
+        try:
+            await self._follow_until_exit(vm_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # never leave a VM Starting with nobody watching it
+            log.exception("VM %s: following its QEMU failed", vm_id)
+            self._set(vm_id, Actual.FAILED, reason="MonitorFailed", message=str(error))
+
+    async def _follow_until_exit(self, vm_id: str) -> None:
         """Until QEMU exits: notice the guest's SSH banner, and a QEMU that dies unasked."""
         paths = self._paths(vm_id)
         machine = self._machine(vm_id)
