@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -64,6 +65,7 @@ PLURAL = "virtualmachines"
 SPEC = {"image": IMAGE, "cpu": 1, "memory": "256Mi", "disk": "128Mi"}
 READY = READY_LINE.encode()
 LINE_POLL = 0.02
+NUDGE_AFTER = 2.0  # a delete unfinished this long is nudged (see _delete)
 PR_SET_PDEATHSIG = 1
 
 Row = dict[str, Any]
@@ -97,9 +99,22 @@ def _qemus(marker: bytes) -> list[int]:
     return [pid for pid, cmd in _cmdlines() if b"qemu-system" in cmd and marker in cmd]
 
 
+def _no_qemus(marker: bytes) -> bool:
+    return not _qemus(marker)
+
+
 def _foreign_qemus(ours: bytes) -> int:
     """QEMUs running that are not ours: someone else's tests, making timings noisy."""
     return sum(1 for _, cmd in _cmdlines() if b"qemu-system" in cmd and ours not in cmd)
+
+
+def _forked_at(pid: int) -> float:
+    """When a process was started (forked), on time.perf_counter's clock, to the kernel's
+    10 ms clock tick: for a daemonized QEMU, the moment its daemon child was forked."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime
+    since_boot = ticks / os.sysconf("SC_CLK_TCK")
+    return time.perf_counter() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
 
 
 def _rss_mib(pid: int) -> float:
@@ -158,12 +173,18 @@ class _ReadyLine(threading.Thread):
 # -- bare QEMU -------------------------------------------------------------------------------
 
 
-async def _banner_poll(port: int, deadline: float) -> float:
-    """The backend's readiness loop: sleep a poll interval, probe, until a banner answers."""
+async def _banner_poll(port: int, deadline: float) -> tuple[float, int]:
+    """The backend's readiness loop: sleep a poll interval, probe, until a banner answers.
+    Returns when it answered, and how many probes ran into the probe's own 2 s timeout (a
+    connection QEMU's user network holds while the guest's network is not up yet)."""
+    stalled = 0
     while time.perf_counter() < deadline:
         await asyncio.sleep(POLL)
+        probe = time.perf_counter()
         if await ssh_banner("127.0.0.1", port):
-            return time.perf_counter()
+            return time.perf_counter(), stalled
+        if time.perf_counter() - probe > 1.9:
+            stalled += 1
     raise TimeoutError("no SSH banner from the bare QEMU")
 
 
@@ -173,7 +194,9 @@ class Bare:
         self.guest = guest
         self.process: subprocess.Popen[bytes] | None = None
 
-    def argv(self, name: str, root: Path, port: int, accel: str) -> list[str]:
+    def argv(
+        self, name: str, root: Path, port: int, accel: str, *, daemonize: bool = False
+    ) -> list[str]:
         guest = self.guest
         machine = Machine(
             vm_id=name,
@@ -189,7 +212,9 @@ class Bare:
             forwards=(Forward(22, port),),
             ssh_user=guest.ssh_user,
         )
-        argv = linux_command(machine, Paths(root, root), HostSetup(QEMU, accel))
+        argv: list[str] = linux_command(machine, Paths(root, root), HostSetup(QEMU, accel))
+        if daemonize:
+            return argv
         out: list[str] = []
         skip = False
         for arg in argv:  # a child of ours, not a daemon: drop -daemonize and -pidfile FILE
@@ -220,7 +245,7 @@ class Bare:
                     preexec_fn=_die_with_parent,
                 )
             line = _ReadyLine(lambda: root / "serial.log")
-            banner = asyncio.run(_banner_poll(port, t0 + BOOT_TIMEOUT))
+            banner, stalled = asyncio.run(_banner_poll(port, t0 + BOOT_TIMEOUT))
             seen = line.stop()
             if self.process.poll() is not None:
                 raise RuntimeError(f"bare QEMU exited: {(root / 'qemu.log').read_text()[-2000:]}")
@@ -229,10 +254,31 @@ class Bare:
                 line.stop()
             self.kill()
             shutil.rmtree(root, ignore_errors=True)
-        result = {"total": banner - t0}
+        result = {"total": banner - t0, "stalled": float(stalled)}
         if seen is not None:
             result |= {"boot": seen - t0, "detect": banner - seen}
         return result
+
+    def daemonize_times(self, accel: str) -> tuple[list[float], list[float]]:
+        """How long QEMU itself takes to start as shoal starts it: `-daemonize` returns once the
+        machine is built, which the agent waits for before it reports the VM launched. Also when
+        QEMU forks its daemon child, after start (the point the shoal runs can see)."""
+        times, forks = [], []
+        for i in range(RUNS):
+            root = self.base / f"daemon-{i}"
+            root.mkdir()
+            self.guest.create_overlay(root / "disk.qcow2")
+            argv = self.argv(f"bench-daemon-{i}", root, _free_port(), accel, daemonize=True)
+            t0 = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True, timeout=60)
+            times.append(time.perf_counter() - t0)
+            pid = int((root / "qemu.pid").read_text())
+            forks.append(_forked_at(pid) - t0)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait(partial(_no_qemus, str(root).encode()), 10, "the daemonized QEMU to exit")
+            shutil.rmtree(root, ignore_errors=True)
+        return times, forks
 
     def kill(self) -> None:
         if self.process is not None:
@@ -284,7 +330,9 @@ class Dev:
         def serving() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"shoal dev exited:\n{self.log.read_text()[-3000:]}")
-            return httpx.get(url + "/readyz").status_code == 200
+            # The dev context is written once it serves, maybe just after /readyz answers.
+            config = Path(self.env["SHOAL_CONFIG"])
+            return httpx.get(url + "/readyz").status_code == 200 and config.exists()
 
         deadline = time.monotonic() + 90
         while True:
@@ -301,18 +349,36 @@ class Dev:
         return self.client
 
     def import_image(self, guest: TestGuest) -> None:
-        argv = [
-            SHOAL, "image", "import", str(guest.disk),
-            "--name", IMAGE,
-            "--boot", "kernel",
-            "--kernel", str(guest.kernel),
-            "--initrd", str(guest.initrd),
-            "--cmdline", guest.cmdline,
-            "--ssh-user", guest.ssh_user,
-        ]  # fmt: skip
-        done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            raise RuntimeError(f"shoal image import failed: {done.stderr or done.stdout}")
+        """`shoal image import` the test guest, unless shoal dev registered it itself (it does
+        when the guest is built); either way the Image must name the files booted bare."""
+        assert self.client is not None
+        try:
+            self.client.get("images", IMAGE)
+        except NotFound:
+            argv = [
+                SHOAL, "image", "import", str(guest.disk),
+                "--name", IMAGE,
+                "--boot", "kernel",
+                "--kernel", str(guest.kernel),
+                "--initrd", str(guest.initrd),
+                "--cmdline", guest.cmdline,
+                "--ssh-user", guest.ssh_user,
+            ]  # fmt: skip
+            done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=120)
+            if done.returncode != 0 and "already exists" not in done.stderr:
+                failed = done.stderr or done.stdout
+                raise RuntimeError(f"shoal image import failed: {failed}") from None
+        spec = self.client.get("images", IMAGE)["spec"]
+        local = spec["source"]["local"]
+        found = (
+            local["disk"]["path"],
+            local["kernel"]["path"],
+            local["initrd"]["path"],
+            spec.get("cmdline"),
+        )
+        wanted = (str(guest.disk), str(guest.kernel), str(guest.initrd), guest.cmdline)
+        if found != wanted:
+            raise RuntimeError(f"Image {IMAGE} is {found}, not the guest booted bare: {wanted}")
 
     def vm_dir(self, uid: str) -> Path | None:
         return next(iter(self.data_dir.glob(f"agents/*/qemu/vms/{uid}")), None)
@@ -366,31 +432,42 @@ def _follow(client: Client, name: str, rv: str, deadline: float) -> dict[str, An
     raise TimeoutError(f"VM {name} was not Ready within {BOOT_TIMEOUT:.0f}s")
 
 
-def _delete(dev: Dev, client: Client, name: str, uid: str) -> float:
+def _delete(client: Client, name: str, uid: str) -> dict[str, Any]:
+    """Delete a VM and wait until the object and its QEMU are gone. A delete the agent has not
+    finished within NUDGE_AFTER is nudged: a label patch makes a fresh watch event, so the agent
+    reconciles the VM again. At the first nudge, a QEMU still running means the agent never acted
+    on the deletion ("lost"); a QEMU gone means its delete stopped half-way ("aborted")."""
     t0 = time.perf_counter()
     with contextlib.suppress(NotFound):
         client.delete(PLURAL, name, NAMESPACE)
-
-    def gone() -> bool:
+    marker = f"shoal-{uid}".encode()
+    stuck: str | None = None
+    nudges = 0
+    nudge_at = t0 + NUDGE_AFTER
+    deadline = t0 + 120
+    while True:
         try:
-            client.get(PLURAL, name, NAMESPACE)
-        except NotFound:
-            return not _qemus(f"shoal-{uid}".encode())
-        return False
-
-    try:
-        _wait(gone, 60, f"VM {name} to be gone")
-    except TimeoutError:
-        with contextlib.suppress(NotFound):
             vm = client.get(PLURAL, name, NAMESPACE)
-            meta, status = vm["metadata"], vm.get("status") or {}
+        except NotFound:
+            if not _qemus(marker):
+                return {"seconds": time.perf_counter() - t0, "stuck": stuck, "nudges": nudges}
+            vm = None
+        now = time.perf_counter()
+        if now > deadline:
+            meta = (vm or {}).get("metadata") or {}
             raise TimeoutError(
-                f"VM {name} not gone 60s after delete: deletionTimestamp "
-                f"{meta.get('deletionTimestamp')}, finalizers {meta.get('finalizers')}, "
-                f"phase {status.get('phase')}, QEMUs {_qemus(f'shoal-{uid}'.encode())}"
-            ) from None
-        raise
-    return time.perf_counter() - t0
+                f"VM {name} not gone 120s after delete ({nudges} nudges): finalizers "
+                f"{meta.get('finalizers')}, QEMUs {_qemus(marker)}"
+            )
+        if vm is not None and now >= nudge_at:
+            if stuck is None:
+                stuck = "lost" if _qemus(marker) else "aborted"
+            with contextlib.suppress(NotFound):
+                labels = {"bench-nudge": str(nudges)}
+                client.patch(PLURAL, name, {"metadata": {"labels": labels}}, NAMESPACE)
+            nudges += 1
+            nudge_at = now + NUDGE_AFTER
+        time.sleep(0.05)
 
 
 def _deploy(dev: Dev, client: Client, name: str) -> dict[str, Any]:
@@ -411,6 +488,7 @@ def _deploy(dev: Dev, client: Client, name: str) -> dict[str, Any]:
         ready_line = line.stop()
         root = dev.vm_dir(uid)
         made = (root / "machine.json").stat().st_mtime if root is not None else None
+        forked = _forked_at(int((root / "qemu.pid").read_text())) if root is not None else None
     finally:
         line.stop()
     boot_wall = parse_iso(seen["object"]["status"]["bootTime"]).timestamp()
@@ -424,8 +502,14 @@ def _deploy(dev: Dev, client: Client, name: str) -> dict[str, Any]:
     }
     if made is not None:
         result["created"] = made - wall0  # overlay made, machine.json written
+    if forked is not None:
+        result["forked"] = forked - t0
     if ready_line is not None:
         result["ready_line"] = ready_line - t0
+    for condition in seen["object"]["status"].get("conditions") or []:
+        if condition.get("type") == "Ready" and condition.get("lastTransitionTime"):
+            # The agent's clock when it composed the Ready status, just after its probe answered.
+            result["ready_set"] = parse_iso(condition["lastTransitionTime"]).timestamp() - wall0
     return result
 
 
@@ -535,15 +619,16 @@ def run() -> list[Row]:
 
         info, create = _qemu_img_times(base, guest)
         bare = Bare(base, guest)
+        daemonize, daemon_forks = bare.daemonize_times(accel)
         bares: list[dict[str, float]] = []
         shoals: list[dict[str, Any]] = []
-        deletes: list[float] = []
+        deletes: list[dict[str, Any]] = []
         foreign = 0
         loads: list[float] = []
         # One boot of each first, not counted: page cache, the first image lookup, and so on.
         warm_bare = bare.boot(-1, accel)
         warm = _deploy(dev, client, "warmup")
-        _delete(dev, client, "warmup", warm["uid"])
+        deletes.append(_delete(client, "warmup", warm["uid"]))
         _say(f"warm-up: bare {warm_bare['total']:.2f}s, shoal {warm['total']:.2f}s")
         for i in range(RUNS):
             foreign = max(foreign, _foreign_qemus(marker))
@@ -554,7 +639,7 @@ def run() -> list[Row]:
                     bares.append(bare.boot(i, accel))
                 else:
                     shoals.append(_deploy(dev, client, f"bench-{i}"))
-                    deletes.append(_delete(dev, client, f"bench-{i}", shoals[-1]["uid"]))
+                    deletes.append(_delete(client, f"bench-{i}", shoals[-1]["uid"]))
             _say(
                 f"run {i + 1}/{RUNS}: bare {bares[-1]['total']:.2f}s, "
                 f"shoal {shoals[-1]['total']:.2f}s, foreign QEMUs {_foreign_qemus(marker)}, "
@@ -582,7 +667,7 @@ def run() -> list[Row]:
             assert root is not None
             qemu_rss.append(_rss_mib(int((root / "qemu.pid").read_text())))
         for name, uid in uids.items():
-            _delete(dev, client, name, uid)
+            deletes.append(_delete(client, name, uid))
         rss_after = _rss_sampled(dev.process.pid)
         _say(f"done in {time.perf_counter() - started:.0f}s")
     finally:
@@ -613,9 +698,37 @@ def run() -> list[Row]:
             "unit": "ms",
         }
     )
+    # The same comparison to the guest's 'ssh ready' console line, which no probe schedule
+    # quantizes: what shoal adds before and during the boot, without readiness detection.
+    bare_line = part(bares, "boot")
+    shoal_line = part(shoals, "ready_line")
     rows += [
-        _p50("qemu: bare: QEMU start -> guest 'ssh ready' line p50", part(bares, "boot")),
+        _p50("qemu: bare: QEMU start -> guest 'ssh ready' line p50", bare_line),
+        _p50("qemu: shoal: deploy -> guest 'ssh ready' line p50", shoal_line),
+        {
+            "name": "qemu: shoal overhead to the 'ssh ready' line p50 (poll-free)",
+            "value": (statistics.median(shoal_line) - statistics.median(bare_line)) * 1000,
+            "unit": "ms",
+        },
+    ]
+    # What shoal adds by construction, free of boot-time noise: from deploy to QEMU's daemon
+    # fork (less the time QEMU takes from start to that fork on its own), plus from the agent
+    # setting Ready to the client seeing it. Readiness polling is the same on both sides.
+    fork_alone = statistics.median(daemon_forks)
+    added = [
+        r["forked"] - fork_alone + r["total"] - r["ready_set"]
+        for r in shoals
+        if "forked" in r and "ready_set" in r
+    ]
+    rows.append(_p50("qemu: shoal added by construction p50 (pre-exec + Ready delivery)", added))
+    rows += [
         _p50("qemu: bare: 'ssh ready' line -> banner probe succeeds p50", part(bares, "detect")),
+        _p50(
+            "qemu: bare: probes stalled 2 s (guest network not up) p50",
+            part(bares, "stalled"),
+            "",
+            1.0,
+        ),
         _p50("qemu: shoal: create API call p50", part(shoals, "api")),
         _p50("qemu: shoal: deploy -> bound to the node (watch) p50", part(shoals, "bound")),
         _p50("qemu: shoal: bound -> agent writes Starting p50", part(shoals, "starting", "bound")),
@@ -626,6 +739,9 @@ def run() -> list[Row]:
         _p50(
             "qemu: shoal: machine.json -> QEMU daemonized p50", part(shoals, "launched", "created")
         ),
+        _p50("qemu: QEMU -daemonize alone, start -> parent exits p50", daemonize),
+        _p50("qemu: QEMU -daemonize alone, start -> daemon forked p50", daemon_forks),
+        _p50("qemu: shoal: deploy -> QEMU daemon forked p50", part(shoals, "forked")),
         _p50("qemu: shoal: deploy -> QEMU daemonized (pre-boot) p50", part(shoals, "launched")),
         _p50(
             "qemu: shoal: QEMU daemonized -> guest 'ssh ready' line p50",
@@ -635,9 +751,28 @@ def run() -> list[Row]:
             "qemu: shoal: 'ssh ready' line -> Ready=True seen p50",
             part(shoals, "total", "ready_line"),
         ),
+        _p50(
+            "qemu: shoal: Ready=True set by the agent -> seen on the watch p50",
+            part(shoals, "total", "ready_set"),
+        ),
         _p50("qemu: qemu-img info, one call (agent makes 2 per create) p50", info),
         _p50("qemu: qemu-img create overlay p50", create),
-        _p50("qemu: shoal: delete -> VM and QEMU gone p50", deletes, "s", 1.0),
+        _p50(
+            "qemu: shoal: delete -> VM and QEMU gone (nudges included) p50",
+            [d["seconds"] for d in deletes],
+            "s",
+            1.0,
+        ),
+        {
+            "name": f"qemu: deletes lost by the agent (QEMU still up after {NUDGE_AFTER:.0f}s)",
+            "value": sum(1 for d in deletes if d["stuck"] == "lost"),
+            "unit": f"of {len(deletes)}",
+        },
+        {
+            "name": f"qemu: deletes aborted half-way (QEMU gone, VM not, at {NUDGE_AFTER:.0f}s)",
+            "value": sum(1 for d in deletes if d["stuck"] == "aborted"),
+            "unit": f"of {len(deletes)}",
+        },
         {"name": "qemu: warm-up (not counted): bare", "value": warm_bare["total"], "unit": "s"},
         {"name": "qemu: warm-up (not counted): shoal", "value": warm["total"], "unit": "s"},
         {"name": "qemu: shoal dev RSS, just started, 0 VMs", "value": rss_cold, "unit": "MiB"},

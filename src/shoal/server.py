@@ -183,6 +183,9 @@ class ControlPlane:
             ssl_certfile=str(self.tls.cert_file) if self.tls else None,
             ssl_keyfile=str(self.tls.key_file) if self.tls else None,
             timeout_graceful_shutdown=2,
+            # Longer than clients keep idle connections pooled, so the server is not the side that
+            # closes one just as a client sends on it (uvicorn's default is 5 s).
+            timeout_keep_alive=75,
         )
         self._server = uvicorn.Server(config)
         serving = asyncio.create_task(self._server.serve(), name="uvicorn")
