@@ -17,6 +17,14 @@ else on the machine falls on both. Each side also has a poll-free reference poin
 own "ssh ready" line on its serial console (the log file watched every 20 ms), which splits each
 figure into guest boot and readiness detection.
 
+A TCG boot varies by a second or more from one run to the next (more when anything else runs),
+so with ten runs the difference of the two p50s is only good to a few hundred ms. The row "added
+by construction" is steadier: per shoal run, deploy -> QEMU's daemon fork (less the time QEMU
+takes to fork on its own) plus Ready set by the agent -> seen by the client.
+
+Deletes the agent leaves unfinished for NUDGE_AFTER seconds are nudged with a label patch and
+counted (see `_delete`), so a lost deletion shows in the table instead of hanging the bench.
+
 Nothing outlives the bench: shoal dev, every QEMU whose command line names the temp dir, and the
 socket links shoal made in /tmp are killed or removed in `finally`, also on SIGTERM/SIGHUP.
 """

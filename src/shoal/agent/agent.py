@@ -331,7 +331,15 @@ class Agent:
         )
         if current.get("phase") != status["phase"]:
             await self._event(updated, status)
-        if updated["metadata"]["uid"] == meta["uid"]:
+        # A newer version (a delete, say) may have arrived on the watch while we awaited: never
+        # let this older answer overwrite it, or the change would be lost until the next event.
+        known = self._known.get(meta["uid"])
+        if (
+            updated["metadata"]["uid"] == meta["uid"]
+            and known is not None
+            and int(known["metadata"]["resourceVersion"])
+            <= int(updated["metadata"]["resourceVersion"])
+        ):
             self._known[meta["uid"]] = updated
         return updated
 
