@@ -255,10 +255,11 @@ class QemuBackend:
             staging.mkdir()
             base = local["disk"]["path"]
             wanted_size = parse_bytes(str(spec["disk"])) if spec.get("disk") else 0
-            base_size = await self._virtual_size(base)
+            info = await self._image_info(base)  # one read of the base for size and format
+            base_size = int(info["virtual-size"])
             await self._run(
                 self.settings.qemu_img,
-                "create", "-q", "-f", "qcow2", "-F", await self._format(base), "-b", base,
+                "create", "-q", "-f", "qcow2", "-F", str(info["format"]), "-b", base,
                 str(staging / "disk.qcow2"),
                 *([str(wanted_size)] if wanted_size > base_size else []),
             )  # fmt: skip
@@ -323,12 +324,6 @@ class QemuBackend:
         out = await self._run(self.settings.qemu_img, "info", "--output=json", "-U", path)
         info: dict[str, Any] = json.loads(out)
         return info
-
-    async def _virtual_size(self, path: str) -> int:
-        return int((await self._image_info(path))["virtual-size"])
-
-    async def _format(self, path: str) -> str:
-        return str((await self._image_info(path))["format"])
 
     async def _copy_uefi_vars(self, directory: Path) -> None:
         code = self.settings.uefi_code
