@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import yaml
@@ -93,6 +94,29 @@ class Contexts:
         with os.fdopen(fd, "w") as handle:
             yaml.safe_dump(data, handle, sort_keys=False)
         tmp.replace(path)
+
+
+def connect_websocket(server: str, token: str, ca_pem: str | None, path: str, **params: Any) -> Any:
+    """A WebSocket dial to server+path (use with `async with` or await it), with the bearer token.
+
+    Tunnels carry bytes, often compressed already: no per-frame deflate. Frames and the queue of
+    received frames are small, so a slow reader holds little memory (see shoal.tunnel.protocol)."""
+    from websockets.asyncio.client import connect
+
+    from shoal.tunnel.protocol import MAX_FRAME, MAX_QUEUE
+
+    query = urlencode({k: v for k, v in params.items() if v is not None})
+    url = "ws" + server.rstrip("/").removeprefix("http") + path + (f"?{query}" if query else "")
+    tls = ssl_context(ca_pem) if url.startswith("wss:") else None
+    return connect(
+        url,
+        additional_headers={"Authorization": f"Bearer {token}"},
+        ssl=tls if isinstance(tls, ssl.SSLContext) else None,
+        compression=None,
+        max_size=MAX_FRAME,
+        max_queue=MAX_QUEUE,
+        open_timeout=15,
+    )
 
 
 # -- sync client -----------------------------------------------------------------------------
@@ -279,19 +303,9 @@ class AsyncClient:
         )
         self._slots = slots or asyncio.Semaphore(REQUEST_SLOTS)
 
-    def websocket(self, path: str) -> Any:
+    def websocket(self, path: str, **params: Any) -> Any:
         """Dial a WebSocket on the server (use with `async with`), authenticated like requests."""
-        from websockets.asyncio.client import connect
-
-        url = "ws" + self.server.removeprefix("http") + path
-        tls = ssl_context(self.ca_pem) if url.startswith("wss:") else None
-        return connect(
-            url,
-            additional_headers=self._headers,
-            ssl=tls if isinstance(tls, ssl.SSLContext) else None,
-            max_size=2**20,
-            open_timeout=15,
-        )
+        return connect_websocket(self.server, self.token, self.ca_pem, path, **params)
 
     async def aclose(self) -> None:
         await self._http.aclose()

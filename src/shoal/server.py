@@ -50,6 +50,8 @@ class ControllerSettings:
     node_grace_seconds: float = 40.0
     eviction_timeout_seconds: float = 300.0
     scheduling_profile: str = "pack"
+    # A tunnel that carried no byte either way for this long is closed.
+    tunnel_idle_timeout: float = 3600.0
 
     @property
     def store_url(self) -> str:
@@ -122,6 +124,7 @@ class ControlPlane:
             bookmark_interval=settings.bookmark_interval,
             ca_fingerprint=self.tls.fingerprint if self.tls else None,
             ca_pem=self.tls.ca_pem if self.tls else None,
+            tunnel_idle_timeout=settings.tunnel_idle_timeout,
         )
         self.app = create_app(self.ctx)
         self.scheduler = Scheduler(
@@ -186,6 +189,13 @@ class ControlPlane:
             # Longer than clients keep idle connections pooled, so the server is not the side that
             # closes one just as a client sends on it (uvicorn's default is 5 s).
             timeout_keep_alive=75,
+            # Tunnels carry bytes that are often compressed already (SSH, VNC); deflating every
+            # frame would cost more CPU than it saves.
+            ws_per_message_deflate=False,
+            # Frames are at most 1 MiB and a socket queues a few of them: what a slow reader makes
+            # the controller hold stays bounded.
+            ws_max_size=2**20,
+            ws_max_queue=8,
         )
         self._server = uvicorn.Server(config)
         serving = asyncio.create_task(self._server.serve(), name="uvicorn")

@@ -1,8 +1,11 @@
 """The agent's side of tunnels: a control channel dialed out to the controller, and one stream
 per request the controller sends down it (see shoal.tunnel.broker).
 
-Streams served today: `log`, a VM's serial console log (from its start or its last N bytes, and
-with follow, what the guest prints next).
+Streams:
+- `log`: a VM's serial console log (from its start or its last N bytes, and with follow, what the
+  guest prints next);
+- `port`: a TCP connection to a guest port, dialed here through the backend's open_port;
+- `vnc` and `console`: the VM's display and serial console, from the backend's unix sockets.
 """
 
 import asyncio
@@ -13,9 +16,10 @@ import random
 from pathlib import Path
 from typing import Any
 
-from shoal.backends.base import Backend, HasSerialLog
+from shoal.backends.base import Backend, BackendError, HasConsole, HasDisplay, HasSerialLog
 from shoal.client import AsyncClient, resource_path
-from shoal.tunnel.broker import REFUSED
+from shoal.tunnel.protocol import READY, REFUSED, reason_text
+from shoal.tunnel.relay import relay
 
 log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
@@ -78,19 +82,51 @@ class TunnelClient:
         path = resource_path("nodes", None, self.node, f"tunnel/{request['id']}")
         try:
             async with self.client.websocket(path) as stream:
+                kind = request.get("stream")
                 try:
-                    source = self._log_file(request)
+                    if kind == "log":
+                        source = self._log_file(request)
+                    else:
+                        reader, writer = await self._connect(kind, request)
                 except Refused as refusal:
-                    await stream.close(REFUSED, str(refusal)[:120])
+                    await stream.close(REFUSED, reason_text(str(refusal)))
                     return
-                await stream.send(json.dumps({"ok": True}))
-                await self._send_log(stream, source, request)
+                await stream.send(READY)
+                if kind == "log":
+                    await self._send_log(stream, source, request)
+                else:
+                    await relay(stream, reader, writer)
         except Exception as error:  # the client went away, or the controller did
             log.debug("node %s: stream %s ended: %s", self.node, request["id"], error)
 
+    async def _connect(
+        self, kind: Any, request: dict[str, Any]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        vm = str(request.get("vm"))
+        try:
+            if kind == "port":
+                return await self.backend.open_port(vm, int(request["port"]))
+            if kind == "vnc":
+                if not isinstance(self.backend, HasDisplay):
+                    raise Refused(f"the {self.backend.name} backend has no VNC display")
+                return await self._unix(self.backend.vnc_socket(vm), "VNC display")
+            if kind == "console":
+                if not isinstance(self.backend, HasConsole):
+                    raise Refused(f"the {self.backend.name} backend has no serial console")
+                return await self._unix(self.backend.console_socket(vm), "serial console")
+        except BackendError as error:
+            raise Refused(str(error)) from None
+        raise Refused(f"this agent does not serve {kind!r} streams")
+
+    @staticmethod
+    async def _unix(path: Path, what: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 10)
+        except (OSError, TimeoutError) as error:
+            reason = getattr(error, "strerror", None) or "timed out"
+            raise Refused(f"the VM's {what} is not available: {reason}") from None
+
     def _log_file(self, request: dict[str, Any]) -> Path:
-        if request.get("stream") != "log":
-            raise Refused(f"this agent does not serve {request.get('stream')!r} streams")
         if not isinstance(self.backend, HasSerialLog):
             raise Refused(f"the {self.backend.name} backend keeps no serial console log")
         return self.backend.serial_log(str(request.get("vm")))

@@ -22,6 +22,7 @@ class ApiContext:
     ca_pem: bytes | None = None
     ready: bool = True
     broker: Broker = field(default_factory=Broker)
+    tunnel_idle_timeout: float = 3600.0
     extra: dict[str, object] = field(default_factory=dict)
 
 

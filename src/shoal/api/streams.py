@@ -4,6 +4,11 @@
 - WebSocket /apis/shoal.dev/v1/nodes/{name}/tunnel/{stream}: a stream an agent opens on request.
 - GET .../namespaces/{ns}/virtualmachines/{name}/log[?follow=true&tailBytes=N]: the VM's serial
   console log, streamed from its node.
+- WebSocket .../namespaces/{ns}/virtualmachines/{name}/portforward?port=N: a byte tunnel to the
+  VM's TCP port N; .../vnc to its display (RFB); .../console to its serial console. These need
+  the `connect` verb (roles connect, edit, admin). A tunnel that cannot open is refused in the
+  handshake with a Status body; once open, the agent's READY frame is the first one the client
+  gets (see shoal.tunnel.protocol).
 """
 
 import asyncio
@@ -12,14 +17,15 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from shoal.api.auth import Principal, authenticate, authorize
 from shoal.api.context import ApiContext
 from shoal.api.docs import ERRORS
 from shoal.api.routes import PREFIX, Caller, Ctx, NameParam, NamespaceParam
-from shoal.errors import ApiError, Conflict, Forbidden, Unavailable
-from shoal.tunnel.broker import REFUSED
+from shoal.errors import ApiError, BadRequest, Conflict, Forbidden, Unavailable
+from shoal.tunnel.protocol import READY, REFUSED
+from shoal.tunnel.splice import splice
 
 MAX_TAIL = 64 * 2**20
 
@@ -52,6 +58,54 @@ async def accepted(source: WebSocket) -> None:
         if code == REFUSED:
             raise Conflict(reason or "the agent refused the stream")
         raise Unavailable(f"the agent closed the stream ({code}) {reason}".strip())
+
+
+async def _open_vm_stream(
+    socket: WebSocket, namespace: str, name: str, request: dict[str, object]
+) -> tuple[str, WebSocket]:
+    """Authorize the caller for `connect` on the VM, then have its node's agent open the stream.
+    Raises ApiError before any byte reaches the VM when anything is wrong."""
+    ctx = _ctx(socket)
+    caller = await asyncio.to_thread(authenticate, socket)
+    await asyncio.to_thread(
+        authorize,
+        ctx.store,
+        caller,
+        "connect",
+        "VirtualMachine",
+        namespace,
+        plural="virtualmachines",
+    )
+    vm = await asyncio.to_thread(ctx.store.get, "VirtualMachine", namespace, name)
+    node = vm["spec"].get("nodeName")
+    if not node:
+        raise Conflict(f"VirtualMachine {name} is not on a node yet")
+    phase = (vm.get("status") or {}).get("phase")
+    if phase not in ("Running", "Starting", "Suspended"):
+        raise Conflict(f"VirtualMachine {name} is {phase or 'Pending'}, not running")
+    source = await ctx.broker.open(node, {"vm": vm["metadata"]["uid"], **request})
+    try:
+        await accepted(source)
+    except BaseException:
+        await _finish(source)
+        raise
+    return node, source
+
+
+async def _serve_tunnel(
+    socket: WebSocket, namespace: str, name: str, request: dict[str, object]
+) -> None:
+    try:
+        node, source = await _open_vm_stream(socket, namespace, name, request)
+    except ApiError as error:
+        await socket.send_denial_response(JSONResponse(error.status(), status_code=error.code))
+        return
+    try:
+        await socket.accept()
+        await socket.send_text(READY)
+        await splice(socket, source, node=node, idle_timeout=_ctx(socket).tunnel_idle_timeout)
+    finally:
+        await _finish(source)
 
 
 async def pump(source: WebSocket) -> AsyncIterator[bytes]:
@@ -131,6 +185,27 @@ def streams_router() -> APIRouter:
                 await _finish(source)
 
         return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+
+    @router.websocket(f"{PREFIX}/namespaces/{{namespace}}/virtualmachines/{{name}}/portforward")
+    async def vm_port_forward(
+        socket: WebSocket, namespace: str, name: str, port: str | None = None
+    ) -> None:
+        """A byte tunnel to one TCP port of the VM (`shoal port-forward`, `shoal ssh`)."""
+        if port is None or not port.isdigit() or not 1 <= int(port) <= 65535:
+            error = BadRequest(f"port must be a TCP port number (1-65535), got {port!r}")
+            await socket.send_denial_response(JSONResponse(error.status(), status_code=400))
+            return
+        await _serve_tunnel(socket, namespace, name, {"stream": "port", "port": int(port)})
+
+    @router.websocket(f"{PREFIX}/namespaces/{{namespace}}/virtualmachines/{{name}}/vnc")
+    async def vm_vnc(socket: WebSocket, namespace: str, name: str) -> None:
+        """The VM's display as an RFB (VNC) byte stream (`shoal vnc`, the web UI)."""
+        await _serve_tunnel(socket, namespace, name, {"stream": "vnc"})
+
+    @router.websocket(f"{PREFIX}/namespaces/{{namespace}}/virtualmachines/{{name}}/console")
+    async def vm_console(socket: WebSocket, namespace: str, name: str) -> None:
+        """The VM's serial console, both ways (`shoal console`)."""
+        await _serve_tunnel(socket, namespace, name, {"stream": "console"})
 
     return router
 

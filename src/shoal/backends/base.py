@@ -5,6 +5,7 @@ talks to the controller. Every method is idempotent where that makes sense (dele
 is fine), because the agent's reconcile may run twice.
 """
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -77,9 +78,42 @@ class Backend(Protocol):
 
     async def list(self) -> list[VMState]: ...
 
+    async def open_port(
+        self, vm_id: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP connection to the guest's port, made on this host (what tunnels carry).
+
+        Raises BackendError with a reason a person can act on when the port cannot be reached."""
+        ...
+
 
 @runtime_checkable
 class HasSerialLog(Protocol):
     """A backend that keeps each VM's serial console output in a file."""
 
     def serial_log(self, vm_id: str) -> Path: ...
+
+
+@runtime_checkable
+class HasDisplay(Protocol):
+    """A backend that serves each VM's display as VNC (RFB) on a unix socket."""
+
+    def vnc_socket(self, vm_id: str) -> Path: ...
+
+
+@runtime_checkable
+class HasConsole(Protocol):
+    """A backend that serves each VM's serial console, both ways, on a unix socket."""
+
+    def console_socket(self, vm_id: str) -> Path: ...
+
+
+async def connect_tcp(
+    host: str, port: int, what: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """open_connection with the failure as a BackendError naming what was dialed."""
+    try:
+        return await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+    except (OSError, TimeoutError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else "timed out"
+        raise BackendError(f"cannot connect to {what}: {reason}") from None

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from shoal.backends.base import Actual, BackendError, Capacity, VMState
+from shoal.backends.base import Actual, BackendError, Capacity, VMState, connect_tcp
 from shoal.model.meta import now_iso
 
 
@@ -23,6 +23,9 @@ class SimSettings:
     arch: str = "amd64"
     os: str = "linux"
     guest_os: tuple[str, ...] = ("linux",)
+    # Tunnels to a sim VM's port P reach port P on this host's loopback: a stand-in guest for
+    # tests and benchmarks of the tunnel path. Off by default.
+    ports_to_host: bool = False
 
 
 class SimBackend:
@@ -117,6 +120,19 @@ class SimBackend:
 
     async def status(self, vm_id: str) -> VMState:
         return self._vms.get(vm_id) or VMState(vm_id, Actual.ABSENT)
+
+    async def open_port(
+        self, vm_id: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        vm = self._get(vm_id)
+        if vm.actual not in (Actual.RUNNING, Actual.STARTING, Actual.SUSPENDED):
+            raise BackendError(f"the VM is {vm.actual}")
+        if not self.settings.ports_to_host:
+            raise BackendError(
+                "a sim VM has no guest to connect to (an agent started with --sim-ports-to-host "
+                "connects tunnels to the same port on its own loopback)"
+            )
+        return await connect_tcp("127.0.0.1", port, f"port {port} on the sim node's loopback")
 
     async def list(self) -> list[VMState]:
         return list(self._vms.values())

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal.backends.base import Actual, BackendError, Capacity, VMState
+from shoal.backends.base import Actual, BackendError, Capacity, VMState, connect_tcp
 from shoal.model.meta import now_iso
 from shoal.quantity import parse_bytes
 
@@ -325,6 +325,14 @@ class TartBackend:
     async def status(self, vm_id: str) -> VMState:
         self._name(vm_id)
         return self._state(vm_id, await self._entry(vm_id))
+
+    async def open_port(
+        self, vm_id: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        state = await self.status(vm_id)
+        if state.actual not in (Actual.RUNNING, Actual.SUSPENDED) or not state.addresses:
+            raise BackendError(f"the VM is {state.actual} and has no address yet")
+        return await connect_tcp(state.addresses[0], port, f"port {port} of the VM")
 
     async def list(self) -> list[VMState]:
         return [self._state(vm_id, entry) for vm_id, entry in (await self._entries()).items()]

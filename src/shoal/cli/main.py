@@ -9,15 +9,18 @@ from typer.core import TyperGroup
 
 from shoal import __version__
 from shoal.cli import (
+    console,
     context,
     events,
     image,
     logs,
     namespace,
     node,
+    portforward,
     rolebinding,
     serve,
     serviceaccount,
+    ssh,
     token,
     vm,
     vmconfig,
@@ -87,6 +90,9 @@ app.add_typer(context.app, name="context", help="Manage server contexts (server,
 app.add_typer(vm.app, name="vm", help="Deploy and manage VirtualMachines.")
 app.add_typer(image.app, name="image", help="Manage VM images.")
 logs.register(app)
+portforward.register(app)
+ssh.register(app)
+console.register(app)
 app.add_typer(vmconfig.app, name="vmconfig", help="Manage VMConfigs (named VM templates).")
 app.add_typer(node.app, name="node", help="Inspect and manage nodes (hosts).")
 app.add_typer(namespace.app, name="namespace", help="Manage namespaces.")

@@ -80,6 +80,13 @@ def register(app: typer.Typer) -> None:
         sim_boot_delay: Annotated[
             float, typer.Option(min=0, help="Seconds a simulated VM takes to boot.")
         ] = 0.5,
+        sim_ports_to_host: Annotated[
+            bool,
+            typer.Option(
+                help="Tunnels to a simulated VM's port P reach port P on this host's loopback "
+                "(for tests and benchmarks of tunnels).",
+            ),
+        ] = False,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     ) -> None:
         """Run a controller and local agents in one process, for a laptop or a single host.
@@ -103,7 +110,11 @@ def register(app: typer.Typer) -> None:
             backend=backend,
             nodes=nodes,
             sim=SimSettings(
-                boot_delay=sim_boot_delay, cpu=sim_cpu, memory=_size(sim_memory), max_vms=sim_vms
+                boot_delay=sim_boot_delay,
+                cpu=sim_cpu,
+                memory=_size(sim_memory),
+                max_vms=sim_vms,
+                ports_to_host=sim_ports_to_host,
             ),
             qemu=QemuSettings(state_dir=Path("."), accelerator=accel, cpu=node_cpu),
         )
@@ -146,6 +157,10 @@ def register(app: typer.Typer) -> None:
                 help="Seconds a node stays NotReady before its VMs fail or are rescheduled.",
             ),
         ] = 300.0,
+        tunnel_idle_timeout: Annotated[
+            float,
+            typer.Option(min=1, help="Seconds a tunnel may carry nothing before it is closed."),
+        ] = 3600.0,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     ) -> None:
         """Run the controller: REST API, scheduler and housekeeping loops."""
@@ -172,6 +187,7 @@ def register(app: typer.Typer) -> None:
             tls_sans=list(tls_san or []),
             node_grace_seconds=node_grace,
             eviction_timeout_seconds=eviction_timeout,
+            tunnel_idle_timeout=tunnel_idle_timeout,
         )
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_controller(settings, lambda text: typer.echo(text)))
@@ -217,6 +233,13 @@ def register(app: typer.Typer) -> None:
         sim_boot_delay: Annotated[
             float, typer.Option(min=0, help="Seconds a simulated VM takes to boot.")
         ] = 0.5,
+        sim_ports_to_host: Annotated[
+            bool,
+            typer.Option(
+                help="Tunnels to a simulated VM's port P reach port P on this host's loopback "
+                "(for tests and benchmarks of tunnels).",
+            ),
+        ] = False,
         accel: Annotated[
             str, typer.Option(help="QEMU accelerator: auto (probe), kvm, hvf or tcg.")
         ] = "auto",
@@ -241,6 +264,10 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(help="Guest network (qemu): user, bridge:<bridge> or tap:<interface>."),
         ] = "user",
+        node_address: Annotated[
+            str,
+            typer.Option(help="Address node-port mappings (a VM's ports[].node) listen on (qemu)."),
+        ] = "0.0.0.0",
         boot_timeout: Annotated[
             float,
             typer.Option(min=1, help="Seconds a guest may take to answer SSH before it Fails."),
@@ -273,7 +300,11 @@ def register(app: typer.Typer) -> None:
         base = name or socket.gethostname().split(".")[0].lower()
         names = [base] if replicas == 1 else [f"{base}-{i}" for i in range(1, replicas + 1)]
         sim = SimSettings(
-            boot_delay=sim_boot_delay, cpu=sim_cpu, memory=_size(sim_memory), max_vms=sim_vms
+            boot_delay=sim_boot_delay,
+            cpu=sim_cpu,
+            memory=_size(sim_memory),
+            max_vms=sim_vms,
+            ports_to_host=sim_ports_to_host,
         )
         options = BackendOptions(
             backend,
@@ -283,6 +314,7 @@ def register(app: typer.Typer) -> None:
                 accelerator=accel,
                 cpu=node_cpu,
                 network=network,
+                node_address=node_address,
                 boot_timeout=boot_timeout,
                 stop_timeout=stop_timeout,
                 uefi_code=uefi_code,

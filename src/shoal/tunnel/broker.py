@@ -21,8 +21,6 @@ from shoal.errors import Unavailable
 
 log = logging.getLogger(__name__)
 OPEN_TIMEOUT = 15.0
-# A stream the agent refuses is closed with this code and the reason as the message.
-REFUSED = 4000
 
 
 @dataclass

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal.backends.base import Actual, BackendError, Capacity, VMState
+from shoal.backends.base import Actual, BackendError, Capacity, VMState, connect_tcp
 from shoal.backends.qemu import accel as accelerators
 from shoal.backends.qemu import qmp
 from shoal.backends.qemu.machine import (
@@ -63,6 +63,8 @@ class QemuSettings:
     memory: int | None = None  # None: the host's memory
     disk: int | None = None  # None: the free space where the state dir is
     forward_address: str = "127.0.0.1"  # where guest ports are published on the host
+    # Where node-port mappings (a VM's `ports: [{guest, node}]`) listen: reachable from outside.
+    node_address: str = "0.0.0.0"
     network: str = "user"  # user | bridge:<name> | tap:<name>
     boot_timeout: float = 600.0  # Starting this long without an SSH banner: Failed (BootTimeout)
     stop_timeout: float = 30.0
@@ -83,6 +85,23 @@ class _Running:
 # Host ports of the VMs of every backend in this process (several nodes may share a host), held
 # from create to delete whether or not QEMU has bound them yet.
 _reserved_ports: set[int] = set()
+
+
+def _free_port(address: str, wanted: int, taken: set[int]) -> int:
+    """wanted (0: any) if it can be bound on address and nobody here holds it."""
+    bind_address = "" if address == "0.0.0.0" else address
+    for _ in range(100):
+        with socket.socket() as probe:
+            try:
+                probe.bind((bind_address, wanted))
+            except OSError as error:
+                raise BackendError(f"host port {wanted} on {address}: {error.strerror}") from None
+            port = int(probe.getsockname()[1])
+        if port not in taken:
+            return port
+        if wanted:
+            raise BackendError(f"host port {wanted} is taken by another VM on this node")
+    raise BackendError("no free host port for the VM's port forwards")
 
 
 def _release(forwards: "tuple[Forward, ...] | list[Forward]") -> None:
@@ -153,6 +172,8 @@ class QemuBackend:
         self._accel_failed_at = 0.0  # a failed probe is tried again after ACCEL_RETRY_SECONDS
         self._accel_lock = asyncio.Lock()
         self._create_lock = asyncio.Lock()
+        # (vm, guest port) -> loopback port of forwards added for tunnels while the VM runs.
+        self._extra_forwards: dict[tuple[str, int], int] = {}
         self._creating: set[str] = set()
         self._vms: dict[str, _Running] = {}
         self._callbacks: list[Callable[[str], None]] = []
@@ -300,25 +321,70 @@ class QemuBackend:
     def _allocate_ports(self, spec: dict[str, Any]) -> tuple[Forward, ...]:
         """A free host port for each guest port (22 always), unique in this process and among
         the VMs on this node."""
-        guest_ports = sorted({22, *(int(p["guest"]) for p in spec.get("ports") or [])})
+        wanted = {22: None, **{int(p["guest"]): p.get("node") for p in spec.get("ports") or []}}
         taken = set(_reserved_ports)
         for name in self._existing():
             with contextlib.suppress(OSError, ValueError, TypeError):
                 taken |= {f.host for f in Machine.load(self.vms_dir / name).forwards}
-        forwards = []
-        for guest in guest_ports:
-            for _ in range(100):
-                with socket.socket() as probe:
-                    probe.bind((self.settings.forward_address, 0))
-                    port = int(probe.getsockname()[1])
-                if port not in taken:
-                    break
-            else:
-                raise BackendError("no free host port for the VM's port forwards")
-            taken.add(port)
-            _reserved_ports.add(port)
-            forwards.append(Forward(guest, port, self.settings.forward_address))
+        forwards: list[Forward] = []
+        try:
+            for guest, node_port in sorted(wanted.items()):
+                address = (
+                    self.settings.forward_address
+                    if node_port is None
+                    else (self.settings.node_address)
+                )
+                port = _free_port(address, int(node_port or 0), taken)
+                taken.add(port)
+                _reserved_ports.add(port)
+                forwards.append(Forward(guest, port, address))
+        except BackendError:
+            _release(forwards)
+            raise
         return tuple(forwards)
+
+    async def open_port(
+        self, vm_id: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        machine = self._machine(vm_id)
+        state = (await self.status(vm_id)).actual
+        if state not in (Actual.RUNNING, Actual.STARTING, Actual.SUSPENDED):
+            raise BackendError(f"the VM is {state}")
+        if machine.network != "user":
+            raise BackendError(
+                f"the VM is on {machine.network}: reach its port {port} at its own address"
+            )
+        forward = next((f for f in machine.forwards if f.guest == port), None)
+        if forward is not None:
+            address = "127.0.0.1" if forward.address == "0.0.0.0" else forward.address
+            return await connect_tcp(address, forward.host, f"port {port} of the VM")
+        host = self._extra_forwards.get((vm_id, port)) or await self._forward(vm_id, port)
+        return await connect_tcp("127.0.0.1", host, f"port {port} of the VM")
+
+    async def _forward(self, vm_id: str, guest: int) -> int:
+        """Publish one more guest port on the loopback, for tunnels to ports the spec didn't list
+        (QEMU's user network can add forwards to a running guest)."""
+        async with self._create_lock:
+            if (vm_id, guest) in self._extra_forwards:
+                return self._extra_forwards[(vm_id, guest)]
+            port = _free_port("127.0.0.1", 0, set(_reserved_ports))
+            command = f"hostfwd_add n0 tcp:127.0.0.1:{port}-:{guest}"
+            try:
+                reply = await qmp.execute(
+                    self._paths(vm_id).qmp, "human-monitor-command", {"command-line": command}
+                )
+            except qmp.QMPError as error:
+                raise BackendError(f"cannot forward port {guest} of the VM: {error}") from None
+            if isinstance(reply, str) and reply.strip():
+                raise BackendError(f"cannot forward port {guest} of the VM: {reply.strip()}")
+            _reserved_ports.add(port)
+            self._extra_forwards[(vm_id, guest)] = port
+            return port
+
+    def _drop_extra_forwards(self, vm_id: str) -> None:
+        """Forget the forwards added to a QEMU that is gone (a new one starts without them)."""
+        for key in [key for key in self._extra_forwards if key[0] == vm_id]:
+            _reserved_ports.discard(self._extra_forwards.pop(key))
 
     async def _image_info(self, path: str) -> dict[str, Any]:
         out = await self._run(self.settings.qemu_img, "info", "--output=json", "-U", path)
@@ -377,6 +443,7 @@ class QemuBackend:
             return
         accel = await self.accelerator()
         self._link(paths)
+        self._drop_extra_forwards(vm_id)
         for stale in (paths.qmp, paths.vnc, paths.console, paths.pidfile):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
@@ -477,6 +544,7 @@ class QemuBackend:
                     await self._exited(vm_id, paths, 5.0)
             with contextlib.suppress(BackendError):
                 _release(self._machine(vm_id).forwards)
+            self._drop_extra_forwards(vm_id)
             shutil.rmtree(paths.root, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             paths.short.unlink()
@@ -636,7 +704,7 @@ class QemuBackend:
         log.warning("VM %s: %s", vm_id, message.splitlines()[0])
         self._set(vm_id, Actual.FAILED, reason="BootTimeout", message=message)
 
-    # -- for the agent's log and console streams -------------------------------------------
+    # -- for the agent's tunnel streams: log, console, display -----------------------------------------
 
     def serial_log(self, vm_id: str) -> Path:
         return self._paths(vm_id).serial_log
