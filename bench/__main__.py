@@ -6,14 +6,14 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import foundation, heartbeats, qemu, scheduler
+from bench import foundation, heartbeats, qemu, scheduler, tunnels
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> int:
     RESULTS.mkdir(exist_ok=True)
-    wanted = set(sys.argv[1:]) or {"foundation", "scheduler", "heartbeats"}
+    wanted = set(sys.argv[1:]) or {"foundation", "scheduler", "heartbeats", "tunnels"}
     rows = []
     if "foundation" in wanted:
         rows += foundation.run()
@@ -21,6 +21,8 @@ def main() -> int:
         rows += scheduler.run()
     if "heartbeats" in wanted:
         rows += heartbeats.run()
+    if "tunnels" in wanted:
+        rows += tunnels.run()
     if "qemu" in wanted:  # not in the default set: needs QEMU and takes minutes
         rows += qemu.run()
     width = max(len(r["name"]) for r in rows)

@@ -597,6 +597,25 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+SSH_BYTES = 32 * 2**20
+
+
+def _ssh_throughput(dev: Dev, guest: TestGuest, name: str, *, tunnel: bool) -> float:
+    """MB/s of SSH_BYTES piped into `cat > /dev/null` in the guest."""
+    assert dev.client is not None
+    if tunnel:
+        argv = [SHOAL, "ssh", name, "-i", str(guest.private_key), "--", "cat > /dev/null"]
+    else:
+        ports = dev.client.get(PLURAL, name, NAMESPACE)["status"]["ports"]
+        port = next(p["host"] for p in ports if p["guest"] == 22)
+        argv = ["ssh", *guest.ssh_options(), "-p", str(port), f"{guest.ssh_user}@127.0.0.1",
+                "cat > /dev/null"]  # fmt: skip
+    data = os.urandom(SSH_BYTES)
+    started = time.perf_counter()
+    subprocess.run(argv, input=data, env=dev.env, check=True, capture_output=True, timeout=600)
+    return SSH_BYTES / (time.perf_counter() - started) / 1e6
+
+
 def run() -> list[Row]:
     if not all(shutil.which(tool) for tool in (QEMU, "qemu-img")):
         raise RuntimeError("the qemu bench needs qemu-system-x86_64 and qemu-img")
@@ -669,6 +688,10 @@ def run() -> list[Row]:
         )
         time.sleep(1.0)
         rss3 = _rss_sampled(dev.process.pid)
+        # For reference: SSH throughput into a guest, direct to its forwarded port and through a
+        # tunnel (shoal ssh). Under tcg the guest's own CPU bounds both.
+        ssh_direct = _ssh_throughput(dev, guest, names[0], tunnel=False)
+        ssh_tunnel = _ssh_throughput(dev, guest, names[0], tunnel=True)
         qemu_rss = []
         for uid in uids.values():
             root = dev.vm_dir(uid)
@@ -696,7 +719,12 @@ def run() -> list[Row]:
             if end in r and (start is None or start in r)
         ]
 
-    rows: list[Row] = []
+    rows: list[Row] = [
+        {"name": "qemu: guest SSH throughput, direct to its port", "value": ssh_direct,
+         "unit": "MB/s"},
+        {"name": "qemu: guest SSH throughput, through a tunnel (shoal ssh)", "value": ssh_tunnel,
+         "unit": "MB/s"},
+    ]  # fmt: skip
     rows += _stats("qemu: bare QEMU start -> SSH banner", bare_total, "s")
     rows += _stats("qemu: shoal deploy -> Ready=True", shoal_total, "s")
     rows.append(

@@ -11,7 +11,7 @@ A tunnel that cannot be opened, or ends for a reason the user should see, is clo
 
 import json
 
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 # A WebSocket frame never carries more than this, so a socket's queue stays small.
 MAX_FRAME = 2**20
 # Frames a socket buffers for a slow reader before it stops reading (backpressure).
