@@ -135,9 +135,9 @@ def test_stdio_tunnel_carries_bytes_both_ways_and_half_close(tunnels: Tunnels) -
 
 
 class _Forwarder:
-    def __init__(self, t: Tunnels, *specs: str) -> None:
+    def __init__(self, t: Tunnels, *specs: str, vm: str = "box") -> None:
         self.process = subprocess.Popen(
-            [SHOAL, "port-forward", "box", *specs],
+            [SHOAL, "port-forward", vm, *specs],
             env=t.cli.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -332,3 +332,17 @@ def test_agent_loss_closes_tunnels_with_a_message_and_a_new_agent_serves_at_once
     finally:
         printed = forwarder.stop()
     assert "lost the connection to the agent of node tun" in printed
+
+
+def test_deleting_the_vm_closes_its_tunnels_and_says_so(tunnels: Tunnels) -> None:
+    tunnels.cli.run("vm", "deploy", "doomed", "--image", "sim", "--wait")
+    forwarder = _Forwarder(tunnels, f":{tunnels.echo.server_address[1]}", vm="doomed")
+    try:
+        with socket.create_connection(("127.0.0.1", forwarder.ports[0]), timeout=60) as conn:
+            conn.sendall(b"hi")
+            assert conn.recv(2) == b"hi"
+            tunnels.cli.run("vm", "delete", "doomed")
+            assert conn.recv(1) == b""
+    finally:
+        printed = forwarder.stop()
+    assert "VirtualMachine doomed was deleted" in printed

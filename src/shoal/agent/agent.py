@@ -68,6 +68,7 @@ class Agent:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._tunnels: TunnelClient | None = None
         self.registered = asyncio.Event()
         self._ready_since: str | None = None  # when this agent first reported Ready
         backend.subscribe(self._on_backend_change)
@@ -81,8 +82,8 @@ class Agent:
             asyncio.create_task(self._resync_loop(), name=f"{self.name}-resync"),
         ]
         if self.settings.tunnels:
-            tunnels = TunnelClient(self.client, self.backend, self.name)
-            self._tasks.append(asyncio.create_task(tunnels.run(), name=f"{self.name}-tunnel"))
+            self._tunnels = TunnelClient(self.client, self.backend, self.name)
+            self._tasks.append(asyncio.create_task(self._tunnels.run(), name=f"{self.name}-tunnel"))
         try:
             await self._watch_loop()
         finally:
@@ -197,6 +198,7 @@ class Agent:
             if state.id not in wanted:
                 log.info("node %s: removing VM %s that is no longer wanted", self.name, state.id)
                 await self.backend.delete(state.id)
+                await self._end_tunnels(state.id, "the VM was deleted")
         for gone in set(self._known) - wanted:
             self._known.pop(gone, None)
         for vm in vms:
@@ -207,6 +209,11 @@ class Agent:
         self._known.pop(uid, None)
         with contextlib.suppress(BackendError):
             await self.backend.delete(uid)
+        await self._end_tunnels(uid, f"VirtualMachine {vm['metadata']['name']} was deleted")
+
+    async def _end_tunnels(self, uid: str, reason: str) -> None:
+        if self._tunnels is not None:
+            await self._tunnels.end_vm(uid, reason)
 
     def _on_backend_change(self, vm_id: str) -> None:
         vm = self._known.get(vm_id)
@@ -289,12 +296,14 @@ class Agent:
             await backend.start(uid)
         elif action == Action.STOP:
             await backend.stop(uid)
+            await self._end_tunnels(uid, f"VirtualMachine {vm['metadata']['name']} was stopped")
         elif action == Action.SUSPEND:
             await backend.suspend(uid)
         elif action == Action.RESUME:
             await backend.resume(uid)
         elif action == Action.DELETE:
             await backend.delete(uid)
+            await self._end_tunnels(uid, f"VirtualMachine {vm['metadata']['name']} was deleted")
 
     def _status(self, vm: Obj, state: VMState, phase: str | None = None) -> Obj:
         current = vm.get("status") or {}

@@ -18,7 +18,7 @@ from typing import Any
 
 from shoal.backends.base import Backend, BackendError, HasConsole, HasDisplay, HasSerialLog
 from shoal.client import AsyncClient, resource_path
-from shoal.tunnel.protocol import READY, REFUSED, reason_text
+from shoal.tunnel.protocol import READY, REFUSED, close_code, reason_text
 from shoal.tunnel.relay import relay
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class TunnelClient:
         self.node = node
         self.connected = asyncio.Event()
         self._streams: set[asyncio.Task[None]] = set()
+        self._by_vm: dict[str, set[Any]] = {}
 
     async def run(self) -> None:
         """Keep the control channel up, reconnecting with backoff, until cancelled."""
@@ -92,12 +93,25 @@ class TunnelClient:
                     await stream.close(REFUSED, reason_text(str(refusal)))
                     return
                 await stream.send(READY)
-                if kind == "log":
-                    await self._send_log(stream, source, request)
-                else:
-                    await relay(stream, reader, writer)
+                vm = str(request.get("vm"))
+                self._by_vm.setdefault(vm, set()).add(stream)
+                try:
+                    if kind == "log":
+                        await self._send_log(stream, source, request)
+                    else:
+                        await relay(stream, reader, writer)
+                finally:
+                    self._by_vm.get(vm, set()).discard(stream)
+                    if not self._by_vm.get(vm, True):
+                        del self._by_vm[vm]
         except Exception as error:  # the client went away, or the controller did
             log.debug("node %s: stream %s ended: %s", self.node, request["id"], error)
+
+    async def end_vm(self, vm: str, reason: str) -> None:
+        """Close the VM's streams, telling their clients why (the VM was deleted or stopped)."""
+        for stream in list(self._by_vm.pop(vm, ())):
+            with contextlib.suppress(Exception):
+                await stream.close(close_code(410), reason_text(reason))
 
     async def _connect(
         self, kind: Any, request: dict[str, Any]
