@@ -219,3 +219,16 @@ def test_watch_lists_then_follows_with_bookmarks(
     kinds = [t for t, _ in seen]
     assert seen[:3] == [("ADDED", "old"), ("ADDED", "new"), ("DELETED", "old")]
     assert "BOOKMARK" in kinds  # quiet spells are bookmarked (interval 0.5 s here)
+
+
+def test_the_openapi_document_names_every_route_websockets_included(
+    http: httpx.Client,
+) -> None:
+    document = http.get("/openapi.json").json()
+    websockets = document["x-websockets"]
+    prefix = "/apis/shoal.dev/v1/namespaces/{namespace}/virtualmachines/{name}"
+    for tunnel in ("portforward", "vnc", "console"):
+        assert f"{prefix}/{tunnel}" in websockets
+        assert websockets[f"{prefix}/{tunnel}"]["summary"]
+    assert "/apis/shoal.dev/v1/nodes/{name}/tunnel" in websockets
+    assert f"{prefix}/log" in document["paths"]

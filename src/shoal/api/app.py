@@ -3,9 +3,10 @@
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIWebSocketRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shoal import __version__
@@ -119,5 +120,33 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(kinds_router())
     app.include_router(actions_router())
     app.include_router(access_router())
-    app.include_router(streams_router())
+    streams = streams_router()
+    app.include_router(streams)
+    _document_websockets(app, streams)
     return app
+
+
+def _document_websockets(app: FastAPI, router: APIRouter) -> None:
+    """OpenAPI has no WebSocket operations: list them under `x-websockets` (path → summary,
+    description, parameters), so the document still names every route."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = plain()
+        routes: dict[str, Any] = {}
+        for route in router.routes:
+            if isinstance(route, APIWebSocketRoute):
+                doc = (route.endpoint.__doc__ or "").strip()
+                routes[route.path] = {
+                    "summary": doc.splitlines()[0] if doc else route.name,
+                    "parameters": sorted(route.param_convertors),
+                    "description": "WebSocket. Refusals are HTTP errors in the handshake with a "
+                    "Status body; see docs/tunnels.md for frames and close codes.",
+                }
+        schema["x-websockets"] = routes
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -124,6 +124,7 @@ def streams_router() -> APIRouter:
 
     @router.websocket(f"{PREFIX}/nodes/{{name}}/tunnel")
     async def agent_channel(socket: WebSocket, name: str) -> None:
+        """An agent's control channel (node credential): stream requests come down it."""
         if not await _authenticated_node(socket, name):
             return
         await socket.accept()
@@ -131,6 +132,7 @@ def streams_router() -> APIRouter:
 
     @router.websocket(f"{PREFIX}/nodes/{{name}}/tunnel/{{stream}}")
     async def agent_stream(socket: WebSocket, name: str, stream: str) -> None:
+        """A stream an agent opens on request, paired with the client that asked for it."""
         if not await _authenticated_node(socket, name):
             return
         waiter = _ctx(socket).broker.accept_stream(name, stream)
