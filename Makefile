@@ -35,10 +35,13 @@ system-deps:
 	command -v ssh >/dev/null || missing="$$missing openssh-client"; \
 	command -v mkfs.ext4 >/dev/null || missing="$$missing e2fsprogs"; \
 	command -v cpio >/dev/null || missing="$$missing cpio"; \
+	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
+	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	  systemctl disable --now postgresql >/dev/null 2>&1 || true; \
+	  systemctl disable --now docker-registry >/dev/null 2>&1 || true; \
 	fi
 
 run: deps system-deps
