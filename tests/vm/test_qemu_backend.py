@@ -584,6 +584,10 @@ def test_a_disk_that_never_boots_times_out(lab: Lab, blank_disk: Path) -> None:
             assert not failed.ready
             assert qemu_pids([vm_id]) == []
             assert backend._paths(vm_id).wanted.read_text() == "stopped"
+            # An agent that restarts finds it Failed still, not Stopped (it would start it).
+            adopted = await QemuBackend(lab.settings(boot_timeout=20)).status(vm_id)
+            assert (adopted.actual, adopted.reason) == (Actual.FAILED, "BootTimeout")
+            assert adopted.message == failed.message
         finally:
             await backend.delete(vm_id)
 
@@ -614,6 +618,8 @@ def test_a_qemu_that_exits_at_once_fails_the_vm(
             assert qemu_pids([vm_id]) == []
             await asyncio.sleep(0.5)  # nothing turns it into anything else
             assert (await backend.status(vm_id)).actual == Actual.FAILED
+            adopted = await QemuBackend(lab.settings()).status(vm_id)
+            assert (adopted.actual, adopted.reason) == (Actual.FAILED, "QemuFailed")
         finally:
             await backend.delete(vm_id)
 

@@ -48,6 +48,7 @@ GUEST_ADDRESS = "10.0.2.15"  # the guest's address on QEMU's user-mode network
 SERIAL_TAIL_LINES = 15
 START_MARK = "--- shoal: starting"
 ACCEL_RETRY_SECONDS = 60.0
+FAILURE_FILE = "failed.json"  # why the VM failed, until it is started again
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,14 @@ class _Running:
 # Host ports of the VMs of every backend in this process (several nodes may share a host), held
 # from create to delete whether or not QEMU has bound them yet.
 _reserved_ports: set[int] = set()
+
+
+def _read_failure(root: Path) -> tuple[str, str] | None:
+    try:
+        failure = json.loads((root / FAILURE_FILE).read_text())
+        return str(failure["reason"]), str(failure["message"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _free_port(address: str, wanted: int, taken: set[int]) -> int:
@@ -444,6 +453,8 @@ class QemuBackend:
         accel = await self.accelerator()
         self._link(paths)
         self._drop_extra_forwards(vm_id)
+        with contextlib.suppress(FileNotFoundError):
+            (paths.root / FAILURE_FILE).unlink()
         for stale in (paths.qmp, paths.vnc, paths.console, paths.pidfile):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
@@ -575,6 +586,12 @@ class QemuBackend:
         state.actual, state.reason, state.message = actual, reason, message
         if actual in (Actual.STOPPED, Actual.FAILED):
             state.ready = False
+        if actual == Actual.FAILED:
+            # Kept on disk, so an agent that restarts reports the failure, not a Stopped VM it
+            # would start again.
+            with contextlib.suppress(OSError):
+                failure = {"reason": reason, "message": message}
+                (self._paths(vm_id).root / FAILURE_FILE).write_text(json.dumps(failure))
         if changed:
             self._changed(vm_id)
 
@@ -611,6 +628,9 @@ class QemuBackend:
             self._vms[vm_id] = entry
             self._watch(vm_id)
             log.info("adopted VM %s (%s)", vm_id, state.actual)
+        elif (failure := _read_failure(paths.root)) is not None:
+            state.actual = Actual.FAILED
+            state.reason, state.message = failure
         elif wanted == "running":
             state.actual = Actual.FAILED
             state.reason = "QemuExited"
