@@ -50,3 +50,16 @@ def format_bytes(value: int) -> str:
         if value >= unit and value % unit == 0:
             return f"{value // unit}{suffix}"
     return str(value)
+
+
+def describe_bytes(value: int) -> str:
+    """value for a person to read: exact when it is a whole number of a unit ("8Gi"), else to
+    one decimal of the largest unit it reaches ("23.4Gi"), never a long run of Ki."""
+    exact = format_bytes(value)
+    if not exact.endswith("Ki") and exact != str(value):
+        return exact
+    for suffix in ("Pi", "Ti", "Gi", "Mi", "Ki"):
+        unit = _SUFFIXES[suffix]
+        if value >= unit:
+            return f"{value / unit:.1f}{suffix}"
+    return f"{value}B"

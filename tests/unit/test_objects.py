@@ -466,3 +466,13 @@ def test_decimal_quantities_are_exact(digits: int, places: int, suffix: str) -> 
     exact = number * unit[suffix]
     assume(exact == exact.to_integral_value() and exact <= MAX_BYTES)
     assert parse_bytes(f"{number}{suffix}") == int(exact)
+
+
+def test_sizes_for_people_are_exact_when_whole_and_short_otherwise() -> None:
+    from shoal.quantity import describe_bytes
+
+    assert describe_bytes(8 * 2**30) == "8Gi"
+    assert describe_bytes(1536 * 2**20) == "1536Mi"
+    assert describe_bytes(25_132_244 * 1024) == "24.0Gi"
+    assert describe_bytes(3 * 2**20 + 5) == "3.0Mi"
+    assert describe_bytes(1000) == "1000B"

@@ -6,7 +6,7 @@ from shoal.api.objects import CreateHook, dump, invalid_from
 from shoal.errors import Invalid, NotFound
 from shoal.model.kinds import NAMESPACE_FINALIZER, VirtualMachine, VirtualMachineSpec
 from shoal.model.meta import now_iso
-from shoal.quantity import format_bytes
+from shoal.quantity import describe_bytes
 from shoal.scheduler.placement import Allocatable, Request, could_ever_fit
 from shoal.store.store import Obj, Store
 
@@ -65,10 +65,10 @@ def _check_some_node_could_hold(store: Store, vm: Obj) -> None:
         "spec.cpu",
     )
     raise Invalid(
-        f"{field}: the VM asks for {request.cpu} cpu, {format_bytes(request.memory)} memory and "
-        f"{format_bytes(request.disk)} disk, more than any node can hold; the largest node, "
-        f"{largest['metadata']['name']}, has {alloc.cpu} cpu, {format_bytes(alloc.memory)} memory "
-        f"and {format_bytes(alloc.disk)} disk",
+        f"{field}: the VM asks for {request.cpu} cpu, {describe_bytes(request.memory)} memory and "
+        f"{describe_bytes(request.disk)} disk, more than any node can hold; the largest node, "
+        f"{largest['metadata']['name']}, has {alloc.cpu} cpu, {describe_bytes(alloc.memory)} memory "
+        f"and {describe_bytes(alloc.disk)} disk",
         field=field,
     )
 

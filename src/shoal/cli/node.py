@@ -27,7 +27,7 @@ from shoal.cli.parse import parse_label_edits
 from shoal.cli.wait import Objects, all_gone, follow
 from shoal.client import Obj
 from shoal.errors import Forbidden
-from shoal.quantity import format_bytes, parse_bytes
+from shoal.quantity import describe_bytes, parse_bytes
 
 PLURAL = "nodes"
 
@@ -61,7 +61,7 @@ def usage_by_node(vms: list[Obj]) -> dict[str, Usage]:
 
 
 def _size(value: int) -> str:
-    return format_bytes(value) if value else "0"
+    return describe_bytes(value) if value else "0"
 
 
 def _alloc_bytes(node: Obj, key: str) -> str:
