@@ -16,6 +16,7 @@ from shoal.api.context import ApiContext
 from shoal.api.hooks import CREATE_HOOKS
 from shoal.api.objects import Objects
 from shoal.controllers.gc import GarbageCollector
+from shoal.controllers.imagecache import ImageCacheController
 from shoal.controllers.namespaces import NamespaceFinalizer
 from shoal.controllers.nodelifecycle import NodeLifecycle
 from shoal.errors import AlreadyExists
@@ -132,6 +133,7 @@ class ControlPlane:
         )
         self.gc = GarbageCollector(self.store, event_ttl=settings.event_ttl)
         self.namespaces = NamespaceFinalizer(self.store, self.tokens)
+        self.image_caches = ImageCacheController(self.store)
         self.node_lifecycle = NodeLifecycle(
             self.store,
             grace=settings.node_grace_seconds,
@@ -162,6 +164,7 @@ class ControlPlane:
     def _housekeeping(self) -> None:
         self.namespaces.run_once()
         self.gc.run_once()
+        self.image_caches.run_once()
 
     async def _every(self, seconds: float, work: Callable[[], None]) -> None:
         while True:

@@ -46,7 +46,7 @@ ROLES: dict[str, dict[str, frozenset[str]]] = {
 }
 
 # Anyone with a valid credential may read these cluster-scoped kinds.
-CLUSTER_READABLE = frozenset({"Node", "Namespace", "Image"})
+CLUSTER_READABLE = frozenset({"Node", "Namespace", "Image", "ImageCache"})
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,6 @@ def _node_may(
             return node_scope == node
         if verb in {"get", "update", "patch", "status"}:
             return obj is not None and (obj.get("spec") or {}).get("nodeName") == node
-    if kind == "Image":
+    if kind in ("Image", "ImageCache"):
         return verb in READ
     return False

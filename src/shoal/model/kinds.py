@@ -93,6 +93,14 @@ class Resources(StrictModel):
     vms: Annotated[int, Field(ge=0, le=10000)] = 0
 
 
+class ImagePull(StrictModel):
+    image: Annotated[str, Field(min_length=1, max_length=512)]
+    state: Literal["Caching", "Failed"]
+    bytes: Annotated[int, Field(ge=0)] = 0
+    totalBytes: Annotated[int, Field(ge=0)] = 0
+    message: Annotated[str, Field(max_length=4096)] = ""
+
+
 class NodeStatus(StrictModel):
     capacity: Resources = Field(default_factory=Resources)
     allocatable: Resources = Field(default_factory=Resources)
@@ -103,6 +111,8 @@ class NodeStatus(StrictModel):
     agentVersion: Annotated[str, Field(max_length=64)] | None = None
     guestOS: list[GuestOS] = Field(default_factory=lambda: list[GuestOS](["linux"]))
     cachedImages: list[Annotated[str, Field(max_length=512)]] = Field(default_factory=list)
+    # Images the agent is pulling into its cache, or failed to (for ImageCache status).
+    imagePulls: list["ImagePull"] = Field(default_factory=list, max_length=256)
     addresses: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
     lastHeartbeatTime: str | None = None
@@ -279,6 +289,46 @@ class Image(TypeMeta):
     kind: Literal["Image"] = "Image"
     spec: ImageSpec
     status: ImageStatus = Field(default_factory=ImageStatus)
+
+
+# -- ImageCache ----------------------------------------------------------------------------
+
+
+class ImageCacheSpec(StrictModel):
+    """Keep an image (an Image name or an OCI reference) pulled on some nodes: the nodes named,
+    the nodes whose labels match nodeSelector, or every node."""
+
+    image: Annotated[str, Field(min_length=1, max_length=512)]
+    nodes: list[DNSLabel] = Field(default_factory=list, max_length=10000)
+    nodeSelector: Labels = Field(default_factory=dict)
+    allNodes: bool = False
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "ImageCacheSpec":
+        given = sum((bool(self.nodes), bool(self.nodeSelector), self.allNodes))
+        if given != 1:
+            raise ValueError("give exactly one of nodes, nodeSelector or allNodes: true")
+        return self
+
+
+class ImageCacheNode(StrictModel):
+    state: Literal["Pending", "Caching", "Ready", "Failed"] = "Pending"
+    bytes: Annotated[int, Field(ge=0)] = 0
+    totalBytes: Annotated[int, Field(ge=0)] = 0
+    message: Annotated[str, Field(max_length=4096)] = ""
+
+
+class ImageCacheStatus(StrictModel):
+    nodes: dict[DNSLabel, ImageCacheNode] = Field(default_factory=dict)
+    desired: Annotated[int, Field(ge=0)] = 0
+    ready: Annotated[int, Field(ge=0)] = 0
+    failed: Annotated[int, Field(ge=0)] = 0
+
+
+class ImageCache(TypeMeta):
+    kind: Literal["ImageCache"] = "ImageCache"
+    spec: ImageCacheSpec
+    status: ImageCacheStatus = Field(default_factory=ImageCacheStatus)
 
 
 # -- Access: ServiceAccount, RoleBinding ---------------------------------------------------

@@ -34,6 +34,7 @@ KINDS: tuple[KindInfo, ...] = (
     ),
     KindInfo("VMConfig", "vmconfigs", True, kinds.VMConfig, ("spec",), False),
     KindInfo("Image", "images", False, kinds.Image, ("spec",), True, immutable=("spec.source",)),
+    KindInfo("ImageCache", "imagecaches", False, kinds.ImageCache, ("spec",), True),
     KindInfo("ServiceAccount", "serviceaccounts", True, kinds.ServiceAccount, ("spec",), True),
     KindInfo(
         "RoleBinding", "rolebindings", True, kinds.RoleBinding, ("roleRef", "subjects"), False
