@@ -791,7 +791,7 @@ def run() -> list[Row]:
             "qemu: shoal: Ready=True set by the agent -> seen on the watch p50",
             part(shoals, "total", "ready_set"),
         ),
-        _p50("qemu: qemu-img info, one call (agent makes 2 per create) p50", info),
+        _p50("qemu: qemu-img info, one call (the agent makes one per create) p50", info),
         _p50("qemu: qemu-img create overlay p50", create),
         _p50(
             "qemu: shoal: delete -> VM and QEMU gone (nudges included) p50",
