@@ -35,6 +35,13 @@ system-deps:
 	command -v ssh >/dev/null || missing="$$missing openssh-client"; \
 	command -v mkfs.ext4 >/dev/null || missing="$$missing e2fsprogs"; \
 	command -v cpio >/dev/null || missing="$$missing cpio"; \
+	command -v syslinux >/dev/null || missing="$$missing syslinux"; \
+	ls /usr/lib/syslinux/mbr/mbr.bin >/dev/null 2>&1 || missing="$$missing syslinux-common"; \
+	ls /usr/lib/SYSLINUX.EFI/efi64/syslinux.efi >/dev/null 2>&1 || missing="$$missing syslinux-efi"; \
+	command -v mcopy >/dev/null || missing="$$missing mtools"; \
+	command -v mkfs.fat >/dev/null || missing="$$missing dosfstools"; \
+	command -v sfdisk >/dev/null || missing="$$missing fdisk"; \
+	ls /usr/share/OVMF/OVMF_CODE_4M.fd >/dev/null 2>&1 || missing="$$missing ovmf"; \
 	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
 	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
 	if [ -n "$$missing" ]; then \

@@ -1,13 +1,18 @@
 """A tiny Linux guest for tests that boot real VMs under QEMU.
 
 Built by the project itself from Debian packages (cloud kernel, busybox, dropbear) and cached;
-see docs/test-guest.md. `build_test_guest()` returns the paths; `python -m shoal.testguest`
-builds it or boots it by hand.
+see docs/test-guest.md. `build_test_guest()` returns the paths, `bootable_disk(guest, firmware)`
+a variant that SeaBIOS or OVMF boots from its own disk; `python -m shoal.testguest` builds them
+or boots them by hand.
 """
 
+from shoal.testguest.bootdisk import bootable_disk
 from shoal.testguest.build import (
     BUILD_VERSION,
+    OVMF_CODE,
+    OVMF_VARS,
     READY_LINE,
+    Firmware,
     TestGuest,
     TestGuestError,
     build_test_guest,
@@ -18,9 +23,13 @@ from shoal.testguest.build import (
 
 __all__ = [
     "BUILD_VERSION",
+    "OVMF_CODE",
+    "OVMF_VARS",
     "READY_LINE",
+    "Firmware",
     "TestGuest",
     "TestGuestError",
+    "bootable_disk",
     "build_test_guest",
     "cached_test_guest",
     "default_cache_dir",

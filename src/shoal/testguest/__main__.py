@@ -1,15 +1,26 @@
-"""`python -m shoal.testguest build|boot`: build the test guest, or boot it by hand."""
+"""`python -m shoal.testguest build|boot`: build the test guest (and its bootable-disk variants),
+or boot it by hand."""
 
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from shoal.testguest.build import TestGuest, TestGuestError, build_test_guest, free_port
+from shoal.testguest.bootdisk import FIRMWARES, bootable_disk
+from shoal.testguest.build import (
+    OVMF_CODE,
+    OVMF_VARS,
+    Firmware,
+    TestGuest,
+    TestGuestError,
+    build_test_guest,
+    free_port,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,20 +39,36 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument(
             "--refresh", action="store_true", help="resolve the Debian package versions again"
         )
+    sub.choices["build"].add_argument(
+        "--bootable",
+        action="append",
+        choices=FIRMWARES,
+        default=[],
+        help="also build the variant that this firmware boots from its own disk (repeatable)",
+    )
     boot = sub.choices["boot"]
+    boot.add_argument(
+        "--firmware",
+        choices=FIRMWARES,
+        help="boot the bootable-disk variant through SeaBIOS or OVMF (default: direct kernel boot)",
+    )
     boot.add_argument("--accel", default="tcg", help="QEMU accelerator (default: tcg)")
     boot.add_argument("--port", type=int, default=0, help="host port for ssh (default: a free one)")
     boot.add_argument("--memory", type=int, default=256, help="guest memory in MiB (default: 256)")
     args = parser.parse_args(argv)
 
+    firmwares: list[Firmware] = args.bootable if args.command == "build" else []
+    if args.command == "boot" and args.firmware:
+        firmwares = [args.firmware]
     try:
         guest = build_test_guest(args.cache_dir, progress=_progress, refresh=args.refresh)
+        disks = {fw: bootable_disk(guest, fw, progress=_progress) for fw in firmwares}
     except TestGuestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.command == "build":
         _progress("ready")
-        paths = {
+        paths: dict[str, str | dict[str, str]] = {
             "kernel": str(guest.kernel),
             "initrd": str(guest.initrd),
             "disk": str(guest.disk),
@@ -50,16 +77,44 @@ def main(argv: list[str] | None = None) -> int:
             "ssh_user": guest.ssh_user,
             "address": guest.address,
         }
+        if disks:
+            paths["bootable_disks"] = {fw: str(path) for fw, path in disks.items()}
         print(json.dumps(paths, indent=2))
         return 0
-    return _boot(guest, accel=args.accel, port=args.port or free_port(), memory=args.memory)
+    firmware: Firmware | None = args.firmware
+    if firmware == "uefi" and not (OVMF_CODE.is_file() and OVMF_VARS.is_file()):
+        print(f"error: {OVMF_CODE} or {OVMF_VARS} is missing: install ovmf", file=sys.stderr)
+        return 1
+    port = args.port or free_port()
+    base = disks[firmware] if firmware else guest.disk
+    return _boot(guest, base, firmware, accel=args.accel, port=port, memory=args.memory)
 
 
-def _boot(guest: TestGuest, *, accel: str, port: int, memory: int) -> int:
+def _boot(
+    guest: TestGuest,
+    base: Path,
+    firmware: Firmware | None,
+    *,
+    accel: str,
+    port: int,
+    memory: int,
+) -> int:
     with tempfile.TemporaryDirectory(prefix="shoal-test-guest-") as tmp:
-        overlay = guest.create_overlay(Path(tmp) / "overlay.qcow2")
+        overlay = Path(tmp) / "overlay.qcow2"
+        create = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base)]
+        subprocess.run([*create, str(overlay)], check=True)
+        uefi_vars = None
+        if firmware == "uefi":
+            uefi_vars = Path(tmp) / "uefi-vars.fd"
+            shutil.copyfile(OVMF_VARS, uefi_vars)
         argv = guest.qemu_command(
-            overlay, ssh_port=port, accel=accel, memory_mib=memory, serial="mon:stdio"
+            overlay,
+            ssh_port=port,
+            accel=accel,
+            memory_mib=memory,
+            serial="mon:stdio",
+            firmware=firmware,
+            uefi_vars=uefi_vars,
         )
         ssh = ["ssh", *guest.ssh_options(), "-p", str(port), f"{guest.ssh_user}@127.0.0.1"]
         print(

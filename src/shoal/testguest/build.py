@@ -35,6 +35,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -78,6 +79,12 @@ DNS = "10.0.2.3"
 CMDLINE = "console=ttyS0 root=/dev/vda rw quiet panic=-1 cryptomgr.notests"
 DISK_SIZE = 128 * 2**20
 READY_LINE = "shoal-test-guest: ssh ready"
+# Firmware that boots a bootable-disk variant of the guest (bootdisk.py) instead of QEMU's
+# direct kernel boot: SeaBIOS (QEMU's default) or OVMF, from Debian's ovmf package. The qemu
+# backend finds the variable-store template next to the code (CODE -> VARS in the name).
+Firmware = Literal["bios", "uefi"]
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
 Progress = Callable[[str], None]
 
@@ -116,10 +123,16 @@ class TestGuest:
         serial: str = "mon:stdio",
         qmp_socket: Path | None = None,
         qemu: str = "qemu-system-x86_64",
+        firmware: Firmware | None = None,
+        uefi_vars: Path | None = None,
     ) -> list[str]:
         """QEMU's argv to boot this guest from `disk` (an overlay), port-forwarding
         127.0.0.1:`ssh_port` to the guest's sshd. `serial` is a QEMU chardev spec such as
-        `mon:stdio` or `file:/path/console.log`."""
+        `mon:stdio` or `file:/path/console.log`.
+
+        Without `firmware` QEMU boots the kernel directly. With it, `disk` is an overlay of
+        `bootable_disk(guest, firmware)` and the firmware boots it; "uefi" also needs
+        `uefi_vars`, a writable copy of OVMF_VARS."""
         argv = [
             qemu,
             "-machine", "q35",
@@ -131,9 +144,18 @@ class TestGuest:
             "-no-user-config",
             "-display", "none",
             "-serial", serial,
-            "-kernel", str(self.kernel),
-            "-initrd", str(self.initrd),
-            "-append", self.cmdline,
+        ]  # fmt: skip
+        if firmware is None:
+            argv += ["-kernel", str(self.kernel), "-initrd", str(self.initrd)]
+            argv += ["-append", self.cmdline]
+        elif firmware == "uefi":
+            if uefi_vars is None:
+                raise ValueError("firmware uefi needs uefi_vars, a writable copy of OVMF_VARS")
+            argv += [
+                "-drive", f"if=pflash,format=raw,readonly=on,file={_qemu_opt(str(OVMF_CODE))}",
+                "-drive", f"if=pflash,format=raw,file={_qemu_opt(str(uefi_vars))}",
+            ]  # fmt: skip
+        argv += [
             "-drive", f"file={_qemu_opt(str(disk))},if=virtio,format=qcow2",
             "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
             "-device", "virtio-net-pci,netdev=n0,romfile=",
