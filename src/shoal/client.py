@@ -14,12 +14,24 @@ from urllib.parse import urlencode
 import httpx
 import yaml
 
+from shoal import jsoncodec
 from shoal.errors import ApiError, Unavailable, error_from_status
 
 API = "/apis/shoal.dev/v1"
 # Requests one process keeps in flight to the API at once (the agents of a process share them).
 REQUEST_SLOTS = 64
 Obj = dict[str, Any]
+
+
+def _decode(raw: bytes | str) -> Any:
+    try:
+        return jsoncodec.loads(raw)
+    except ValueError:
+        return json.loads(raw)  # what orjson refuses, such as integers beyond 64 bits
+
+
+def _encode(body: Any) -> bytes:
+    return jsoncodec.dumps_bytes(body)
 
 
 def resource_path(
@@ -155,7 +167,7 @@ class Client:
             response = self._http.request(
                 method,
                 path,
-                content=None if body is None else json.dumps(body),
+                content=None if body is None else _encode(body),
                 params={k: v for k, v in (params or {}).items() if v is not None},
                 headers=headers
                 or ({"Content-Type": "application/json"} if body is not None else None),
@@ -163,7 +175,7 @@ class Client:
         except httpx.TransportError as error:
             raise Unavailable(f"cannot reach {self.server}: {error}") from None
         _raise_for(response)
-        return response.json() if response.content else None
+        return _decode(response.content) if response.content else None
 
     def get(self, plural: str, name: str, namespace: str | None = None) -> Obj:
         return dict(self.request("GET", resource_path(plural, namespace, name)))
@@ -242,7 +254,7 @@ class Client:
                     _raise_for(response)
                 for line in response.iter_lines():
                     if line.strip():
-                        event = json.loads(line)
+                        event = _decode(line)
                         if event.get("type") == "ERROR":
                             raise error_from_status(
                                 int(event["object"].get("code", 500)), event["object"]
@@ -251,13 +263,16 @@ class Client:
         except httpx.TransportError as error:
             raise Unavailable(f"watch on {self.server} broke: {error}") from None
 
-    def stream_bytes(self, path: str, **params: Any) -> Iterator[bytes]:
-        """A streamed GET's body as it arrives (no read timeout: it may follow for hours)."""
+    def stream_bytes(
+        self, path: str, *, method: str = "GET", body: Any = None, **params: Any
+    ) -> Iterator[bytes]:
+        """A streamed response's body as it arrives (no read timeout: it may follow for hours)."""
         try:
             with self._http.stream(
-                "GET",
+                method,
                 path,
                 params={k: v for k, v in params.items() if v is not None},
+                json=body,
                 timeout=httpx.Timeout(30.0, read=None),
             ) as response:
                 if response.status_code >= 400:
@@ -328,7 +343,7 @@ class AsyncClient:
                 response = await self._http.request(
                     method,
                     self.server + path,
-                    content=None if body is None else json.dumps(body),
+                    content=None if body is None else _encode(body),
                     params={k: v for k, v in (params or {}).items() if v is not None},
                     headers=headers,
                 )
@@ -337,7 +352,7 @@ class AsyncClient:
                 f"cannot reach {self.server}: {type(error).__name__} {error}"
             ) from None
         _raise_for(response)
-        return response.json() if response.content else None
+        return _decode(response.content) if response.content else None
 
     async def get(self, plural: str, name: str, namespace: str | None = None) -> Obj:
         return dict(await self.request("GET", resource_path(plural, namespace, name)))
@@ -382,7 +397,7 @@ class AsyncClient:
                     _raise_for(response)
                 async for line in response.aiter_lines():
                     if line.strip():
-                        event = json.loads(line)
+                        event = _decode(line)
                         if event.get("type") == "ERROR":
                             raise error_from_status(
                                 int(event["object"].get("code", 500)), event["object"]

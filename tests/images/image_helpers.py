@@ -291,10 +291,12 @@ class Registry:
 class CutProxy:
     """A TCP proxy in front of a registry that can break one connection after `cut_after`
     response bytes, and refuse service (close at once) while `down` is set (from the cut on,
-    with `down_after_cut`)."""
+    with `down_after_cut`). With `rate`, each connection's responses trickle at that many bytes
+    per second (a slow registry, to watch a pull in progress)."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, rate: float | None = None) -> None:
         self.upstream_port = upstream_port
+        self.rate = rate
         self.cut_after: int | None = None
         self.down = False
         self.down_after_cut = False
@@ -322,12 +324,22 @@ class CutProxy:
             self._sockets += [client, upstream]
             cut, self.cut_after = self.cut_after, None
             threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, cut), daemon=True).start()
+            threading.Thread(
+                target=self._pump, args=(upstream, client, cut, self.rate), daemon=True
+            ).start()
 
-    def _pump(self, source: socket.socket, target: socket.socket, cut: int | None) -> None:
+    def _pump(
+        self,
+        source: socket.socket,
+        target: socket.socket,
+        cut: int | None,
+        rate: float | None = None,
+    ) -> None:
         sent = 0
         try:
-            while data := source.recv(65536):
+            while data := source.recv(16384 if rate else 65536):
+                if rate:
+                    time.sleep(len(data) / rate)
                 if cut is not None and sent + len(data) >= cut:
                     target.sendall(data[: cut - sent])
                     self.cuts += 1

@@ -11,8 +11,9 @@ import copy
 import logging
 import random
 import re
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from shoal import __version__
 from shoal.agent.reconcile import (
@@ -25,10 +26,12 @@ from shoal.agent.reconcile import (
     lost_with_node,
 )
 from shoal.agent.tunnel import TunnelClient
-from shoal.backends.base import Backend, BackendError, VMState
+from shoal.backends.base import Actual, Backend, BackendError, VMState
 from shoal.client import AsyncClient, resource_path
 from shoal.errors import AlreadyExists, ApiError, Conflict, Gone, NotFound
 from shoal.events import bump, new_event
+from shoal.images.errors import InvalidReference
+from shoal.images.reference import parse as parse_reference
 from shoal.model.kinds import AGENT_FINALIZER
 from shoal.model.meta import now_iso, set_condition
 from shoal.quantity import format_bytes
@@ -46,6 +49,26 @@ STATUS_FIELDS = (
     "observedGeneration",
     "conditions",
 )
+CREATE_PROGRESS_INTERVAL = 1.0  # seconds between looks at a long create's progress (a pull)
+IMAGE_NAMES_TTL = 60.0  # seconds the Image names of the cached references are reused
+
+
+@runtime_checkable
+class CachesImages(Protocol):
+    """A backend with a node image cache (its contents go into the Node's status)."""
+
+    def cached_images(self) -> list[str]:
+        """The references of the images the cache holds."""
+        ...
+
+
+def _reference_keys(text: str) -> set[str]:
+    """The forms a reference matches in: as written normalized, and by digest."""
+    try:
+        ref = parse_reference(text)
+    except InvalidReference:
+        return set()
+    return {str(ref), f"{ref.name}@{ref.digest}"} if ref.digest else {str(ref)}
 
 
 @dataclass
@@ -71,6 +94,8 @@ class Agent:
         self._tunnels: TunnelClient | None = None
         self.registered = asyncio.Event()
         self._ready_since: str | None = None  # when this agent first reported Ready
+        # (cached references, when listed, the Images named after them) for the Node's status
+        self._image_names: tuple[frozenset[str], float, list[str]] | None = None
         backend.subscribe(self._on_backend_change)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -143,7 +168,36 @@ class Agent:
             ],
             "lastHeartbeatTime": now,
         }
+        if isinstance(self.backend, CachesImages):
+            status["cachedImages"] = await self._cached_images(self.backend)
         await self.client.patch("nodes", self.name, {"status": status}, sub="status")
+
+    async def _cached_images(self, backend: CachesImages) -> list[str]:
+        """What the node's image cache holds, as VMs name it: the references, and the Images
+        whose source is one of them (the scheduler's image-locality score matches these)."""
+        try:
+            refs = frozenset(await asyncio.to_thread(backend.cached_images))
+        except OSError as error:
+            log.warning("node %s: cannot read the image cache: %s", self.name, error)
+            return []
+        if not refs:
+            return []
+        known = self._image_names
+        if known is None or known[0] != refs or time.monotonic() - known[1] > IMAGE_NAMES_TTL:
+            keys = set().union(*(_reference_keys(ref) for ref in refs))
+            try:
+                listing = await self.client.request("GET", resource_path("images"))
+            except ApiError as error:
+                log.debug("node %s: cannot list Images: %s", self.name, error.message)
+                return sorted(refs)
+            names = [
+                image["metadata"]["name"]
+                for image in listing.get("items") or []
+                if _reference_keys(str(((image.get("spec") or {}).get("source") or {}).get("oci")))
+                & keys
+            ]
+            known = self._image_names = (refs, time.monotonic(), names)
+        return sorted(refs | set(known[2]))
 
     async def _heartbeat_loop(self) -> None:
         # A random first delay spreads the heartbeats of many agents started at once.
@@ -263,7 +317,7 @@ class Agent:
         if action in PHASE_DURING and desired != Desired.ABSENT:
             vm = await self._write_status(vm, self._status(vm, state, phase=PHASE_DURING[action]))
         try:
-            await self._act(action, uid, vm)
+            vm = await self._act(action, uid, vm)
         except BackendError as error:
             failure = str(error)
         if action == Action.RELEASE or (action == Action.DELETE and failure is None):
@@ -271,27 +325,29 @@ class Agent:
             return
         state = await self.backend.status(uid)
         status = self._status(vm, state)
-        if failure is not None:
+        if failure is not None and state.actual != Actual.FAILED:  # else the backend says why
             status.update(phase="Failed", reason="BackendError", message=failure)
         await self._write_status(vm, status)
 
     async def _image_spec(self, name: str) -> Obj | None:
-        """The spec of the Image a VM names; None when there is none by that name."""
+        """The spec of the Image a VM names (an OCI reference stands for an Image of that
+        source); None when there is none by that name."""
         if not DNS_NAME.fullmatch(name):
-            return None  # an OCI reference, not an Image name
+            return {"source": {"oci": name}}
         try:
             image = await self.client.get("images", name)
         except NotFound:
             return None
         return dict(image.get("spec") or {})
 
-    async def _act(self, action: Action, uid: str, vm: Obj) -> None:
+    async def _act(self, action: Action, uid: str, vm: Obj) -> Obj:
+        """Do the action; returns the VM as last written (a long create reports progress)."""
         backend = self.backend
         if action in (Action.CREATE, Action.CREATE_AND_START):
             spec = vm["spec"]
             if backend.resolves_images:
                 spec = {**spec, "resolvedImage": await self._image_spec(str(spec.get("image")))}
-            await backend.create(uid, spec)
+            vm = await self._create(uid, vm, spec, PHASE_DURING.get(action))
         if action in (Action.CREATE_AND_START, Action.START):
             await backend.start(uid)
         elif action == Action.STOP:
@@ -304,6 +360,24 @@ class Agent:
         elif action == Action.DELETE:
             await backend.delete(uid)
             await self._end_tunnels(uid, f"VirtualMachine {vm['metadata']['name']} was deleted")
+        return vm
+
+    async def _create(self, uid: str, vm: Obj, spec: Obj, phase: str | None) -> Obj:
+        """backend.create; while it runs (an image pull can take minutes), what the backend says
+        of the VM (its message: the pull's progress) goes into the VM's status."""
+        task = asyncio.ensure_future(self.backend.create(uid, spec))
+        try:
+            while not (await asyncio.wait({task}, timeout=CREATE_PROGRESS_INTERVAL))[0]:
+                state = await self.backend.status(uid)
+                if state.actual != Actual.ABSENT and state.message:
+                    current = vm.get("status") or {}
+                    status = self._status(vm, state, phase=phase or current.get("phase"))
+                    with contextlib.suppress(ApiError):  # progress only: the next look retries
+                        vm = await self._write_status(vm, status)
+        finally:
+            task.cancel()  # only if still running: the agent is stopping
+        await task
+        return vm
 
     def _status(self, vm: Obj, state: VMState, phase: str | None = None) -> Obj:
         current = vm.get("status") or {}

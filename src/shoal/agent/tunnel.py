@@ -5,7 +5,8 @@ Streams:
 - `log`: a VM's serial console log (from its start or its last N bytes, and with follow, what the
   guest prints next);
 - `port`: a TCP connection to a guest port, dialed here through the backend's open_port;
-- `vnc` and `console`: the VM's display and serial console, from the backend's unix sockets.
+- `vnc` and `console`: the VM's display and serial console, from the backend's unix sockets;
+- `push`: the VM's disk pushed to an OCI registry, with progress (shoal.agent.push).
 """
 
 import asyncio
@@ -16,6 +17,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from shoal.agent.push import PushRefused, serve_push
 from shoal.backends.base import Backend, BackendError, HasConsole, HasDisplay, HasSerialLog
 from shoal.client import AsyncClient, resource_path
 from shoal.tunnel.protocol import READY, REFUSED, close_code, reason_text
@@ -84,6 +86,10 @@ class TunnelClient:
         try:
             async with self.client.websocket(path) as stream:
                 kind = request.get("stream")
+                if kind == "push":
+                    await stream.send(READY)
+                    await self._push(stream, request)
+                    return
                 try:
                     if kind == "log":
                         source = self._log_file(request)
@@ -106,6 +112,13 @@ class TunnelClient:
                         del self._by_vm[vm]
         except Exception as error:  # the client went away, or the controller did
             log.debug("node %s: stream %s ended: %s", self.node, request["id"], error)
+
+    async def _push(self, stream: Any, request: dict[str, Any]) -> None:
+        try:
+            await serve_push(stream, self.backend, request)
+        except PushRefused as error:
+            await stream.send(json.dumps({"error": str(error)}).encode() + b"\n")
+        await stream.close()
 
     async def end_vm(self, vm: str, reason: str) -> None:
         """Close the VM's streams, telling their clients why (the VM was deleted or stopped)."""

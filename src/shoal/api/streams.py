@@ -18,6 +18,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from shoal.api.auth import Principal, authenticate, authorize
 from shoal.api.context import ApiContext
@@ -28,6 +29,16 @@ from shoal.tunnel.protocol import READY, REFUSED
 from shoal.tunnel.splice import splice
 
 MAX_TAIL = 64 * 2**20
+
+
+class PushRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reference: Annotated[str, Field(min_length=1, max_length=512)]
+    # Registry credentials for the node to use; without them it uses its own logins.
+    username: Annotated[str, Field(max_length=256)] | None = None
+    password: Annotated[str, Field(max_length=4096)] | None = None
+    insecure: bool = False
 
 
 def _ctx(socket: WebSocket) -> ApiContext:
@@ -169,24 +180,40 @@ def streams_router() -> APIRouter:
         node = vm["spec"].get("nodeName")
         if not node:
             raise Conflict(f"VirtualMachine {name} is not on a node yet: it has no log")
-        source = await ctx.broker.open(
-            node,
-            {"stream": "log", "vm": vm["metadata"]["uid"], "follow": follow, "tail": tailBytes},
+        request = {
+            "stream": "log",
+            "vm": vm["metadata"]["uid"],
+            "follow": follow,
+            "tail": tailBytes,
+        }
+        return await _relayed(ctx, node, request, "text/plain; charset=utf-8")
+
+    @router.post(
+        f"{PREFIX}/namespaces/{{namespace}}/virtualmachines/{{name}}/push",
+        tags=["VirtualMachine"],
+        summary="Push a VM's disk to an OCI registry as a shoal image, streaming progress",
+        response_class=StreamingResponse,
+        responses={**ERRORS, 200: {"content": {"application/x-ndjson": {}}}},
+    )
+    async def vm_push(
+        ctx: Ctx,
+        caller: Caller,
+        namespace: NamespaceParam,
+        name: NameParam,
+        body: PushRequest,
+    ) -> StreamingResponse:
+        """The VM's node reads its disk (pausing a running guest meanwhile) and pushes it.
+        The body streams JSON lines: {"phase", "done", "total"} while it works, then
+        {"digest", "reference", ...}, or {"error"}."""
+        authorize(
+            ctx.store, caller, "action", "VirtualMachine", namespace, plural="virtualmachines"
         )
-        try:
-            await accepted(source)
-        except BaseException:
-            await _finish(source)
-            raise
-
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in pump(source):
-                    yield chunk
-            finally:
-                await _finish(source)
-
-        return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+        vm = await asyncio.to_thread(ctx.store.get, "VirtualMachine", namespace, name)
+        node = vm["spec"].get("nodeName")
+        if not node:
+            raise Conflict(f"VirtualMachine {name} is not on a node yet: it has no disk")
+        request = {"stream": "push", "vm": vm["metadata"]["uid"], **body.model_dump()}
+        return await _relayed(ctx, node, request, "application/x-ndjson")
 
     @router.websocket(f"{PREFIX}/namespaces/{{namespace}}/virtualmachines/{{name}}/portforward")
     async def vm_port_forward(
@@ -210,6 +237,27 @@ def streams_router() -> APIRouter:
         await _serve_tunnel(socket, namespace, name, {"stream": "console"})
 
     return router
+
+
+async def _relayed(
+    ctx: ApiContext, node: str, request: dict[str, object], media_type: str
+) -> StreamingResponse:
+    """An HTTP response whose body is what the node's agent sends on a stream it opens."""
+    source = await ctx.broker.open(node, request)
+    try:
+        await accepted(source)
+    except BaseException:
+        await _finish(source)
+        raise
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in pump(source):
+                yield chunk
+        finally:
+            await _finish(source)
+
+    return StreamingResponse(body(), media_type=media_type)
 
 
 async def _finish(source: WebSocket) -> None:

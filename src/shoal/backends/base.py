@@ -108,6 +108,30 @@ class HasConsole(Protocol):
     def console_socket(self, vm_id: str) -> Path: ...
 
 
+@dataclass(frozen=True)
+class ExportedDisk:
+    """A VM's disk as one raw file (read while the guest was paused or stopped), and what an
+    image made of it needs: kernel and initrd for direct kernel boot, and the image metadata
+    (os, arch, boot, firmware, cmdline, sshUser)."""
+
+    scratch: Path  # a directory of the backend's, the caller removes it when done
+    disk: Path
+    metadata: dict[str, Any]
+    kernel: Path | None = None
+    initrd: Path | None = None
+
+
+@runtime_checkable
+class HasDiskExport(Protocol):
+    """A backend that can copy a VM's disk out (for `shoal vm push`)."""
+
+    async def export_disk(self, vm_id: str) -> ExportedDisk:
+        """Write the VM's disk, as raw, into a new scratch directory on the node's disk; a
+        running guest is paused meanwhile and resumed after. Raises BackendError when the VM
+        cannot be read (the scratch directory is gone then)."""
+        ...
+
+
 async def connect_tcp(
     host: str, port: int, what: str
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

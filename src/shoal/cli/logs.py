@@ -26,9 +26,11 @@ def register(app: typer.Typer) -> None:
         """Print a VM's serial console log (what its guest printed since it was created)."""
         with connect(context, namespace) as target:
             path = resource_path("virtualmachines", target.namespace, name, "log")
-            params = {"follow": "true" if follow else None, "tailBytes": tail_bytes}
             try:
-                for chunk in target.client.stream_bytes(path, **params):
+                chunks = target.client.stream_bytes(
+                    path, follow="true" if follow else None, tailBytes=tail_bytes
+                )
+                for chunk in chunks:
                     sys.stdout.buffer.write(chunk)
                     sys.stdout.buffer.flush()
             except KeyboardInterrupt:

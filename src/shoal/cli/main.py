@@ -17,6 +17,7 @@ from shoal.cli import (
     namespace,
     node,
     portforward,
+    registry,
     rolebinding,
     serve,
     serviceaccount,
@@ -24,6 +25,7 @@ from shoal.cli import (
     token,
     vm,
     vmconfig,
+    vmpush,
 )
 from shoal.cli.common import CliError
 from shoal.errors import ApiError
@@ -87,8 +89,10 @@ def root(
 
 
 app.add_typer(context.app, name="context", help="Manage server contexts (server, token, CA).")
+vmpush.register(vm.app)
 app.add_typer(vm.app, name="vm", help="Deploy and manage VirtualMachines.")
 app.add_typer(image.app, name="image", help="Manage VM images.")
+app.add_typer(registry.app, name="registry", help="Log in to OCI registries.")
 logs.register(app)
 portforward.register(app)
 ssh.register(app)

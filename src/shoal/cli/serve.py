@@ -48,6 +48,20 @@ def _size(value: str) -> int:
         raise typer.BadParameter(str(error)) from None
 
 
+def _budget(value: str | None) -> int | None:
+    return None if value is None else _size(value)
+
+
+ImageCacheBudgetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Bytes of OCI images each qemu node keeps in its image cache (e.g. 200Gi); least "
+        "recently used images beyond it are evicted, never one a VM uses. Default: no limit.",
+        show_default=False,
+    ),
+]
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def dev(
@@ -74,6 +88,7 @@ def register(app: typer.Typer) -> None:
                 "more than the host has overcommits).",
             ),
         ] = None,
+        image_cache_budget: ImageCacheBudgetOpt = None,
         sim_cpu: Annotated[int, typer.Option(min=1, help="vCPUs of each simulated node.")] = 8,
         sim_memory: Annotated[str, typer.Option(help="Memory of each simulated node.")] = "16Gi",
         sim_vms: Annotated[int, typer.Option(min=1, help="VMs each simulated node may hold.")] = 8,
@@ -116,7 +131,12 @@ def register(app: typer.Typer) -> None:
                 max_vms=sim_vms,
                 ports_to_host=sim_ports_to_host,
             ),
-            qemu=QemuSettings(state_dir=Path("."), accelerator=accel, cpu=node_cpu),
+            qemu=QemuSettings(
+                state_dir=Path("."),
+                accelerator=accel,
+                cpu=node_cpu,
+                image_cache_budget=_budget(image_cache_budget),
+            ),
         )
         try:
             asyncio.run(run_dev(settings, lambda text: typer.echo(text)))
@@ -285,6 +305,7 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="File holding the Apple SMC key, for macOS guests (qemu)."),
         ] = None,
+        image_cache_budget: ImageCacheBudgetOpt = None,
         tart_binary: Annotated[str, typer.Option(help="The tart executable (tart).")] = "tart",
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     ) -> None:
@@ -324,6 +345,7 @@ def register(app: typer.Typer) -> None:
                 max_vms=max_vms,
                 cpu_reserve=cpu_reserve,
                 memory_reserve=_size(memory_reserve),
+                image_cache_budget=_budget(image_cache_budget),
             ),
             tart_binary,
         )

@@ -56,8 +56,9 @@ def _guest_user(context: str | None, namespace: str | None, vm: str) -> str:
     with connect(context, namespace) as target:
         obj = target.client.get("virtualmachines", vm, target.namespace)
         image = (obj.get("spec") or {}).get("image") or ""
+        named = bool(image) and "/" not in image and ":" not in image  # not an OCI reference
         try:
-            image_obj = target.client.get("images", image) if image else {}
+            image_obj = target.client.get("images", image) if named else {}
         except NotFound:
             image_obj = {}
     return str((image_obj.get("spec") or {}).get("sshUser") or "root")

@@ -1,7 +1,8 @@
 """The qemu backend: real VMs under QEMU, driven through QMP.
 
 Each VM lives in its own state dir (machine.json, the qcow2 overlay on the image's disk, QEMU's
-pid file, the serial log, and links to its QMP, VNC and serial-console sockets). QEMU runs
+pid file, the serial log, and links to its QMP, VNC and serial-console sockets). An OCI image is
+pulled into the node's cache (images.py) first, and stays pinned there while the VM exists. QEMU runs
 daemonized, so it is nobody's child: VMs outlive the agent, and a restarted agent adopts them from
 their state dirs exactly as it would find them in any other round.
 
@@ -27,9 +28,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal.backends.base import Actual, BackendError, Capacity, VMState, connect_tcp
+from shoal.backends.base import (
+    Actual,
+    BackendError,
+    Capacity,
+    ExportedDisk,
+    VMState,
+    connect_tcp,
+)
 from shoal.backends.qemu import accel as accelerators
 from shoal.backends.qemu import qmp
+from shoal.backends.qemu.images import (
+    PULL_FAILED,
+    BaseImage,
+    ImagePullFailed,
+    NodeImages,
+    cached_base,
+    local_base,
+)
 from shoal.backends.qemu.machine import (
     MACHINE_FILE,
     Forward,
@@ -74,6 +90,7 @@ class QemuSettings:
     opencore: str | None = None
     apple_osk: str | None = None
     guest_os: tuple[str, ...] = ("linux",)
+    image_cache_budget: int | None = None  # bytes of OCI images kept in state_dir/images
 
 
 @dataclass
@@ -185,8 +202,16 @@ class QemuBackend:
         self._extra_forwards: dict[tuple[str, int], int] = {}
         self._creating: set[str] = set()
         self._vms: dict[str, _Running] = {}
+        # VMs with no state dir yet whose image is being pulled, or failed to pull.
+        self._pulls: dict[str, VMState] = {}
         self._callbacks: list[Callable[[str], None]] = []
         self._clean_leftovers()
+        self.images = NodeImages(settings.state_dir / "images", settings.image_cache_budget)
+        for vm_id in self._existing():
+            with contextlib.suppress(BackendError):
+                digest = self._machine(vm_id).image_digest
+                if digest:
+                    self.images.pin(vm_id, digest)
 
     # -- host ------------------------------------------------------------------------------
 
@@ -226,7 +251,7 @@ class QemuBackend:
 
     def _clean_leftovers(self) -> None:
         """Half-made VM dirs from a create that was interrupted never become VMs."""
-        for path in self.vms_dir.glob(".creating-*"):
+        for path in [*self.vms_dir.glob(".creating-*"), *self.vms_dir.glob(".export-*")]:
             shutil.rmtree(path, ignore_errors=True)
         mine = str(self.vms_dir.resolve())
         for link in Path(tempfile.gettempdir()).glob("shoal-vm-*"):
@@ -259,17 +284,46 @@ class QemuBackend:
         image = spec.get("resolvedImage")
         if not isinstance(image, dict):
             raise BackendError(f"image {spec.get('image')!r}: no such Image")
-        local = (image.get("source") or {}).get("local")
-        if not local:
-            raise BackendError(
-                f"image {spec.get('image')!r}: only locally imported images run here yet"
-            )
-        for role in ("disk", "kernel", "initrd"):
-            entry = local.get(role)
-            if entry and not Path(entry["path"]).is_file():
-                raise BackendError(
-                    f"image {spec.get('image')!r}: its {role} {entry['path']} is not on this node"
+        base = await self._base_image(vm_id, str(spec.get("image")), image)
+        try:
+            await self._create(vm_id, spec, base, paths)
+        finally:
+            if not (paths.root / MACHINE_FILE).exists():
+                self.images.unpin(vm_id)  # only a VM that exists holds its image
+
+    async def _base_image(self, vm_id: str, name: str, image: dict[str, Any]) -> BaseImage:
+        """The files the VM is made from: the Image's local files, or its OCI image pulled into
+        the node's cache (the VM is Starting with the pull's progress meanwhile)."""
+        source = image.get("source") or {}
+        if source.get("local"):
+            return local_base(name, source["local"], image)
+        reference = source.get("oci")
+        if not reference:
+            raise BackendError(f"image {name!r} has no source")
+        state = self._pulls[vm_id] = VMState(vm_id, Actual.STARTING, message=f"pulling {reference}")
+
+        def report(message: str) -> None:
+            state.message = message
+
+        try:
+            cached = await self.images.pull(vm_id, str(reference), report)
+        except ImagePullFailed as error:
+            log.warning("VM %s: %s", vm_id, error)
+            if self._pulls.get(vm_id) is state:
+                self._pulls[vm_id] = VMState(
+                    vm_id, Actual.FAILED, reason=PULL_FAILED, message=str(error)
                 )
+            raise
+        if self._pulls.pop(vm_id, None) is not state:
+            self.images.unpin(vm_id)
+            raise BackendError("the VM was deleted while its image was pulled")
+        return cached_base(name, cached, image)
+
+    async def _create(
+        self, vm_id: str, spec: dict[str, Any], base: BaseImage, paths: Paths
+    ) -> None:
+        """Make the VM's state dir (unless another create made it, or is making it)."""
+        image = base.settings
         async with self._create_lock:
             if (paths.root / MACHINE_FILE).exists() or vm_id in self._creating:
                 return
@@ -283,13 +337,15 @@ class QemuBackend:
         try:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir()
-            base = local["disk"]["path"]
-            wanted_size = parse_bytes(str(spec["disk"])) if spec.get("disk") else 0
-            info = await self._image_info(base)  # one read of the base for size and format
-            base_size = int(info["virtual-size"])
+            disk_size = spec.get("disk") or image.get("disk")
+            wanted_size = parse_bytes(str(disk_size)) if disk_size else 0
+            base_format, base_size = base.disk_format, base.virtual_size
+            if base_format is None or base_size is None:
+                info = await self._image_info(base.disk)  # one read for size and format
+                base_format, base_size = str(info["format"]), int(info["virtual-size"])
             await self._run(
                 self.settings.qemu_img,
-                "create", "-q", "-f", "qcow2", "-F", str(info["format"]), "-b", base,
+                "create", "-q", "-f", "qcow2", "-F", base_format, "-b", base.disk,
                 str(staging / "disk.qcow2"),
                 *([str(wanted_size)] if wanted_size > base_size else []),
             )  # fmt: skip
@@ -301,13 +357,14 @@ class QemuBackend:
                 guest_os=str(spec.get("os") or image.get("os") or "linux"),
                 boot=str(image.get("boot") or "disk"),
                 firmware=str(image.get("firmware") or "bios"),
-                kernel=(local.get("kernel") or {}).get("path"),
-                initrd=(local.get("initrd") or {}).get("path"),
+                kernel=base.kernel,
+                initrd=base.initrd,
                 cmdline=str(image.get("cmdline") or ""),
-                base=base,
+                base=base.disk,
                 forwards=forwards,
                 ssh_user=str(image.get("sshUser") or "root"),
                 network=self.settings.network,
+                image_digest=base.digest,
             )
             if machine.firmware == "uefi" or machine.guest_os == "macos":
                 await self._copy_uefi_vars(staging)
@@ -323,6 +380,10 @@ class QemuBackend:
                 _release(forwards)
         self._link(paths)
         self._vms[vm_id] = _Running(self._stopped_state(vm_id, machine))
+
+    def cached_images(self) -> list[str]:
+        """The references of the images in this node's cache (for the Node's status)."""
+        return self.images.held()
 
     def _existing(self) -> list[str]:
         return [p.name for p in self.vms_dir.iterdir() if (p / MACHINE_FILE).exists()]
@@ -485,6 +546,9 @@ class QemuBackend:
     async def stop(self, vm_id: str, timeout: float | None = None) -> None:
         paths = self._paths(vm_id)
         if not paths.root.exists():
+            pull = self._pulls.get(vm_id)
+            if pull is not None and pull.actual == Actual.FAILED:
+                del self._pulls[vm_id]  # a failed pull is over: the next create pulls again
             return
         paths.wanted.write_text("stopped")
         pid = self._alive(vm_id, paths)
@@ -542,6 +606,7 @@ class QemuBackend:
     async def delete(self, vm_id: str) -> None:
         paths = self._paths(vm_id)
         self._unwatch(vm_id)
+        self._pulls.pop(vm_id, None)
         if paths.root.exists():
             with contextlib.suppress(OSError):
                 paths.wanted.write_text("stopped")
@@ -557,6 +622,7 @@ class QemuBackend:
                 _release(self._machine(vm_id).forwards)
             self._drop_extra_forwards(vm_id)
             shutil.rmtree(paths.root, ignore_errors=True)
+            self.images.unpin(vm_id)
         with contextlib.suppress(FileNotFoundError):
             paths.short.unlink()
         self._vms.pop(vm_id, None)
@@ -598,7 +664,7 @@ class QemuBackend:
     async def status(self, vm_id: str) -> VMState:
         paths = self._paths(vm_id)
         if not (paths.root / MACHINE_FILE).exists():
-            return VMState(vm_id, Actual.ABSENT)
+            return self._pulls.get(vm_id) or VMState(vm_id, Actual.ABSENT)
         entry = self._vms.get(vm_id)
         if entry is None:
             entry = self._vms[vm_id] = await self._adopt(vm_id, paths)
@@ -723,6 +789,52 @@ class QemuBackend:
             message += f"; last serial console lines:\n{tail}"
         log.warning("VM %s: %s", vm_id, message.splitlines()[0])
         self._set(vm_id, Actual.FAILED, reason="BootTimeout", message=message)
+
+    # -- for `shoal vm push` ----------------------------------------------------------------
+
+    async def export_disk(self, vm_id: str) -> ExportedDisk:
+        machine = self._machine(vm_id)
+        paths = self._paths(vm_id)
+        # Beside the VMs (same filesystem as their disks); a leftover is removed at start.
+        scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=self.vms_dir))
+        paused = False
+        try:
+            # QEMU flushes the disk when it stops the guest: the overlay is consistent on disk
+            # (as after a power cut) while it is read.
+            running = self._alive(vm_id, paths) is not None
+            if running and await qmp.run_state(paths.qmp) == "running":
+                await qmp.execute(paths.qmp, "stop")
+                paused = True
+            await self._run(
+                self.settings.qemu_img,
+                "convert", "-U", "-O", "raw", str(paths.disk), str(scratch / "disk.raw"),
+                timeout=6 * 3600,
+                what="qemu-img convert",
+            )  # fmt: skip
+        except qmp.QMPError as error:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise BackendError(f"cannot pause the guest to read its disk: {error}") from None
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        finally:
+            if paused:
+                with contextlib.suppress(qmp.QMPError):
+                    await qmp.execute(paths.qmp, "cont")
+        metadata = {
+            "os": machine.guest_os,
+            "boot": machine.boot,
+            "firmware": machine.firmware,
+            "cmdline": machine.cmdline,
+            "sshUser": machine.ssh_user,
+        }
+        return ExportedDisk(
+            scratch=scratch,
+            disk=scratch / "disk.raw",
+            metadata=metadata,
+            kernel=Path(machine.kernel) if machine.kernel else None,
+            initrd=Path(machine.initrd) if machine.initrd else None,
+        )
 
     # -- for the agent's tunnel streams: log, console, display -----------------------------------------
 

@@ -35,6 +35,7 @@ class Machine:
     ssh_user: str = "root"
     network: str = "user"  # user | bridge:<name> | tap:<name>
     extra: dict[str, Any] = field(default_factory=dict)
+    image_digest: str | None = None  # the node-cache image `base` is in (an OCI image)
 
     def save(self, directory: Path) -> None:
         path = directory / MACHINE_FILE

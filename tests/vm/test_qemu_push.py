@@ -1,0 +1,53 @@
+"""`shoal vm push` on real QEMU and the real docker-registry: a file written in a running VM
+travels in its disk (the guest is paused while the node reads it, then runs on), the pushed image
+boots a new VM that has the file, and a second push of the unchanged disk uploads almost
+nothing."""
+
+import shutil
+
+import pytest
+
+from conftest import TEST_IMAGE, QemuDev
+from images.image_helpers import Registry
+from images.registry_fixtures import isolated_credentials, registry
+from shoal.testguest import TestGuest
+
+__all__ = ["isolated_credentials", "registry"]
+
+pytestmark = pytest.mark.skipif(
+    not all(shutil.which(tool) for tool in ("qemu-system-x86_64", "qemu-img", "ssh")),
+    reason="needs qemu-system-x86_64, qemu-img and the OpenSSH client (make system-deps)",
+)
+
+BOOT_TIMEOUT = 300
+VM_FLAGS = ["--cpu", "1", "--memory", "256Mi", "--disk", "1Gi"]
+
+
+def test_push_a_vm_then_boot_its_image_with_the_file_in_it(
+    qemu_dev: QemuDev, registry: Registry, guest_image: TestGuest
+) -> None:
+    cli = qemu_dev.cli
+    key = ["-i", str(guest_image.private_key)]
+    cli.run("vm", "deploy", "src", "--image", TEST_IMAGE, *VM_FLAGS, "--wait", timeout=BOOT_TIMEOUT)
+    cli.run("ssh", "src", *key, "--", "echo pushed-$((6 * 7)) > /root/mark && sync")
+
+    reference = f"{registry.host}/built:1"
+    pushed = cli.run("vm", "push", "src", reference, "--insecure", timeout=600)
+    assert f"pushed src to {registry.host}/built" in pushed.stdout
+    assert "digest: sha256:" in pushed.stdout
+    # The guest was paused while its disk was read, and runs on.
+    assert cli.json("vm", "get", "src")["status"]["phase"] == "Running"
+    assert cli.run("ssh", "src", *key, "--", "cat /root/mark").stdout.strip() == "pushed-42"
+
+    again = cli.run("vm", "push", "src", reference, "--insecure", timeout=600)
+    uploaded = int(again.stdout.split("(")[1].split(" blobs uploaded")[0])
+    # Only what changed since (the guest keeps running and writes a little) is sent again.
+    assert uploaded <= 3, again.stdout
+
+    cli.run("vm", "deploy", "copy", "--image", reference, *VM_FLAGS, "--wait", timeout=BOOT_TIMEOUT)
+    assert cli.run("ssh", "copy", *key, "--", "cat /root/mark").stdout.strip() == "pushed-42"
+
+    refused = cli.run("vm", "push", "src", "not a reference", check=False)
+    assert refused.returncode == 1 and "error:" in refused.stderr
+    for name in ("src", "copy"):
+        cli.run("vm", "delete", name, "--wait", timeout=120)
