@@ -1,7 +1,7 @@
-"""`shoal vm push` on real QEMU and the real docker-registry: a file written in a running VM
-travels in its disk (the guest is paused while the node reads it, then runs on), the pushed image
-boots a new VM that has the file, and a second push of the unchanged disk uploads almost
-nothing."""
+"""`shoal vm push` and `shoal vm commit` on real QEMU and the real docker-registry: a file
+written in a running VM travels in its disk (the guest is paused while the node reads it, then
+runs on), a second push of the barely changed disk uploads almost nothing, and the committed
+Image boots a new VM that has the file."""
 
 import shutil
 
@@ -44,7 +44,16 @@ def test_push_a_vm_then_boot_its_image_with_the_file_in_it(
     # Only what changed since (the guest keeps running and writes a little) is sent again.
     assert uploaded <= 3, again.stdout
 
-    cli.run("vm", "deploy", "copy", "--image", reference, *VM_FLAGS, "--wait", timeout=BOOT_TIMEOUT)
+    # commit: the disk as it is now becomes an Image (stored in the registry, pinned by
+    # digest), which a new VM boots, file included.
+    committed = cli.run(
+        "vm", "commit", "src", "--name", "snap", "--to", f"{registry.host}/snap:1", "--insecure",
+        timeout=600,
+    )  # fmt: skip
+    assert "image snap created from" in committed.stdout
+    source = cli.json("image", "get", "snap")["spec"]["source"]["oci"]
+    assert source.startswith(f"{registry.host}/snap") and "@sha256:" in source
+    cli.run("vm", "deploy", "copy", "--image", "snap", *VM_FLAGS, "--wait", timeout=BOOT_TIMEOUT)
     assert cli.run("ssh", "copy", *key, "--", "cat /root/mark").stdout.strip() == "pushed-42"
 
     refused = cli.run("vm", "push", "src", "not a reference", check=False)

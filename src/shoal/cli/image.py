@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from shoal.cli import imagecache
-from shoal.cli.common import API_VERSION, CliError, ContextOpt, connect, fetch_list
+from shoal.cli.common import API_VERSION, CliError, ContextOpt, Target, connect, fetch_list
 from shoal.cli.output import (
     Column,
     Format,
@@ -390,6 +390,22 @@ def pull(
     """Make an Image of an image in a registry (a shoal image or a KubeVirt containerDisk).
 
     Reads its manifest and config now; each node pulls the disk when a VM needs it."""
+    with connect(context) as target:
+        created, kind, digest, size = image_from_registry(target, reference, name, insecure)
+    if output in (Format.json, Format.yaml):
+        print_object(created, output, describe)
+        return
+    typer.echo(
+        f"image {created['metadata']['name']} created from {reference} ({kind}, {digest}, "
+        f"{human_size(size)} to pull on each node that runs it)"
+    )
+
+
+def image_from_registry(
+    target: Target, reference: str, name: str | None, insecure: bool
+) -> tuple[Obj, str, str, int]:
+    """Create the Image of the image at reference: (the Image, kind, manifest digest, bytes a
+    node downloads)."""
     ref = _reference(reference)
     with _registry(ref, insecure) as client:
         kind, digest, metadata, size = _inspect(client, ref)
@@ -399,12 +415,4 @@ def pull(
         "metadata": {"name": name or default_name(ref)},
         "spec": {"source": {"oci": reference}, **metadata.model_dump(exclude_none=True)},
     }
-    with connect(context) as target:
-        created = target.client.create(PLURAL, body)
-    if output in (Format.json, Format.yaml):
-        print_object(created, output, describe)
-        return
-    typer.echo(
-        f"image {created['metadata']['name']} created from {ref} ({kind}, {digest}, "
-        f"{human_size(size)} to pull on each node that runs it)"
-    )
+    return target.client.create(PLURAL, body), kind, digest, size

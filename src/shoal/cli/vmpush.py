@@ -1,18 +1,30 @@
-"""`shoal vm push VM REF`: the VM's node pushes its disk to an OCI registry as a shoal image,
-and this shows the progress it streams back."""
+"""`shoal vm push VM REF` and `shoal vm commit VM --name N --to REF`: the VM's node pushes its
+disk to an OCI registry as a shoal image (a running guest is paused while the disk is read) and
+this shows the progress it streams back; commit then makes an Image of what was pushed, pinned
+by digest, so VMs on any node can boot it."""
 
 import json
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from shoal.cli.common import CliError, ContextOpt, NamespaceOpt, connect
+from shoal.cli.common import CliError, ContextOpt, NamespaceOpt, Target, connect
+from shoal.cli.output import Format, OutputOpt, print_object
 from shoal.client import resource_path
 from shoal.images import credentials
 from shoal.images.errors import ImageError
 from shoal.images.reference import parse
+
+ReferenceArg = Annotated[
+    str, typer.Argument(help="Where to push: HOST[:PORT]/REPO[:TAG].", show_default=False)
+]
+UsernameOpt = Annotated[str | None, typer.Option(help="Registry user (with --password-stdin).")]
+PasswordStdinOpt = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the registry password from stdin.")
+]
+InsecureOpt = Annotated[bool, typer.Option(help="Allow plain HTTP or an unverified certificate.")]
 
 
 def _credentials(reference: str, username: str | None, password_stdin: bool) -> dict[str, str]:
@@ -32,23 +44,56 @@ def _credentials(reference: str, username: str | None, password_stdin: bool) -> 
     return {"username": found[0], "password": found[1]} if found else {}
 
 
+def push_vm(target: Target, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Have the VM's node push its disk, with a progress bar; the node's result record."""
+    result: dict[str, Any] = {}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        transient=True,
+    ) as progress:
+        task = progress.add_task("reading the disk", total=None)
+        path = resource_path("virtualmachines", target.namespace, name, "push")
+        pending = b""
+        for chunk in target.client.stream_bytes(path, method="POST", body=body):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                record = json.loads(line)
+                if "error" in record:
+                    raise CliError(f"push of {name} failed: {record['error']}")
+                if "digest" in record:
+                    result = record
+                    continue
+                progress.update(
+                    task,
+                    description=str(record.get("phase", "")),
+                    total=record.get("total") or None,
+                    completed=record.get("done") or 0,
+                )
+    if not result:
+        raise CliError(f"push of {name} ended without a result (the node went away?)")
+    return result
+
+
+def _summary(name: str, result: dict[str, Any]) -> str:
+    return (
+        f"pushed {name} to {result['reference']}\n"
+        f"digest: {result['digest']} ({result.get('uploadedBlobs', 0)} blobs uploaded, "
+        f"{result.get('skippedBlobs', 0)} already there)"
+    )
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def push(
         name: Annotated[str, typer.Argument(help="Name of the VM.", show_default=False)],
-        reference: Annotated[
-            str,
-            typer.Argument(help="Where to push: HOST[:PORT]/REPO[:TAG].", show_default=False),
-        ],
-        username: Annotated[
-            str | None, typer.Option(help="Registry user (with --password-stdin).")
-        ] = None,
-        password_stdin: Annotated[
-            bool, typer.Option("--password-stdin", help="Read the registry password from stdin.")
-        ] = False,
-        insecure: Annotated[
-            bool, typer.Option(help="Allow plain HTTP or an unverified certificate.")
-        ] = False,
+        reference: ReferenceArg,
+        username: UsernameOpt = None,
+        password_stdin: PasswordStdinOpt = False,
+        insecure: InsecureOpt = False,
         context: ContextOpt = None,
         namespace: NamespaceOpt = None,
     ) -> None:
@@ -58,40 +103,43 @@ def register(app: typer.Typer) -> None:
             "insecure": insecure,
             **_credentials(reference, username, password_stdin),
         }
-        result: dict[str, object] = {}
-        with (
-            connect(context, namespace) as target,
-            Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                transient=True,
-            ) as progress,
-        ):
-            task = progress.add_task("reading the disk", total=None)
-            path = resource_path("virtualmachines", target.namespace, name, "push")
-            pending = b""
-            for chunk in target.client.stream_bytes(path, method="POST", body=body):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    record = json.loads(line)
-                    if "error" in record:
-                        raise CliError(f"push of {name} failed: {record['error']}")
-                    if "digest" in record:
-                        result = record
-                        continue
-                    progress.update(
-                        task,
-                        description=str(record.get("phase", "")),
-                        total=record.get("total") or None,
-                        completed=record.get("done") or 0,
-                    )
-        if not result:
-            raise CliError(f"push of {name} ended without a result (the node went away?)")
-        typer.echo(f"pushed {name} to {result['reference']}")
-        typer.echo(
-            f"digest: {result['digest']} ({result.get('uploadedBlobs', 0)} blobs uploaded, "
-            f"{result.get('skippedBlobs', 0)} already there)"
-        )
+        with connect(context, namespace) as target:
+            result = push_vm(target, name, body)
+        typer.echo(_summary(name, result))
+
+    @app.command()
+    def commit(
+        name: Annotated[str, typer.Argument(help="Name of the VM.", show_default=False)],
+        image: Annotated[
+            str, typer.Option("--name", help="Name of the new Image.", show_default=False)
+        ],
+        to: Annotated[
+            str,
+            typer.Option(
+                "--to",
+                help="Registry reference the image is stored at (shoal keeps images in OCI "
+                "registries): HOST[:PORT]/REPO[:TAG].",
+                show_default=False,
+            ),
+        ],
+        username: UsernameOpt = None,
+        password_stdin: PasswordStdinOpt = False,
+        insecure: InsecureOpt = False,
+        output: OutputOpt = Format.table,
+        context: ContextOpt = None,
+        namespace: NamespaceOpt = None,
+    ) -> None:
+        """Make a new Image of a VM's disk as it is now (pushed to --to, pinned by digest)."""
+        from shoal.cli.image import describe, image_from_registry
+
+        body = {"reference": to, "insecure": insecure, **_credentials(to, username, password_stdin)}
+        with connect(context, namespace) as target:
+            result = push_vm(target, name, body)
+            created, _, _, _ = image_from_registry(
+                target, str(result["reference"]), image, insecure
+            )
+        if output in (Format.json, Format.yaml):
+            print_object(created, output, describe)
+            return
+        typer.echo(_summary(name, result))
+        typer.echo(f"image {created['metadata']['name']} created from {result['reference']}")
