@@ -10,12 +10,12 @@ import contextlib
 import copy
 import logging
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from shoal import __version__
+from shoal.agent.precache import Precacher, Precaches
 from shoal.agent.reconcile import (
     PHASE_DURING,
     PHASE_OF,
@@ -33,11 +33,10 @@ from shoal.events import bump, new_event
 from shoal.images.errors import InvalidReference
 from shoal.images.reference import parse as parse_reference
 from shoal.model.kinds import AGENT_FINALIZER
-from shoal.model.meta import now_iso, set_condition
+from shoal.model.meta import DNS_NAME, now_iso, set_condition
 from shoal.quantity import format_bytes
 
 log = logging.getLogger(__name__)
-DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 Obj = dict[str, Any]
 STATUS_FIELDS = (
     "phase",
@@ -106,6 +105,9 @@ class Agent:
             asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat"),
             asyncio.create_task(self._resync_loop(), name=f"{self.name}-resync"),
         ]
+        if isinstance(self.backend, Precaches):
+            precacher = Precacher(self.client, self.backend, self.name, self.heartbeat)
+            self._tasks.append(asyncio.create_task(precacher.run(), name=f"{self.name}-precache"))
         if self.settings.tunnels:
             self._tunnels = TunnelClient(self.client, self.backend, self.name)
             self._tasks.append(asyncio.create_task(self._tunnels.run(), name=f"{self.name}-tunnel"))

@@ -57,6 +57,9 @@ def _check_annotations(annotations: dict[str, str]) -> dict[str, str]:
 
 
 DNSLabel = Annotated[str, AfterValidator(check_dns_label)]
+# What an object name may be (an Image's, say); anything else a VM names as its image is an OCI
+# reference.
+DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
 
 

@@ -385,6 +385,9 @@ class QemuBackend:
         """The references of the images in this node's cache (for the Node's status)."""
         return self.images.held()
 
+    async def precache(self, reference: str, progress: Callable[[int, int], None]) -> None:
+        await self.images.precache(reference, progress)
+
     def _existing(self) -> list[str]:
         return [p.name for p in self.vms_dir.iterdir() if (p / MACHINE_FILE).exists()]
 

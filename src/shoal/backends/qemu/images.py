@@ -145,6 +145,15 @@ class NodeImages:
         self._named[reference] = cached.digest
         return cached
 
+    async def precache(self, reference: str, progress: Callable[[int, int], None]) -> None:
+        """Pull reference into the cache for VMs to come (no pin: the budget may evict it while
+        no VM uses it). Raises ImagePullFailed."""
+        try:
+            cached = await self.cache.ensure_async(parse(reference), progress=progress)
+        except (ImageError, OSError) as error:
+            raise ImagePullFailed(f"pulling {reference} failed: {error}") from None
+        self._named[reference] = cached.digest
+
     def held(self) -> list[str]:
         """The references of the complete images in the cache: as VMs named them, and as
         they were pulled (tag, and digest)."""
