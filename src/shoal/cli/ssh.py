@@ -106,7 +106,7 @@ def _auth_options(identity: Path | None, options: list[str] | None) -> list[str]
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(context_settings={"allow_interspersed_args": False})
+    @app.command()
     def ssh(
         name: Annotated[str, typer.Argument(help="Name of the VM.", show_default=False)],
         command: Annotated[
@@ -131,7 +131,8 @@ def register(app: typer.Typer) -> None:
             *_auth_options(identity, ssh_option),
             "-l", login,
             name,
-            *(command or []),
+            # ssh reads options after the host too: "--" keeps the command's own (ls -l) its own.
+            *(["--", *command] if command else []),
         ]  # fmt: skip
         raise typer.Exit(_run(argv, password))
 
