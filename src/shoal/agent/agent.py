@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -68,6 +69,15 @@ def _reference_keys(text: str) -> set[str]:
     except InvalidReference:
         return set()
     return {str(ref), f"{ref.name}@{ref.digest}"} if ref.digest else {str(ref)}
+
+
+def next_beat(due: float, now: float, interval: float) -> float:
+    """When the heartbeat after the one due at `due` is due: on the same cadence, skipping the
+    beats missed while that one hung (so the phase stays)."""
+    due += interval
+    if due < now:
+        due += math.ceil((now - due) / interval) * interval
+    return due
 
 
 @dataclass
@@ -202,14 +212,19 @@ class Agent:
         return sorted(refs | set(known[2]))
 
     async def _heartbeat_loop(self) -> None:
-        # A random first delay spreads the heartbeats of many agents started at once.
-        await asyncio.sleep(random.uniform(0, self.settings.heartbeat_interval))
+        # On a fixed cadence from a random phase, which spreads the heartbeats of many agents
+        # started at once. Not an interval after each answer: agents whose heartbeats a busy
+        # controller held up together would then stay in step, and hit it in bursts from then on.
+        interval = self.settings.heartbeat_interval
+        clock = asyncio.get_running_loop().time
+        due = clock() + random.uniform(0, interval)
         while True:
+            await asyncio.sleep(max(0.0, due - clock()))
             try:
                 await self.heartbeat()
             except ApiError as error:
                 log.warning("node %s: heartbeat failed: %s", self.name, error.message)
-            await asyncio.sleep(self.settings.heartbeat_interval)
+            due = next_beat(due, clock(), interval)
 
     async def _resync_loop(self) -> None:
         while True:

@@ -15,7 +15,7 @@ from shoal.api.actions import actions_router
 from shoal.api.context import ApiContext
 from shoal.api.docs import ERRORS
 from shoal.api.metrics import install_metrics
-from shoal.api.routes import kinds_router
+from shoal.api.routes import add_all_kind_routes
 from shoal.api.streams import streams_router
 from shoal.errors import ApiError, BadRequest, Invalid, MethodNotAllowed, NotFound
 
@@ -117,7 +117,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return Response(ctx.ca_pem, media_type="application/x-pem-file")
 
     install_metrics(app, ctx)
-    app.include_router(kinds_router())
+    add_all_kind_routes(app.router)
     app.include_router(actions_router())
     app.include_router(access_router())
     streams = streams_router()

@@ -1,6 +1,5 @@
 """List (with selectors and pages) and watch (newline-delimited JSON) for any kind."""
 
-import asyncio
 import base64
 import binascii
 import json
@@ -28,6 +27,17 @@ class Query:
     fields: Predicate | None
     node_name: str | None
 
+    @property
+    def filtered(self) -> bool:
+        """Whether objects must be looked into (parsed) to tell if they match."""
+        return self.labels is not None or self.fields is not None
+
+    @property
+    def bound_to(self) -> str | None:
+        """The node whose VMs are wanted (fieldSelector spec.nodeName=X), which the store and the
+        watch hub index; None for other kinds and queries."""
+        return self.node_name if self.info.kind == "VirtualMachine" else None
+
     def matches(self, obj: Obj) -> bool:
         if self.labels is not None and not self.labels(obj):
             return False
@@ -38,7 +48,7 @@ class Query:
             return False
         if self.namespace is not None and change.namespace != self.namespace:
             return False
-        return self.matches(change.object)
+        return not self.filtered or self.matches(change.object)
 
 
 def make_query(
@@ -67,45 +77,66 @@ def _decode_continue(token: str) -> tuple[str, str]:
         raise BadRequest("continue: not a token this server handed out", field="continue") from None
 
 
-def list_objects(store: Store, query: Query, limit: int | None, cont: str | None) -> Obj:
+@dataclass(frozen=True)
+class Page:
+    """Listed objects as their stored JSON text, the list's version and the continue token."""
+
+    bodies: list[str]
+    rv: int
+    cont: str | None = None
+
+
+def list_page(store: Store, query: Query, limit: int | None, cont: str | None) -> Page:
     if limit is not None and not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(f"limit: must be between 1 and {MAX_LIMIT}", field="limit")
     after = _decode_continue(cont) if cont else None
-    items: list[Obj] = []
+    bodies: list[str] = []
+    last: tuple[str, str] | None = None
     list_rv = None
     more = False
-    node_name = query.node_name if query.info.kind == "VirtualMachine" else None
-    batch = None if limit is None else max(limit, 500)
+    # One row past the limit tells whether there is more; a selector may skip rows, so then
+    # read in larger batches.
+    batch: int | None = None
+    if limit is not None:
+        batch = max(limit + 1, 500) if query.filtered else limit + 1
     while True:
-        page, rv = store.list_objects(
-            query.info.kind, query.namespace, node_name=node_name, after=after, batch=batch
+        rows, rv = store.list_bodies(
+            query.info.kind, query.namespace, node_name=query.bound_to, after=after, batch=batch
         )
         list_rv = list_rv or rv
-        for obj in page:
-            if not query.matches(obj):
+        for namespace, name, body in rows:
+            if query.filtered and not query.matches(jsoncodec.loads(body)):
                 continue
-            if limit is not None and len(items) == limit:
+            if limit is not None and len(bodies) == limit:
                 more = True
                 break
-            items.append(obj)
-        if more or batch is None or len(page) < batch:
+            bodies.append(body)
+            last = (namespace, name)
+        if more or batch is None or len(rows) < batch:
             break
-        last = page[-1]["metadata"]
-        after = (last.get("namespace") or "", last["name"])
-    metadata: dict[str, Any] = {"resourceVersion": str(list_rv)}
-    if more and items:
-        last_meta = items[-1]["metadata"]
-        metadata["continue"] = _encode_continue(last_meta.get("namespace") or "", last_meta["name"])
-    return {
-        "apiVersion": API_VERSION,
-        "kind": f"{query.info.kind}List",
-        "metadata": metadata,
-        "items": items,
-    }
+        after = (rows[-1][0], rows[-1][1])
+    token = _encode_continue(*last) if more and last is not None else None
+    return Page(bodies, list_rv, token)
+
+
+def list_response(info: KindInfo, page: Page) -> bytes:
+    """The List object of a page, with the stored text of its items spliced in unparsed."""
+    metadata: dict[str, Any] = {"resourceVersion": str(page.rv)}
+    if page.cont is not None:
+        metadata["continue"] = page.cont
+    head = jsoncodec.dumps_bytes(
+        {"apiVersion": API_VERSION, "kind": f"{info.kind}List", "metadata": metadata}
+    )
+    return b"".join((head[:-1], b',"items":[', ",".join(page.bodies).encode(), b"]}"))
 
 
 def _line(event_type: str, obj: Obj) -> bytes:
     return jsoncodec.dumps_bytes({"type": event_type, "object": obj}) + b"\n"
+
+
+def _stored_line(event_type: str, body: str) -> bytes:
+    """A watch event around an object's stored JSON text."""
+    return b"".join((b'{"type":"', event_type.encode(), b'","object":', body.encode(), b"}\n"))
 
 
 def _bookmark(info: KindInfo, rv: int) -> bytes:
@@ -129,32 +160,37 @@ def parse_resource_version(text: str | None) -> int | None:
     return value
 
 
-async def check_watchable(store: Store, since: int | None) -> None:
-    """Raise Gone (410) before the stream starts when `since` is older than the change log."""
-    if since is not None:
-        await asyncio.to_thread(store.changes_since, since, 1)
+def watch_start(store: Store, query: Query, since: int | None) -> Page | int:
+    """Where a watch starts: from what exists (since None: a page of it, sent as ADDED events),
+    or from since, once it is known to be in the change log (else Gone (410), raised before the
+    stream starts)."""
+    if since is None:
+        return list_page(store, query, None, None)
+    store.changes_since(since, 1)
+    return since
 
 
 async def watch(
-    store: Store,
     hub: WatchHub,
     query: Query,
-    since: int | None,
+    start: Page | int,
     *,
     timeout: float | None,
     bookmark_interval: float,
 ) -> AsyncIterator[bytes]:
-    """ADDED events for what exists (when since is None), then every change that matches."""
-    if since is None:
-        listing = await asyncio.to_thread(list_objects, store, query, None, None)
-        for obj in listing["items"]:
-            yield _line("ADDED", obj)
-        since = int(listing["metadata"]["resourceVersion"])
+    """ADDED events for what exists (when start is a Page), then every change that matches."""
+    if isinstance(start, Page):
+        if start.bodies:
+            yield b"".join(_stored_line("ADDED", body) for body in start.bodies)
+        since = start.rv
+    else:
+        since = start
     deadline = None if timeout is None else time.monotonic() + timeout
     last_sent = since
     stream = hub.changes(
         since,
         kind=query.info.kind,
+        node_name=query.bound_to,
         heartbeat=bookmark_interval
         if deadline is None
         else min(bookmark_interval, max(0.05, timeout or bookmark_interval)),
@@ -169,7 +205,7 @@ async def watch(
                 yield _bookmark(query.info, last_sent)
                 continue
             if query.wants(change):
-                yield _line(change.type, change.object)
+                yield _stored_line(change.type, change.body)
                 last_sent = change.rv
     except Gone as error:
         yield _line("ERROR", error.status())

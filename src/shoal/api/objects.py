@@ -53,16 +53,24 @@ def dump(model: BaseModel) -> Obj:
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
+    """RFC 7386 JSON merge patch. The result shares nothing with the inputs."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+        return _copy(patch)
+    base = target if isinstance(target, dict) else {}
+    result = {}
+    for key, value in base.items():
+        if key not in patch:
+            result[key] = _copy(value)
+        elif patch[key] is not None:
+            result[key] = merge_patch(value, patch[key])
     for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
+        if key not in base and value is not None:
+            result[key] = merge_patch(None, value)
     return result
+
+
+def _copy(value: Any) -> Any:
+    return copy.deepcopy(value) if isinstance(value, dict | list) else value
 
 
 def _set_path(obj: Obj, path: str, value: Any) -> None:
@@ -220,19 +228,17 @@ class Objects:
         self._check_name(info, body, namespace, name)
         expect_rv = (body.get("metadata") or {}).get("resourceVersion")
 
-        def change(current: Obj) -> Obj | None:
-            candidate = copy.deepcopy(current)
+        def change(current: Obj) -> Obj | None:  # current is the caller's own copy
+            before = current.get("status")
             if is_patch:
-                candidate["status"] = merge_patch(
-                    current.get("status") or {}, body.get("status") or {}
-                )
+                current["status"] = merge_patch(before or {}, body.get("status") or {})
             else:
-                candidate["status"] = body.get("status") or {}
-            checked = validate(info, candidate)
-            if checked.get("status") == current.get("status"):
+                current["status"] = body.get("status") or {}
+            checked = validate(info, current).get("status")
+            if checked == before:
                 return None
-            candidate["status"] = checked.get("status")
-            return candidate
+            current["status"] = checked
+            return current
 
         return self.store.mutate(info.kind, namespace or "", name, change, expect_rv=expect_rv)
 

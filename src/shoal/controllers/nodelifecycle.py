@@ -10,9 +10,9 @@ keeps its VMs.
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from shoal.errors import ApiError
+from shoal.errors import ApiError, NotFound
 from shoal.model.kinds import AGENT_FINALIZER
 from shoal.model.meta import get_condition, parse_iso, set_condition
 from shoal.store import events
@@ -160,22 +160,29 @@ class NodeLifecycle:
         self.grace = grace
         self.eviction_timeout = eviction_timeout
         self.clock = clock
-        self._ready: dict[str, bool] = {}  # node -> Ready as last seen, to report recoveries
+        self._not_ready: set[str] = set()  # nodes last seen NotReady, to report recoveries
         self.watching_since: datetime | None = None  # the first round's time
 
     def run_once(self, now: datetime | None = None) -> None:
         now = now or self.clock()
         if self.watching_since is None:
             self.watching_since = now
-        nodes, _ = self.store.list_objects("Node")
+        # Only a node silent for longer than the grace can need anything done (the store keeps
+        # each node's last heartbeat in a column), and of the others only those last seen
+        # NotReady, to report that they are back: a thousand heartbeating nodes are not read.
+        cutoff = (now - timedelta(seconds=self.grace)).timestamp()
+        nodes, _ = self.store.list_objects("Node", heartbeat_before=cutoff)
+        silent = {node["metadata"]["name"] for node in nodes}
+        for name in sorted(self._not_ready - silent):
+            try:
+                nodes.append(self.store.get("Node", "", name))
+            except NotFound:
+                self._not_ready.discard(name)
         for node in nodes:
             try:
                 self._reconcile(node, now)
             except ApiError as error:  # changed or gone meanwhile: the next round looks again
                 log.debug("node lifecycle of %s: %s", node["metadata"]["name"], error)
-        names = {node["metadata"]["name"] for node in nodes}
-        for gone in set(self._ready) - names:
-            del self._ready[gone]
 
     def _reconcile(self, node: Obj, now: datetime) -> None:
         name = node["metadata"]["name"]
@@ -183,13 +190,13 @@ class NodeLifecycle:
         if ready is None:
             return  # registered, never heartbeated: nothing to judge yet
         if ready == "True":
-            if self._ready.get(name) is False:
+            if name in self._not_ready:
                 events.record(self.store, node, "NodeReady", "heartbeats resumed", source=SOURCE)
-            self._ready[name] = True
+                self._not_ready.discard(name)
             if is_stale(node, now, self.grace, self.watching_since):
                 self._mark_not_ready(node, now)
             return
-        self._ready[name] = False
+        self._not_ready.add(name)
         if lost_since(node, now, self.eviction_timeout) is not None:
             self._evict_all(node, now)
 
@@ -202,7 +209,7 @@ class NodeLifecycle:
             return
         if _ready_status(written) != "False":
             return  # a heartbeat landed first: nothing was written by us
-        self._ready[name] = False
+        self._not_ready.add(name)
         condition = get_condition(written, "Ready") or {}
         log.warning("node %s is not ready: %s", name, condition.get("message"))
         events.record(

@@ -31,8 +31,11 @@ objects = Table(
     Column("req_memory", BigInteger, nullable=False, default=0),
     Column("req_disk", BigInteger, nullable=False, default=0),
     Column("guest_os", String(16), nullable=True),
+    # A Node's last heartbeat (seconds since the epoch), so the lifecycle loop reads silent ones.
+    Column("heartbeat", Float, nullable=True),
     Column("body", Text, nullable=False),
     Index("ix_objects_kind_node", "kind", "node_name"),
+    Index("ix_objects_kind_heartbeat", "kind", "heartbeat"),
 )
 
 changes = Table(

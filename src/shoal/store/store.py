@@ -9,19 +9,20 @@ row under lock (SELECT ... FOR UPDATE on PostgreSQL) and checking its resourceVe
 """
 
 import contextlib
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from shoal import jsoncodec
@@ -36,12 +37,33 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 @dataclass(frozen=True)
 class Change:
+    """One change-log entry. The object is kept as its stored JSON text and parsed on each use:
+    a watcher without selectors sends the text as it is, most consumers skip most kinds, and text
+    is cheap to hold (the hub keeps tens of thousands of changes, which the garbage collector
+    would otherwise walk as millions of dicts)."""
+
     rv: int
     type: str  # ADDED, MODIFIED, DELETED
     kind: str
     namespace: str
     name: str
-    object: Obj
+    body: str
+
+    @property
+    def object(self) -> Obj:
+        obj: Obj = jsoncodec.loads(self.body)
+        return obj
+
+    @cached_property
+    def node_name(self) -> str | None:
+        """spec.nodeName of a VirtualMachine (the one field watches are indexed by); else None."""
+        if self.kind != "VirtualMachine":
+            return None
+        name = (self.object.get("spec") or {}).get("nodeName")
+        return str(name) if name else None
+
+
+Listener = Callable[[list[Change]], None]
 
 
 @dataclass(frozen=True)
@@ -58,11 +80,24 @@ def key_of(obj: Obj) -> tuple[str, str, str]:
     return obj["kind"], meta.get("namespace") or "", meta["name"]
 
 
+_NO_INDEX = {
+    "node_name": None,
+    "req_cpu": 0,
+    "req_memory": 0,
+    "req_disk": 0,
+    "guest_os": None,
+    "heartbeat": None,
+}
+
+
 def _index_columns(obj: Obj) -> dict[str, Any]:
+    if obj["kind"] == "Node":
+        return {**_NO_INDEX, "heartbeat": heartbeat_of(obj)}
     if obj["kind"] != "VirtualMachine":
-        return {"node_name": None, "req_cpu": 0, "req_memory": 0, "req_disk": 0, "guest_os": None}
+        return dict(_NO_INDEX)
     spec = obj.get("spec") or {}
     return {
+        **_NO_INDEX,
         "node_name": spec.get("nodeName"),
         "guest_os": spec.get("os"),
         "req_cpu": int(spec.get("cpu") or 0),
@@ -71,21 +106,92 @@ def _index_columns(obj: Obj) -> dict[str, Any]:
     }
 
 
+def heartbeat_of(node: Obj) -> float | None:
+    """When a node's agent last reported (lastHeartbeatTime, else its Ready condition's time), in
+    seconds since the epoch; None when it never did or the time does not parse."""
+    status = node.get("status") or {}
+    text = status.get("lastHeartbeatTime")
+    if not text:
+        ready = [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+        text = ready[0].get("lastTransitionTime") if ready else None
+    try:
+        return datetime.fromisoformat(str(text)).timestamp() if text else None
+    except ValueError:
+        return None
+
+
+class _Sql:
+    """A statement of the hot paths, run on the driver's own connection: for a small statement
+    SQLAlchemy's execution machinery costs ten times what SQLite takes to run it. Written with
+    psycopg's %(name)s parameters; SQLite gets :name."""
+
+    def __init__(self, text: str, *, locking: bool = False) -> None:
+        self.postgresql = text + (" FOR UPDATE" if locking else "")
+        self.sqlite = re.sub(r"%\((\w+)\)s", r":\1", text)
+
+    def run(self, conn: Connection, params: dict[str, Any]) -> Any:
+        """Execute with params; the driver's cursor."""
+        text = self.sqlite if conn.dialect.name == "sqlite" else self.postgresql
+        return conn.connection.driver_connection.execute(text, params)  # type: ignore[union-attr]
+
+
+_KEY = "kind = %(k)s AND namespace = %(ns)s AND name = %(n)s"
+_INDEX_COLUMNS = ("node_name", "req_cpu", "req_memory", "req_disk", "guest_os", "heartbeat")
+_GET = _Sql(f"SELECT body FROM objects WHERE {_KEY}")
+_GET_LOCKED = _Sql(f"SELECT body FROM objects WHERE {_KEY}", locking=True)
+_INSERT = _Sql(
+    f"INSERT INTO objects (kind, namespace, name, uid, rv, body, {', '.join(_INDEX_COLUMNS)}) "
+    "VALUES (%(kind)s, %(namespace)s, %(name)s, %(uid)s, %(rv)s, %(body)s, "
+    + ", ".join(f"%({c})s" for c in _INDEX_COLUMNS)
+    + ") ON CONFLICT DO NOTHING RETURNING name"
+)
+_UPDATE = _Sql(
+    "UPDATE objects SET rv = %(rv)s, body = %(body)s, "
+    + ", ".join(f"{c} = %({c})s" for c in _INDEX_COLUMNS)
+    + f" WHERE {_KEY}"
+)
+_DELETE = _Sql(f"DELETE FROM objects WHERE {_KEY}")
+_LOG = _Sql(
+    "INSERT INTO changes (rv, kind, namespace, name, type, body) "
+    "VALUES (%(rv)s, %(kind)s, %(namespace)s, %(name)s, %(type)s, %(body)s)"
+)
+_NEXT_RVS = _Sql("UPDATE counters SET value = value + %(count)s WHERE name = 'rv' RETURNING value")
+_COUNTER = _Sql("SELECT value FROM counters WHERE name = %(counter)s")
+_CHANGES_AFTER = _Sql(
+    "SELECT rv, type, kind, namespace, name, body FROM changes "
+    "WHERE rv > %(rv)s ORDER BY rv LIMIT %(limit)s"
+)
+# The bulk forms, for the scheduler's batched binds (executemany through SQLAlchemy).
+_UPDATE_MANY = (
+    sa.update(objects)
+    .where(
+        objects.c.kind == sa.bindparam("k"),
+        objects.c.namespace == sa.bindparam("ns"),
+        objects.c.name == sa.bindparam("n"),
+    )
+    .values(
+        rv=sa.bindparam("rv"),
+        body=sa.bindparam("body"),
+        **{column: sa.bindparam(column) for column in _INDEX_COLUMNS},
+    )
+)
+_LOG_MANY = sa.insert(changes)
+
+
+def _key(kind: str, namespace: str, name: str) -> dict[str, str]:
+    return {"k": kind, "ns": namespace, "n": name}
+
+
 class Tx:
     """One database transaction: reads lock the rows they return; writes get fresh versions."""
 
     def __init__(self, store: "Store", conn: Connection) -> None:
         self._store = store
         self._conn = conn
-        self.written: list[int] = []
+        self.changes: list[Change] = []  # what this transaction wrote, in order
 
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
-        query = sa.select(objects.c.body).where(
-            objects.c.kind == kind, objects.c.namespace == namespace, objects.c.name == name
-        )
-        if self._store.dialect == "postgresql":
-            query = query.with_for_update()
-        row = self._conn.execute(query).first()
+        row = _GET_LOCKED.run(self._conn, _key(kind, namespace, name)).fetchone()
         return jsoncodec.loads(row[0]) if row else None
 
     def must_get(self, kind: str, namespace: str, name: str) -> Obj:
@@ -95,22 +201,22 @@ class Tx:
         return obj
 
     def _next_rv(self) -> int:
-        rv = self._conn.execute(
-            sa.update(counters)
-            .where(counters.c.name == "rv")
-            .values(value=counters.c.value + 1)
-            .returning(counters.c.value)
-        ).scalar_one()
-        self.written.append(rv)
-        return int(rv)
+        return self._next_rvs(1)[0]
 
     def _log(self, rv: int, type_: str, obj: Obj, body: str) -> None:
         kind, namespace, name = key_of(obj)
-        self._conn.execute(
-            sa.insert(changes).values(
-                rv=rv, kind=kind, namespace=namespace, name=name, type=type_, body=body
-            )
+        _LOG.run(
+            self._conn,
+            {
+                "rv": rv,
+                "kind": kind,
+                "namespace": namespace,
+                "name": name,
+                "type": type_,
+                "body": body,
+            },
         )
+        self.changes.append(Change(rv, type_, kind, namespace, name, body))
 
     def insert(self, obj: Obj) -> Obj:
         kind, namespace, name = key_of(obj)
@@ -127,22 +233,19 @@ class Tx:
         body = jsoncodec.dumps(obj)
         # ON CONFLICT DO NOTHING: a racing transaction that inserted the same key first makes
         # this one a no-op (on PostgreSQL, after waiting for it), answered as AlreadyExists.
-        insert = postgresql_insert if self._store.dialect == "postgresql" else sqlite_insert
-        inserted = self._conn.execute(
-            insert(objects)
-            .values(
-                kind=kind,
-                namespace=namespace,
-                name=name,
-                uid=meta["uid"],
-                rv=rv,
-                body=body,
+        inserted = _INSERT.run(
+            self._conn,
+            {
+                "kind": kind,
+                "namespace": namespace,
+                "name": name,
+                "uid": meta["uid"],
+                "rv": rv,
+                "body": body,
                 **_index_columns(obj),
-            )
-            .on_conflict_do_nothing()
-            .returning(objects.c.name)
-        ).first()
-        if inserted is None:
+            },
+        ).fetchall()
+        if not inserted:
             raise AlreadyExists(
                 f"{kind} {_qualified(namespace, name)} already exists", kind=kind, name=name
             )
@@ -158,10 +261,9 @@ class Tx:
         rv = self._next_rv()
         meta["resourceVersion"] = str(rv)
         body = jsoncodec.dumps(obj)
-        updated = self._conn.execute(
-            sa.update(objects)
-            .where(objects.c.kind == kind, objects.c.namespace == namespace, objects.c.name == name)
-            .values(rv=rv, body=body, **_index_columns(obj))
+        updated = _UPDATE.run(
+            self._conn,
+            {**_key(kind, namespace, name), "rv": rv, "body": body, **_index_columns(obj)},
         ).rowcount
         if updated != 1:
             raise NotFound(_not_found_message(kind, namespace, name), kind=kind, name=name)
@@ -172,11 +274,7 @@ class Tx:
         kind, namespace, name = key_of(obj)
         rv = self._next_rv()
         obj["metadata"]["resourceVersion"] = str(rv)
-        self._conn.execute(
-            sa.delete(objects).where(
-                objects.c.kind == kind, objects.c.namespace == namespace, objects.c.name == name
-            )
-        )
+        _DELETE.run(self._conn, _key(kind, namespace, name))
         self._log(rv, "DELETED", obj, jsoncodec.dumps(obj))
         return obj
 
@@ -203,17 +301,8 @@ class Tx:
         return found
 
     def _next_rvs(self, count: int) -> list[int]:
-        top = int(
-            self._conn.execute(
-                sa.update(counters)
-                .where(counters.c.name == "rv")
-                .values(value=counters.c.value + count)
-                .returning(counters.c.value)
-            ).scalar_one()
-        )
-        rvs = list(range(top - count + 1, top + 1))
-        self.written.extend(rvs)
-        return rvs
+        top = int(_NEXT_RVS.run(self._conn, {"count": count}).fetchall()[0][0])
+        return list(range(top - count + 1, top + 1))
 
     def replace_many(self, updated: list[Obj]) -> None:
         """replace() for many live objects (none of them finishing a deletion), in two statements."""
@@ -244,25 +333,9 @@ class Tx:
                     "body": body,
                 }
             )
-        self._conn.execute(
-            sa.update(objects)
-            .where(
-                objects.c.kind == sa.bindparam("k"),
-                objects.c.namespace == sa.bindparam("ns"),
-                objects.c.name == sa.bindparam("n"),
-            )
-            .values(
-                rv=sa.bindparam("rv"),
-                body=sa.bindparam("body"),
-                node_name=sa.bindparam("node_name"),
-                req_cpu=sa.bindparam("req_cpu"),
-                req_memory=sa.bindparam("req_memory"),
-                req_disk=sa.bindparam("req_disk"),
-                guest_os=sa.bindparam("guest_os"),
-            ),
-            rows,
-        )
-        self._conn.execute(sa.insert(changes), log)
+        self._conn.execute(_UPDATE_MANY, rows)
+        self._conn.execute(_LOG_MANY, log)
+        self.changes.extend(_change_of(entry) for entry in log)
 
     def insert_many(self, created: list[Obj]) -> None:
         """insert() for many new objects whose keys the caller knows to be free (read under lock)."""
@@ -299,7 +372,8 @@ class Tx:
                 }
             )
         self._conn.execute(sa.insert(objects), rows)
-        self._conn.execute(sa.insert(changes), log)
+        self._conn.execute(_LOG_MANY, log)
+        self.changes.extend(_change_of(entry) for entry in log)
 
     def node_usages(self, node_names: list[str]) -> dict[str, Usage]:
         """node_usage() for many nodes in one statement."""
@@ -340,6 +414,12 @@ class Tx:
         return Usage(int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]))
 
 
+def _change_of(entry: dict[str, Any]) -> Change:
+    return Change(
+        entry["rv"], entry["type"], entry["kind"], entry["namespace"], entry["name"], entry["body"]
+    )
+
+
 def _qualified(namespace: str, name: str) -> str:
     return f"{namespace}/{name}" if namespace else name
 
@@ -348,12 +428,22 @@ def _not_found_message(kind: str, namespace: str, name: str) -> str:
     return f"{kind} {_qualified(namespace, name)} not found"
 
 
+@dataclass(frozen=True)
+class _LastVersion:
+    """A listener of versions as a listener of changes (equal for the same listener)."""
+
+    listener: Callable[[int], None]
+
+    def __call__(self, written: list[Change]) -> None:
+        self.listener(written[-1].rv)
+
+
 class Store:
     def __init__(self, url: str, *, change_retention: int = 200_000) -> None:
         self.url = url
         self.change_retention = change_retention
         self.dialect = sa.engine.make_url(url).get_backend_name()
-        self._listeners: list[Callable[[int], None]] = []
+        self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
         # SQLite lets one writer in at a time and makes the others poll with sleeps of up to
         # 100 ms; queueing writers of this process on a lock hands the turn over at once.
@@ -385,7 +475,10 @@ class Store:
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            # On the driver's connection: through SQLAlchemy this costs more than the BEGIN.
+            conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+                "BEGIN IMMEDIATE" if immediate else "BEGIN"
+            )
 
         return engine
 
@@ -406,15 +499,24 @@ class Store:
 
     # -- notification ---------------------------------------------------------------------
 
-    def add_listener(self, listener: Callable[[int], None]) -> None:
-        """Call listener(rv) after each commit that wrote something (from the writer's thread)."""
+    def add_change_listener(self, listener: Listener) -> None:
+        """Call listener(changes) after each commit that wrote something, with what it wrote in
+        order (from the writer's thread). On SQLite, listeners of this process hear the commits
+        in commit order; on PostgreSQL, two writers' calls may come in either order."""
         with self._listeners_lock:
             self._listeners.append(listener)
 
-    def remove_listener(self, listener: Callable[[int], None]) -> None:
+    def remove_change_listener(self, listener: Listener) -> None:
         with self._listeners_lock:
             if listener in self._listeners:
                 self._listeners.remove(listener)
+
+    def add_listener(self, listener: Callable[[int], None]) -> None:
+        """Call listener(rv) after each commit that wrote something: rv is its last version."""
+        self.add_change_listener(_LastVersion(listener))
+
+    def remove_listener(self, listener: Callable[[int], None]) -> None:
+        self.remove_change_listener(_LastVersion(listener))
 
     # -- transactions ---------------------------------------------------------------------
 
@@ -426,15 +528,16 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[Tx]:
-        with self.writing() as conn:
-            tx = Tx(self, conn)
-            yield tx
-        if tx.written:
-            top = max(tx.written)
-            with self._listeners_lock:
-                listeners = list(self._listeners)
-            for listener in listeners:
-                listener(top)
+        with self._writer_turn or contextlib.nullcontext():
+            with self._engine.begin() as conn:
+                tx = Tx(self, conn)
+                yield tx
+            # Still holding the turn: the next writer's changes cannot be published before these.
+            if tx.changes:
+                with self._listeners_lock:
+                    listeners = list(self._listeners)
+                for listener in listeners:
+                    listener(tx.changes)
 
     def create(self, obj: Obj) -> Obj:
         with self.tx() as tx:
@@ -486,15 +589,15 @@ class Store:
     # -- reads ----------------------------------------------------------------------------
 
     def get(self, kind: str, namespace: str, name: str) -> Obj:
+        return dict(jsoncodec.loads(self.get_body(kind, namespace, name)))
+
+    def get_body(self, kind: str, namespace: str, name: str) -> str:
+        """An object as its stored JSON text."""
         with self._read_engine.connect() as conn:
-            row = conn.execute(
-                sa.select(objects.c.body).where(
-                    objects.c.kind == kind, objects.c.namespace == namespace, objects.c.name == name
-                )
-            ).first()
+            row = _GET.run(conn, _key(kind, namespace, name)).fetchone()
         if row is None:
             raise NotFound(_not_found_message(kind, namespace, name), kind=kind, name=name)
-        return dict(jsoncodec.loads(row[0]))
+        return str(row[0])
 
     def list_objects(
         self,
@@ -503,30 +606,62 @@ class Store:
         *,
         node_name: str | None = None,
         unbound: bool = False,
+        heartbeat_before: float | None = None,
         after: tuple[str, str] | None = None,
         batch: int | None = None,
     ) -> tuple[list[Obj], int]:
         """Objects of a kind in (namespace, name) order after a key, with the list's version.
 
-        unbound: only VMs that no node holds yet (the scheduler's queue)."""
-        query = sa.select(objects.c.body).where(objects.c.kind == kind)
+        unbound: only VMs that no node holds yet (the scheduler's queue). heartbeat_before: only
+        Nodes whose last heartbeat (see heartbeat_of) is older than this, or unknown."""
+        rows, rv = self.list_bodies(
+            kind,
+            namespace,
+            node_name=node_name,
+            unbound=unbound,
+            heartbeat_before=heartbeat_before,
+            after=after,
+            batch=batch,
+        )
+        return [jsoncodec.loads(row[2]) for row in rows], rv
+
+    def list_bodies(
+        self,
+        kind: str,
+        namespace: str | None = None,
+        *,
+        node_name: str | None = None,
+        unbound: bool = False,
+        heartbeat_before: float | None = None,
+        after: tuple[str, str] | None = None,
+        batch: int | None = None,
+    ) -> tuple[list[tuple[str, str, str]], int]:
+        """list_objects() as (namespace, name, stored JSON text) rows, unparsed."""
+        where = ["kind = %(kind)s"]
+        params: dict[str, Any] = {"kind": kind}
         if unbound:
-            query = query.where(objects.c.node_name.is_(None))
+            where.append("node_name IS NULL")
+        if heartbeat_before is not None:
+            where.append("(heartbeat IS NULL OR heartbeat < %(heartbeat)s)")
+            params["heartbeat"] = heartbeat_before
         if namespace is not None:
-            query = query.where(objects.c.namespace == namespace)
+            where.append("namespace = %(namespace)s")
+            params["namespace"] = namespace
         if node_name is not None:
-            query = query.where(objects.c.node_name == node_name)
+            where.append("node_name = %(node_name)s")
+            params["node_name"] = node_name
         if after is not None:
-            query = query.where(
-                sa.tuple_(objects.c.namespace, objects.c.name) > sa.tuple_(after[0], after[1])
-            )
-        query = query.order_by(objects.c.namespace, objects.c.name)
+            where.append("(namespace, name) > (%(after_namespace)s, %(after_name)s)")
+            params.update(after_namespace=after[0], after_name=after[1])
+        text = f"SELECT namespace, name, body FROM objects WHERE {' AND '.join(where)}"
+        text += " ORDER BY namespace, name"
         if batch is not None:
-            query = query.limit(batch)
+            text += " LIMIT %(batch)s"
+            params["batch"] = batch
         with self._read_engine.connect() as conn, conn.begin():
             rv = self._current_rv(conn)
-            rows = conn.execute(query).all()
-        return [jsoncodec.loads(row[0]) for row in rows], rv
+            rows = _Sql(text).run(conn, params).fetchall()
+        return [(row[0], row[1], row[2]) for row in rows], rv
 
     def count(self, kind: str, namespace: str | None = None) -> int:
         query = sa.select(sa.func.count()).where(objects.c.kind == kind)
@@ -537,9 +672,7 @@ class Store:
 
     @staticmethod
     def _current_rv(conn: Connection) -> int:
-        return int(
-            conn.execute(sa.select(counters.c.value).where(counters.c.name == "rv")).scalar_one()
-        )
+        return int(_COUNTER.run(conn, {"counter": "rv"}).fetchone()[0])
 
     def current_rv(self) -> int:
         with self._read_engine.connect() as conn:
@@ -548,31 +681,15 @@ class Store:
     def changes_since(self, rv: int, limit: int = 10_000) -> list[Change]:
         """Changes after rv in order; Gone when the log no longer reaches back to rv."""
         with self._read_engine.connect() as conn, conn.begin():
-            compacted = int(
-                conn.execute(
-                    sa.select(counters.c.value).where(counters.c.name == "compacted")
-                ).scalar_one()
-            )
+            compacted = int(_COUNTER.run(conn, {"counter": "compacted"}).fetchone()[0])
             if rv < compacted:
                 raise Gone(
                     f"resourceVersion {rv} is too old: the change log starts after {compacted}; "
                     "list again and watch from the list's resourceVersion",
                     oldest=compacted,
                 )
-            rows = conn.execute(
-                sa.select(
-                    changes.c.rv,
-                    changes.c.type,
-                    changes.c.kind,
-                    changes.c.namespace,
-                    changes.c.name,
-                    changes.c.body,
-                )
-                .where(changes.c.rv > rv)
-                .order_by(changes.c.rv)
-                .limit(limit)
-            ).all()
-        return [Change(r[0], r[1], r[2], r[3], r[4], jsoncodec.loads(r[5])) for r in rows]
+            rows = _CHANGES_AFTER.run(conn, {"rv": rv, "limit": limit}).fetchall()
+        return [Change(int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     def compact(self) -> int:
         """Drop change-log entries older than the retention; return the new compaction point."""

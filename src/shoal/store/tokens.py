@@ -6,8 +6,10 @@ A token reads `<id>.<secret>`: the id finds the row, the secret is compared by h
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,30 +47,51 @@ _COLUMNS = (
 )
 
 
-# How long a verified token is trusted without asking the database again. A revocation in this
-# process clears the cache at once; another controller replica sees it within this time.
+def _check(known: dict[str, tuple[str, TokenRecord]], token: str) -> TokenRecord | None:
+    """The record of token among known ones, if its secret matches and it has not expired."""
+    token_id, _, secret = token.partition(".")
+    entry = known.get(token_id)
+    if entry is None or not hmac.compare_digest(entry[0], _hash(secret)):
+        return None
+    record = entry[1]
+    if record.expires_at is not None and record.expires_at < time.time():
+        return None
+    return record
+
+
+# How long the tokens read from the database are trusted without asking it again. A revocation in
+# this process takes effect at once; another controller replica sees it within this time.
 CACHE_SECONDS = 5.0
-CACHE_LIMIT = 10_000
+
+_READ_ONE = sa.select(*_COLUMNS, tokens.c.secret_hash).where(tokens.c.id == sa.bindparam("id"))
+_READ_LIVE = sa.select(*_COLUMNS, tokens.c.secret_hash).where(
+    sa.or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > sa.bindparam("now"))
+)
 
 
 class TokenStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
-        self._cache: dict[str, tuple[float, TokenRecord]] = {}
+        self._clock = clock
+        # Every live token's id -> (secret hash, record), as read at _read_at. While that is
+        # recent, requests are authenticated from here: no database read, and no worker thread
+        # to do one in (an agent heartbeating every 10 s would miss any per-token cache of 5 s).
+        self._known: dict[str, tuple[str, TokenRecord]] = {}
+        self._read_at = -math.inf
+        self._revocations = 0  # a read that overlapped a revocation must not be kept
+
+    def _fresh(self) -> bool:
+        return self._clock() - self._read_at <= CACHE_SECONDS
+
+    def _forget_all(self) -> None:
+        self._revocations += 1
+        self._read_at = -math.inf
+        self._known = {}
 
     def cached(self, token: str) -> TokenRecord | None:
-        """The record of a token verified in the last few seconds, without a database read."""
-        hit = self._cache.get(token)
-        if hit is None:
-            return None
-        verified_at, record = hit
-        now = time.time()
-        if now - verified_at > CACHE_SECONDS or (
-            record.expires_at is not None and record.expires_at < now
-        ):
-            self._cache.pop(token, None)
-            return None
-        return record
+        """The record of a valid token, from the tokens read in the last few seconds, without a
+        database read; None when they cannot tell (ask verify)."""
+        return _check(self._known, token) if self._fresh() else None
 
     def issue(
         self, subject_kind: str, namespace: str, name: str, ttl_seconds: float | None = None
@@ -91,25 +114,30 @@ class TokenStore:
                     expires_at=record.expires_at,
                 )
             )
+        self._known[token_id] = (_hash(secret), record)
         return f"{token_id}.{secret}", record
 
     def verify(self, token: str) -> TokenRecord | None:
+        """The record of a valid token, from the database: every live token when those read
+        before are stale (one read for many requests to come), else just this one."""
         token_id, _, secret = token.partition(".")
         if not token_id or not secret or len(token) > 200:
             return None
+        revocations = self._revocations
         with self._store.read_engine.connect() as conn:
-            row = conn.execute(
-                sa.select(*_COLUMNS, tokens.c.secret_hash).where(tokens.c.id == token_id)
-            ).first()
-        if row is None or not hmac.compare_digest(row[6], _hash(secret)):
-            return None
-        record = TokenRecord(row[0], row[1], row[2], row[3], row[4], row[5])
-        if record.expires_at is not None and record.expires_at < time.time():
-            return None
-        if len(self._cache) >= CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[token] = (time.time(), record)
-        return record
+            if not self._fresh():
+                started = self._clock()
+                rows = conn.execute(_READ_LIVE, {"now": time.time()}).all()
+                known = {row[0]: (row[6], _record(row)) for row in rows}
+                if revocations == self._revocations:
+                    self._known, self._read_at = known, started
+            else:
+                row = conn.execute(_READ_ONE, {"id": token_id}).first()
+                known = {} if row is None else {token_id: (row[6], _record(row))}
+                if revocations == self._revocations:
+                    self._known.pop(token_id, None)
+                    self._known.update(known)
+        return _check(known, token)
 
     def list(
         self, subject_kind: str, namespace: str = "", name: str | None = None
@@ -125,7 +153,7 @@ class TokenStore:
     def revoke(self, token_id: str) -> bool:
         with self._store.writing() as conn:
             removed = bool(conn.execute(sa.delete(tokens).where(tokens.c.id == token_id)).rowcount)
-        self._cache.clear()
+        self._forget_all()
         return removed
 
     def revoke_subject(self, subject_kind: str, namespace: str, name: str) -> int:
@@ -139,7 +167,7 @@ class TokenStore:
                     )
                 ).rowcount
             )
-        self._cache.clear()
+        self._forget_all()
         return removed
 
     def get(self, token_id: str) -> TokenRecord | None:

@@ -1,32 +1,63 @@
 """The watch hub: one reader of the change log that every watcher in this process shares.
 
-Writers in this process wake the hub at once (Store listeners); writes from other processes (more
-controller replicas on one PostgreSQL) are picked up by a poll. Recent changes stay in memory, in
-one ring of every change and one ring per kind, so that a watcher of VMs is neither woken nor made
-to scan for the heartbeats of a thousand nodes. A watcher that falls behind its ring reads the
-change log from the store, and one that falls behind the log's compaction gets Gone (410) and
-relists.
+Writes of this process reach the hub as they commit (a Store change listener), with their stored
+JSON text, so the hub neither reads nor parses them again. Writes from other processes (more
+controller replicas on one PostgreSQL) are read from the change log: on a poll, or at once when a
+gap in the versions shows that one happened.
+
+Recent changes stay in memory in rings, each keyed by what its watchers can want: every change
+(the scheduler), the changes of one kind, and the changes of the VMs bound to one node (an agent's
+watch with fieldSelector spec.nodeName=<node>). A change wakes only the rings it lands in, so the
+heartbeat of a node wakes no watcher of VMs, and a change to a VM wakes its node's agent rather
+than every agent. A watcher that falls behind its ring reads the change log from the store, and one
+that falls behind the log's compaction gets Gone (410) and relists.
 """
 
 import asyncio
 import bisect
 import contextlib
-from collections import deque
-from collections.abc import AsyncGenerator
+import random
+from collections import Counter, deque
+from collections.abc import AsyncGenerator, Iterable
 
 from shoal.errors import Gone
 from shoal.store.store import Change, Store
 
 BATCH = 5000
 
+# (kind, node): (None, None) holds every change, (kind, None) those of a kind, (kind, node) those
+# of the objects of a kind bound to a node (spec.nodeName, which only VirtualMachines have).
+RingKey = tuple[str | None, str | None]
+EVERYTHING: RingKey = (None, None)
+
+
+def ring_key(kind: str | None, node_name: str | None = None) -> RingKey:
+    return (kind, node_name if kind is not None else None)
+
+
+def ring_keys(change: Change, keyed_kinds: Iterable[str] = ()) -> list[RingKey]:
+    """The rings a change belongs in. Its node is looked up (which parses the object) only for
+    kinds that have per-node rings."""
+    keys = [EVERYTHING, (change.kind, None)]
+    if change.kind in keyed_kinds and change.node_name is not None:
+        keys.append((change.kind, change.node_name))
+    return keys
+
+
+def belongs(change: Change, key: RingKey) -> bool:
+    kind, node = key
+    if kind is None:
+        return True
+    return change.kind == kind and (node is None or change.node_name == node)
+
 
 class Ring:
-    """The recent changes of one kind (or of all, kind None), and an event set when it grows."""
+    """The recent changes of one key, and an event set when it grows."""
 
     def __init__(self, floor: int, size: int) -> None:
         self.changes: deque[Change] = deque()
         self.rvs: deque[int] = deque()
-        self.floor = floor  # the ring holds every change of its kind after this version
+        self.floor = floor  # the ring holds every change of its key after this version
         self.size = size
         self.signal = asyncio.Event()
 
@@ -41,6 +72,8 @@ class Ring:
         """Its changes after cursor, or None when the ring no longer reaches back that far."""
         if cursor < self.floor:
             return None
+        if not self.rvs or cursor >= self.rvs[-1]:
+            return []  # the common case: a watcher that is up to date
         start = bisect.bisect_right(self.rvs, cursor)
         return [self.changes[i] for i in range(start, len(self.changes))]
 
@@ -57,7 +90,10 @@ class WatchHub:
         self._ring_size = ring_size
         self._poll_interval = poll_interval
         self.last_rv = 0
-        self._rings: dict[str | None, Ring] = {None: Ring(0, ring_size)}
+        self._rings: dict[RingKey, Ring] = {EVERYTHING: Ring(0, ring_size)}
+        self._watchers: Counter[RingKey] = Counter()  # per-node rings are dropped at zero
+        self._keyed_kinds: Counter[str] = Counter()  # kinds with per-node rings, and how many
+        self._pushed: dict[int, Change] = {}  # local commits heard ahead of a gap
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -65,29 +101,79 @@ class WatchHub:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.last_rv = await asyncio.to_thread(self._store.current_rv)
-        self._rings = {None: Ring(self.last_rv, self._ring_size)}
-        self._store.add_listener(self._on_commit)
+        self._rings = {EVERYTHING: Ring(self.last_rv, self._ring_size)}
+        self._store.add_change_listener(self._on_commit)
         self._task = asyncio.create_task(self._run(), name="watch-hub")
 
     async def stop(self) -> None:
-        self._store.remove_listener(self._on_commit)
+        self._store.remove_change_listener(self._on_commit)
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _on_commit(self, rv: int) -> None:
+    def _on_commit(self, written: list[Change]) -> None:
+        """A commit of this process, heard on the writer's thread."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._wake.set)
+                loop.call_soon_threadsafe(self._accept, written)
 
-    def _ring(self, kind: str | None) -> Ring:
-        ring = self._rings.get(kind)
+    def _accept(self, written: list[Change]) -> None:
+        for change in written:
+            if change.rv > self.last_rv:
+                self._pushed[change.rv] = change
+        self._drain_pushed()
+        if self._pushed:
+            # A version is missing: another process wrote it (or a writer of this one has not
+            # been heard yet). The log has it.
+            self._wake.set()
+
+    def _drain_pushed(self) -> None:
+        batch: list[Change] = []
+        while (change := self._pushed.pop(self.last_rv + len(batch) + 1, None)) is not None:
+            batch.append(change)
+        if batch:
+            self._append(batch)
+        for rv in [rv for rv in self._pushed if rv <= self.last_rv]:
+            del self._pushed[rv]
+
+    def _append(self, batch: list[Change]) -> None:
+        """Put changes that follow last_rv in the rings they belong to, and wake those."""
+        touched: set[RingKey] = set()
+        for change in batch:
+            for key in ring_keys(change, self._keyed_kinds):
+                ring = self._rings.get(key)
+                if ring is not None:
+                    ring.append(change)
+                    touched.add(key)
+        self.last_rv = batch[-1].rv
+        for key in touched:
+            self._rings[key].wake()
+
+    def _ring(self, key: RingKey) -> Ring:
+        ring = self._rings.get(key)
         if ring is None:
-            # Nothing of this kind is in memory yet: the ring is complete from now on.
-            ring = self._rings[kind] = Ring(self.last_rv, self._ring_size)
+            # Nothing of this key is in memory yet: the ring is complete from now on.
+            ring = self._rings[key] = Ring(self.last_rv, self._ring_size)
         return ring
+
+    def _subscribe(self, key: RingKey) -> None:
+        self._watchers[key] += 1
+        if key[1] is not None and self._watchers[key] == 1:
+            self._keyed_kinds[str(key[0])] += 1
+
+    def _unsubscribe(self, key: RingKey) -> None:
+        self._watchers[key] -= 1
+        if self._watchers[key] > 0:
+            return
+        del self._watchers[key]
+        if key[1] is not None:
+            kind = str(key[0])
+            self._rings.pop(key, None)
+            self._keyed_kinds[kind] -= 1
+            if self._keyed_kinds[kind] <= 0:
+                del self._keyed_kinds[kind]
 
     async def _run(self) -> None:
         while True:
@@ -105,28 +191,22 @@ class WatchHub:
             except Exception:  # the database may be restarting; the next poll retries
                 await asyncio.sleep(self._poll_interval)
                 continue
-            if not batch:
-                continue
-            touched: set[str | None] = {None}
-            everything = self._rings[None]
-            for change in batch:
-                everything.append(change)
-                if change.kind in self._rings:
-                    self._rings[change.kind].append(change)
-                    touched.add(change.kind)
-            self.last_rv = batch[-1].rv
+            # Commits of this process may have been heard while the log was read.
+            fresh = [change for change in batch if change.rv > self.last_rv]
+            if fresh:
+                self._append(fresh)
+            self._drain_pushed()
             if len(batch) == BATCH:
                 self._wake.set()
-            for kind in touched:
-                self._rings[kind].wake()
 
     async def _restart_from_now(self) -> None:
         """The log was compacted past what the hub has read (it was stalled while others wrote):
         start again from now. Watchers behind that point read the log and get Gone, and relist."""
         self.last_rv = await asyncio.to_thread(self._store.current_rv)
+        self._drain_pushed()
         rings, self._rings = self._rings, {}
-        for kind in rings:
-            self._rings[kind] = Ring(self.last_rv, self._ring_size)
+        for key in rings:
+            self._rings[key] = Ring(self.last_rv, self._ring_size)
         for ring in rings.values():
             ring.wake()
 
@@ -136,38 +216,53 @@ class WatchHub:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await self._rings[None].signal.wait()
+                await self._rings[EVERYTHING].signal.wait()
 
     async def changes(
-        self, since: int, *, heartbeat: float | None = None, kind: str | None = None
+        self,
+        since: int,
+        *,
+        heartbeat: float | None = None,
+        kind: str | None = None,
+        node_name: str | None = None,
     ) -> AsyncGenerator[Change | int, None]:
-        """Every change after `since` (of one kind, if given), in order, forever.
+        """Every change after `since` (of one kind, and of the objects bound to one node, if
+        given), in order, forever.
 
         After `heartbeat` seconds of quiet it yields an int: the version up to which every change
         (of the kind) has been yielded, which a watcher can resume from (a Kubernetes BOOKMARK).
+        The first comes after a random part of that: watchers opened together (a thousand agents
+        reconnecting) would otherwise all get theirs at the same instant, every time.
 
         Raises Gone when `since` is older than the change log reaches.
         """
-        cursor = since
-        while True:
-            ring = self._ring(kind)
-            signal = ring.signal
-            top = self.last_rv  # the ring holds every change of its kind up to here
-            batch = ring.after(cursor)
-            more_in_log = False
-            if batch is None:
-                logged = await asyncio.to_thread(self._store.changes_since, cursor, BATCH)
-                batch = [c for c in logged if kind is None or c.kind == kind]
-                top = logged[-1].rv if logged else cursor
-                more_in_log = bool(logged)
-            for change in batch:
-                yield change
-                cursor = change.rv
-            cursor = max(cursor, top)
-            if batch or more_in_log:
-                continue
-            try:
-                async with asyncio.timeout(heartbeat):
-                    await signal.wait()
-            except TimeoutError:
-                yield cursor  # everything up to here was yielded; nothing later is promised
+        key = ring_key(kind, node_name)
+        self._subscribe(key)
+        quiet = None if heartbeat is None else random.uniform(0, heartbeat)
+        try:
+            cursor = since
+            while True:
+                ring = self._ring(key)
+                signal = ring.signal
+                top = self.last_rv  # the ring holds every change of its key up to here
+                batch = ring.after(cursor)
+                more_in_log = False
+                if batch is None:
+                    logged = await asyncio.to_thread(self._store.changes_since, cursor, BATCH)
+                    batch = [c for c in logged if belongs(c, key)]
+                    top = logged[-1].rv if logged else cursor
+                    more_in_log = bool(logged)
+                for change in batch:
+                    yield change
+                    cursor = change.rv
+                cursor = max(cursor, top)
+                if batch or more_in_log:
+                    continue
+                try:
+                    async with asyncio.timeout(quiet):
+                        await signal.wait()
+                except TimeoutError:
+                    yield cursor  # everything up to here was yielded; nothing later is promised
+                quiet = heartbeat
+        finally:
+            self._unsubscribe(key)
