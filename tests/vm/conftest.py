@@ -46,6 +46,7 @@ class QemuDev:
     cli: Cli
     port: int
     process: subprocess.Popen[bytes] | None = None
+    nodes: int = 1
 
     @property
     def data_dir(self) -> Path:
@@ -70,6 +71,8 @@ class QemuDev:
                     # Three one-vCPU guests on a two-core CI machine: offer 4 vCPUs.
                     "--node-cpu",
                     "4",
+                    "--nodes",
+                    str(self.nodes),
                 ],
                 env=self.cli.env,
                 stdout=log,

@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from conftest import TEST_IMAGE, QemuDev
+from helpers import wait_until
 from images.image_helpers import Registry
 from images.registry_fixtures import isolated_credentials, registry
 from shoal.testguest import TestGuest
@@ -23,10 +24,20 @@ BOOT_TIMEOUT = 300
 VM_FLAGS = ["--cpu", "1", "--memory", "256Mi", "--disk", "1Gi"]
 
 
+@pytest.fixture
+def two_nodes(qemu_dev: QemuDev) -> QemuDev:
+    """shoal dev with two qemu nodes (each its own state dir and image cache)."""
+    qemu_dev.kill()
+    qemu_dev.nodes = 2
+    qemu_dev.start()
+    wait_until(lambda: len(qemu_dev.cli.json("node", "list")["items"]) == 2, what="two nodes")
+    return qemu_dev
+
+
 def test_push_a_vm_then_boot_its_image_with_the_file_in_it(
-    qemu_dev: QemuDev, registry: Registry, guest_image: TestGuest
+    two_nodes: QemuDev, registry: Registry, guest_image: TestGuest
 ) -> None:
-    cli = qemu_dev.cli
+    cli = two_nodes.cli
     key = ["-i", str(guest_image.private_key)]
     cli.run("vm", "deploy", "src", "--image", TEST_IMAGE, *VM_FLAGS, "--wait", timeout=BOOT_TIMEOUT)
     cli.run("ssh", "src", *key, "--", "echo pushed-$((6 * 7)) > /root/mark && sync")
@@ -53,7 +64,16 @@ def test_push_a_vm_then_boot_its_image_with_the_file_in_it(
     assert "image snap created from" in committed.stdout
     source = cli.json("image", "get", "snap")["spec"]["source"]["oci"]
     assert source.startswith(f"{registry.host}/snap") and "@sha256:" in source
-    cli.run("vm", "deploy", "copy", "--image", "snap", *VM_FLAGS, "--wait", timeout=BOOT_TIMEOUT)
+    # On the other node, which has never seen the VM nor its image: it pulls it.
+    source_node = cli.json("vm", "get", "src")["spec"]["nodeName"]
+    other = next(n["metadata"]["name"] for n in cli.json("node", "list")["items"]
+                 if n["metadata"]["name"] != source_node)  # fmt: skip
+    cli.run("node", "label", other, "role=copy")
+    cli.run(
+        "vm", "deploy", "copy", "--image", "snap", *VM_FLAGS, "--selector", "role=copy", "--wait",
+        timeout=BOOT_TIMEOUT,
+    )  # fmt: skip
+    assert cli.json("vm", "get", "copy")["spec"]["nodeName"] == other
     assert cli.run("ssh", "copy", *key, "--", "cat /root/mark").stdout.strip() == "pushed-42"
 
     refused = cli.run("vm", "push", "src", "not a reference", check=False)
