@@ -102,18 +102,39 @@ def ensure_default_namespace(store: Store) -> None:
         )
 
 
+# How often objects frozen out of the garbage collector's passes are let back in, so that cycles
+# among them that became garbage since (a connection closed, say) are freed after all.
+GC_THAW_SECONDS = 3600.0
+
+
 def settle_garbage_collector() -> None:
     """Keep the cyclic garbage collector's pauses short in a long-running process.
 
     Each full pass stops the process and walks every object it tracks: with a thousand agents'
-    connections and watches it took hundreds of milliseconds, and ran a dozen times a minute.
-    What exists once the process has started lives as long as it does: freeze it out of every
-    pass. Then make full passes ten times rarer. Young passes keep Python's default size: larger
-    ones pause longer (they touch objects all over the heap) for no less work in all.
+    connections and watches it took up to a second, and ran a dozen times a minute. What survives
+    a full pass (and what exists once the process has started) is long-lived: freeze it out of the
+    passes to come, which then walk only what was made since. Full passes come ten times rarer;
+    young ones keep Python's default size (larger ones pause longer for no less work in all).
+    Frozen objects are let back in once an hour (see thaw_garbage_collector).
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(700, 10, 100)
+    if _freeze_survivors not in gc.callbacks:
+        gc.callbacks.append(_freeze_survivors)
+
+
+def _freeze_survivors(phase: str, info: dict[str, int]) -> None:
+    if phase == "stop" and info["generation"] == 2:
+        gc.freeze()
+
+
+async def thaw_garbage_collector(every: float = GC_THAW_SECONDS) -> None:
+    """Let the frozen objects back into the collector's passes now and then: the next full pass
+    frees the cycles among them that became garbage, and freezes the rest again."""
+    while True:
+        await asyncio.sleep(every)
+        gc.unfreeze()
 
 
 class ControlPlane:
@@ -196,6 +217,7 @@ class ControlPlane:
         sys.setswitchinterval(0.0005)
         await self.start()
         settle_garbage_collector()
+        self._tasks.append(asyncio.create_task(thaw_garbage_collector(), name="gc-thaw"))
         config = uvicorn.Config(
             self.app,
             host=self.settings.host,

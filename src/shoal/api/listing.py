@@ -3,6 +3,7 @@
 import base64
 import binascii
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -187,13 +188,20 @@ async def watch(
         since = start
     deadline = None if timeout is None else time.monotonic() + timeout
     last_sent = since
+    heartbeat = (
+        bookmark_interval
+        if deadline is None
+        else min(bookmark_interval, max(0.05, timeout or bookmark_interval))
+    )
     stream = hub.changes(
         since,
         kind=query.info.kind,
         node_name=query.bound_to,
-        heartbeat=bookmark_interval
-        if deadline is None
-        else min(bookmark_interval, max(0.05, timeout or bookmark_interval)),
+        heartbeat=heartbeat,
+        # A watch that runs until the client goes (an agent's) gets its first bookmark after a
+        # random extra part of the interval: opened together (a fleet reconnecting), such watches
+        # would otherwise all get theirs at the same instant, every time.
+        first_heartbeat=heartbeat * random.uniform(1, 2) if deadline is None else None,
     )
     try:
         async for change in stream:

@@ -16,9 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from alembic import command
@@ -35,12 +34,11 @@ Obj = dict[str, Any]
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     """One change-log entry. The object is kept as its stored JSON text and parsed on each use:
-    a watcher without selectors sends the text as it is, most consumers skip most kinds, and text
-    is cheap to hold (the hub keeps tens of thousands of changes, which the garbage collector
-    would otherwise walk as millions of dicts)."""
+    a watcher without selectors sends the text as it is, and most consumers skip most kinds. A
+    tuple of strings and an int, which the garbage collector stops tracking: the hub holds tens of
+    thousands of them, and every full collection would walk them all."""
 
     rv: int
     type: str  # ADDED, MODIFIED, DELETED
@@ -54,7 +52,7 @@ class Change:
         obj: Obj = jsoncodec.loads(self.body)
         return obj
 
-    @cached_property
+    @property
     def node_name(self) -> str | None:
         """spec.nodeName of a VirtualMachine (the one field watches are indexed by); else None."""
         if self.kind != "VirtualMachine":

@@ -16,7 +16,6 @@ that falls behind the log's compaction gets Gone (410) and relists.
 import asyncio
 import bisect
 import contextlib
-import random
 from collections import Counter, deque
 from collections.abc import AsyncGenerator, Iterable
 
@@ -39,8 +38,10 @@ def ring_keys(change: Change, keyed_kinds: Iterable[str] = ()) -> list[RingKey]:
     """The rings a change belongs in. Its node is looked up (which parses the object) only for
     kinds that have per-node rings."""
     keys = [EVERYTHING, (change.kind, None)]
-    if change.kind in keyed_kinds and change.node_name is not None:
-        keys.append((change.kind, change.node_name))
+    if change.kind in keyed_kinds:
+        node = change.node_name
+        if node is not None:
+            keys.append((change.kind, node))
     return keys
 
 
@@ -223,22 +224,22 @@ class WatchHub:
         since: int,
         *,
         heartbeat: float | None = None,
+        first_heartbeat: float | None = None,
         kind: str | None = None,
         node_name: str | None = None,
     ) -> AsyncGenerator[Change | int, None]:
         """Every change after `since` (of one kind, and of the objects bound to one node, if
         given), in order, forever.
 
-        After `heartbeat` seconds of quiet it yields an int: the version up to which every change
-        (of the kind) has been yielded, which a watcher can resume from (a Kubernetes BOOKMARK).
-        The first comes after a random part of that: watchers opened together (a thousand agents
-        reconnecting) would otherwise all get theirs at the same instant, every time.
+        After `heartbeat` seconds of quiet (`first_heartbeat` the first time, if given) it yields
+        an int: the version up to which every change (of the kind) has been yielded, which a
+        watcher can resume from (a Kubernetes BOOKMARK).
 
         Raises Gone when `since` is older than the change log reaches.
         """
         key = ring_key(kind, node_name)
         self._subscribe(key)
-        quiet = None if heartbeat is None else random.uniform(0, heartbeat)
+        quiet = heartbeat if first_heartbeat is None else first_heartbeat
         try:
             cursor = since
             while True:
