@@ -7,11 +7,13 @@ It measures the steady state: the clients start once every agent has joined and 
 its heartbeat loop, and the VMs they list and watch are running."""
 
 import gc
+import multiprocessing
 import random
 import statistics
 import tempfile
-import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,38 @@ def _wait_for_running(client: Client, count: int, timeout: float = 120.0) -> Non
     raise TimeoutError(f"the {count} VMs did not all start")
 
 
+CALLS = ("list nodes", "list vms", "get node", "watch vms (first event)")
+
+
+def _client(index: int, url: str, token: str, ca: str, stop: float) -> dict[str, list[float]]:
+    """One client: a list, get or watch every REQUEST_INTERVAL until stop (open loop, as people
+    and dashboards behave: a slow server meets the same load instead of less of it). Returns
+    each call's latencies in milliseconds."""
+    # For one minute refcounting frees enough: no collector pause inside a timing.
+    gc.disable()
+    client = Client(url, token, ca_pem=ca)
+    calls: dict[str, Callable[[], object]] = {
+        "list nodes": lambda: client.list("nodes", limit=500),
+        "list vms": lambda: client.list("virtualmachines", "default"),
+        "get node": lambda: client.get("nodes", f"sim-{1 + index * 37 % AGENTS}"),
+        "watch vms (first event)": lambda: next(
+            iter(client.watch("virtualmachines", "default", timeout=5))
+        ),
+    }
+    timings: dict[str, list[float]] = {name: [] for name in CALLS}
+    due = time.monotonic() + random.uniform(0, REQUEST_INTERVAL)
+    turn = index
+    while due < stop:
+        time.sleep(max(0.0, due - time.monotonic()))
+        name = CALLS[turn % len(CALLS)]
+        started = time.perf_counter()
+        calls[name]()
+        timings[name].append((time.perf_counter() - started) * 1000)
+        turn += 1
+        due += REQUEST_INTERVAL
+    return timings
+
+
 def run() -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         cluster = Cluster(Path(tmp))
@@ -98,52 +132,21 @@ def run() -> list[dict[str, Any]]:
                     "default",
                 )
             _wait_for_running(client, VMS)
-            # The load generator is a process too: its garbage collector must not pause all twenty
-            # clients at once in the middle of their timings (for one minute, refcounting frees
-            # enough).
-            gc.collect()
-            gc.disable()
-            timings: dict[str, list[float]] = {
-                "list nodes": [],
-                "list vms": [],
-                "get node": [],
-                "watch vms (first event)": [],
-            }
-            lock = threading.Lock()
+            timings: dict[str, list[float]] = {name: [] for name in CALLS}
             stop = time.monotonic() + SECONDS
-
-            def worker(index: int) -> None:
-                # Open loop, as people and dashboards behave: one request per client per
-                # REQUEST_INTERVAL whatever the last one took, so a slow server meets the same
-                # load instead of less of it.
-                mine = Client(cluster.url, cluster.token, ca_pem=cluster.ca)
-                calls = [
-                    ("list nodes", lambda: mine.list("nodes", limit=500)),
-                    ("list vms", lambda: mine.list("virtualmachines", "default")),
-                    ("get node", lambda: mine.get("nodes", f"sim-{1 + index * 37 % AGENTS}")),
-                    (
-                        "watch vms (first event)",
-                        lambda: next(iter(mine.watch("virtualmachines", "default", timeout=5))),
-                    ),
-                ]
-                due = time.monotonic() + random.uniform(0, REQUEST_INTERVAL)
-                turn = index
-                while due < stop:
-                    time.sleep(max(0.0, due - time.monotonic()))
-                    name, call = calls[turn % len(calls)]
-                    started = time.perf_counter()
-                    call()
-                    with lock:
-                        timings[name].append((time.perf_counter() - started) * 1000)
-                    turn += 1
-                    due += REQUEST_INTERVAL
-
-            threads = [threading.Thread(target=worker, args=(i,)) for i in range(CLIENTS)]
             metrics_before = client._http.get("/metrics").text
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            # Each client is a process of its own, as twenty people or dashboards are: in one
+            # process, twenty threads would wait on each other's turn at the interpreter (and
+            # its garbage collector) and count that wait as the server's.
+            fork = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(CLIENTS, mp_context=fork) as pool:
+                futures = [
+                    pool.submit(_client, i, cluster.url, cluster.token, cluster.ca, stop)
+                    for i in range(CLIENTS)
+                ]
+                for future in futures:
+                    for name, values in future.result().items():
+                        timings[name] += values
             metrics = client._http.get("/metrics").text
             rows = []
             for name, values in timings.items():
@@ -171,4 +174,3 @@ def run() -> list[dict[str, Any]]:
             return rows
         finally:
             cluster.stop()
-            gc.enable()

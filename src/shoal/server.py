@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
+from shoal import gcpolicy
 from shoal.api.app import create_app
 from shoal.api.context import ApiContext
 from shoal.api.hooks import CREATE_HOOKS
@@ -25,7 +25,7 @@ from shoal.model.kinds import NAMESPACE_FINALIZER
 from shoal.model.meta import API_VERSION
 from shoal.scheduler.loop import Scheduler, SchedulerSettings
 from shoal.store.store import Store
-from shoal.store.tokens import TokenStore
+from shoal.store.tokens import CACHE_SECONDS, TokenStore
 from shoal.store.watch import WatchHub
 from shoal.tls import ServerTls, ensure_server_tls
 
@@ -102,39 +102,8 @@ def ensure_default_namespace(store: Store) -> None:
         )
 
 
-# How often objects frozen out of the garbage collector's passes are let back in, so that cycles
-# among them that became garbage since (a connection closed, say) are freed after all.
-GC_THAW_SECONDS = 3600.0
-
-
-def settle_garbage_collector() -> None:
-    """Keep the cyclic garbage collector's pauses short in a long-running process.
-
-    Each full pass stops the process and walks every object it tracks: with a thousand agents'
-    connections and watches it took up to a second, and ran a dozen times a minute. What survives
-    a full pass (and what exists once the process has started) is long-lived: freeze it out of the
-    passes to come, which then walk only what was made since. Full passes come ten times rarer;
-    young ones keep Python's default size (larger ones pause longer for no less work in all).
-    Frozen objects are let back in once an hour (see thaw_garbage_collector).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(700, 10, 100)
-    if _freeze_survivors not in gc.callbacks:
-        gc.callbacks.append(_freeze_survivors)
-
-
-def _freeze_survivors(phase: str, info: dict[str, int]) -> None:
-    if phase == "stop" and info["generation"] == 2:
-        gc.freeze()
-
-
-async def thaw_garbage_collector(every: float = GC_THAW_SECONDS) -> None:
-    """Let the frozen objects back into the collector's passes now and then: the next full pass
-    frees the cycles among them that became garbage, and freezes the rest again."""
-    while True:
-        await asyncio.sleep(every)
-        gc.unfreeze()
+# Well within the time the in-memory tokens are trusted, so requests always find them fresh.
+TOKEN_REFRESH_SECONDS = CACHE_SECONDS / 2.5
 
 
 class ControlPlane:
@@ -196,6 +165,11 @@ class ControlPlane:
                 name="node-lifecycle",
             )
         )
+        self._tasks.append(
+            asyncio.create_task(
+                self._every(TOKEN_REFRESH_SECONDS, self.tokens.refresh), name="token-refresh"
+            )
+        )
 
     def _housekeeping(self) -> None:
         self.namespaces.run_once()
@@ -216,8 +190,8 @@ class ControlPlane:
         # 5 ms GIL switch interval each hop can wait that long behind a busy thread.
         sys.setswitchinterval(0.0005)
         await self.start()
-        settle_garbage_collector()
-        self._tasks.append(asyncio.create_task(thaw_garbage_collector(), name="gc-thaw"))
+        gcpolicy.settle()
+        self._tasks.append(asyncio.create_task(gcpolicy.run_full_passes(), name="gc"))
         config = uvicorn.Config(
             self.app,
             host=self.settings.host,

@@ -532,7 +532,10 @@ def test_fake_tart_run_process_that_dies_is_failed_with_its_log(fake: Fake) -> N
             await booted(fake, backend, "vm1", MACOS)
             count = len(fake.events)
             fake.crash("shoal-vm1", "Error: Virtualization.framework: the VM stopped with an error")
-            state = await wait_state(backend, "vm1", lambda s: s.actual == Actual.FAILED)
+            # The exit code is recorded a moment after the process is gone: wait for it too.
+            state = await wait_state(
+                backend, "vm1", lambda s: s.actual == Actual.FAILED and "(exit" in s.message
+            )
             assert state.reason == "ProcessExited"
             assert "tart run shoal-vm1 exited (exit 1) without being asked to stop" in (
                 state.message

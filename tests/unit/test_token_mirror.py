@@ -2,6 +2,7 @@
 revocation here at once, and one on another replica within the cache time."""
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -121,3 +122,31 @@ def test_a_new_token_from_elsewhere_is_read_alone(store: Store) -> None:
     assert here.cached(token) is None  # not among those read
     assert here.verify(token) == record
     assert here.cached(token) == record
+
+
+def test_refreshed_on_a_timer_requests_never_find_it_stale(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = TokenStore(store, clock=clock)
+    token = tokens.issue("Node", "", "n1")[0]
+    other = TokenStore(store, clock=clock)  # another replica, refreshing on its timer
+    other.refresh()
+    reads = count_reads(store, monkeypatch)
+    for _ in range(10):
+        clock.now += CACHE_SECONDS / 2.5
+        other.refresh()
+        assert other.cached(token) is not None
+    assert len(reads) == 10  # the timer's reads, none for the requests
+
+
+def test_requests_arriving_together_on_a_stale_copy_read_it_once(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = TokenStore(store, clock=clock)
+    issued = [tokens.issue("Node", "", f"n{i}")[0] for i in range(20)]
+    stale = TokenStore(store, clock=clock)
+    reads = count_reads(store, monkeypatch)
+    with ThreadPoolExecutor(20) as pool:
+        records = list(pool.map(stale.verify, issued))
+    assert all(record is not None for record in records)
+    assert len(reads) == 1

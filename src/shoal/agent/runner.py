@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from shoal import gcpolicy
 from shoal.agent.agent import Agent, AgentSettings
 from shoal.agent.join import Credentials, join, load_credentials
 from shoal.backends.base import Backend
@@ -102,9 +102,5 @@ async def run_agents(plan: AgentPlan) -> None:
                 node_name=name, heartbeat_interval=plan.heartbeat_interval, labels=plan.labels
             )
             agents.append(Agent(client, plan.backend_factory(name), settings))
-        # As the controller does (see shoal.server.settle_garbage_collector): what is made by now
-        # lives as long as the process, and a full pass over a thousand agents takes long.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(700, 10, 100)
-        await asyncio.gather(*(agent.run() for agent in agents))
+        gcpolicy.settle()
+        await asyncio.gather(gcpolicy.run_full_passes(), *(agent.run() for agent in agents))

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from shoal import eventloop
 from shoal.quantity import parse_bytes
 
 # The server side (FastAPI, SQLAlchemy, uvicorn) is imported inside each command, so that the
@@ -139,7 +140,7 @@ def register(app: typer.Typer) -> None:
             ),
         )
         try:
-            asyncio.run(run_dev(settings, lambda text: typer.echo(text)))
+            eventloop.run(run_dev(settings, lambda text: typer.echo(text)))
         except ValueError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None
@@ -210,7 +211,7 @@ def register(app: typer.Typer) -> None:
             tunnel_idle_timeout=tunnel_idle_timeout,
         )
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_controller(settings, lambda text: typer.echo(text)))
+            eventloop.run(run_controller(settings, lambda text: typer.echo(text)))
 
     @app.command()
     def agent(
@@ -365,7 +366,7 @@ def register(app: typer.Typer) -> None:
             labels=_labels(label or []),
         )
         try:
-            asyncio.run(run_agents(plan))
+            eventloop.run(run_agents(plan))
         except ValueError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None

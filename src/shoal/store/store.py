@@ -661,6 +661,12 @@ class Store:
             rows = _Sql(text).run(conn, params).fetchall()
         return [(row[0], row[1], row[2]) for row in rows], rv
 
+    def names(self, kind: str) -> set[str]:
+        """The names of a kind's objects (of every namespace), without reading the objects."""
+        query = sa.select(objects.c.name).where(objects.c.kind == kind)
+        with self._read_engine.connect() as conn:
+            return {row[0] for row in conn.execute(query)}
+
     def count(self, kind: str, namespace: str | None = None) -> int:
         query = sa.select(sa.func.count()).where(objects.c.kind == kind)
         if namespace is not None:

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import math
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ class TokenStore:
         self._known: dict[str, tuple[str, TokenRecord]] = {}
         self._read_at = -math.inf
         self._revocations = 0  # a read that overlapped a revocation must not be kept
+        self._refresh_lock = threading.Lock()
 
     def _fresh(self) -> bool:
         return self._clock() - self._read_at <= CACHE_SECONDS
@@ -117,26 +119,43 @@ class TokenStore:
         self._known[token_id] = (_hash(secret), record)
         return f"{token_id}.{secret}", record
 
+    def refresh(self) -> None:
+        """Read every live token into the in-memory copy. The controller calls this on a timer
+        shorter than CACHE_SECONDS, so requests never find the copy stale and never wait on the
+        read (nor make it many times over, arriving together when it went stale)."""
+        with self._refresh_lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        revocations = self._revocations
+        started = self._clock()
+        with self._store.read_engine.connect() as conn:
+            rows = conn.execute(_READ_LIVE, {"now": time.time()}).all()
+        if revocations == self._revocations:
+            self._known = {row[0]: (row[6], _record(row)) for row in rows}
+            self._read_at = started
+
     def verify(self, token: str) -> TokenRecord | None:
         """The record of a valid token, from the database: every live token when those read
         before are stale (one read for many requests to come), else just this one."""
         token_id, _, secret = token.partition(".")
         if not token_id or not secret or len(token) > 200:
             return None
+        if not self._fresh():
+            with self._refresh_lock:
+                if not self._fresh():  # else another request read them meanwhile
+                    self._refresh()
+            if self._fresh():
+                return _check(self._known, token)
+        elif token_id in self._known:  # read while this request waited for a worker thread
+            return _check(self._known, token)
         revocations = self._revocations
         with self._store.read_engine.connect() as conn:
-            if not self._fresh():
-                started = self._clock()
-                rows = conn.execute(_READ_LIVE, {"now": time.time()}).all()
-                known = {row[0]: (row[6], _record(row)) for row in rows}
-                if revocations == self._revocations:
-                    self._known, self._read_at = known, started
-            else:
-                row = conn.execute(_READ_ONE, {"id": token_id}).first()
-                known = {} if row is None else {token_id: (row[6], _record(row))}
-                if revocations == self._revocations:
-                    self._known.pop(token_id, None)
-                    self._known.update(known)
+            row = conn.execute(_READ_ONE, {"id": token_id}).first()
+        known = {} if row is None else {token_id: (row[6], _record(row))}
+        if revocations == self._revocations:
+            self._known.pop(token_id, None)
+            self._known.update(known)
         return _check(known, token)
 
     def list(
