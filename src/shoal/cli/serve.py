@@ -140,7 +140,7 @@ def register(app: typer.Typer) -> None:
             ),
         )
         try:
-            eventloop.run(run_dev(settings, lambda text: typer.echo(text)))
+            asyncio.run(run_dev(settings, lambda text: typer.echo(text)))
         except ValueError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None
@@ -366,7 +366,7 @@ def register(app: typer.Typer) -> None:
             labels=_labels(label or []),
         )
         try:
-            eventloop.run(run_agents(plan))
+            asyncio.run(run_agents(plan))
         except ValueError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None
