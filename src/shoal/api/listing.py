@@ -14,6 +14,7 @@ from shoal.errors import ApiError, BadRequest, Gone
 from shoal.model.meta import API_VERSION
 from shoal.model.registry import KindInfo
 from shoal.selectors import Predicate, field_predicate, label_predicate, parse_field_selector
+from shoal.store.objectcache import ObjectCache
 from shoal.store.store import Change, Obj, Store
 from shoal.store.watch import WatchHub
 
@@ -87,10 +88,22 @@ class Page:
     cont: str | None = None
 
 
-def list_page(store: Store, query: Query, limit: int | None, cont: str | None) -> Page:
+def list_page(
+    store: Store,
+    query: Query,
+    limit: int | None,
+    cont: str | None,
+    cache: ObjectCache | None = None,
+) -> Page:
     if limit is not None and not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(f"limit: must be between 1 and {MAX_LIMIT}", field="limit")
     after = _decode_continue(cont) if cont else None
+    if cache is not None and not query.filtered and query.bound_to is None:
+        cached = cache.page(query.info.kind, query.namespace, after, limit, store.current_rv())
+        if cached is not None:
+            items, version, more_after = cached
+            token = _encode_continue(*more_after) if more_after is not None else None
+            return Page(items, version, token)
     bodies: list[str] = []
     last: tuple[str, str] | None = None
     list_rv = None
@@ -161,12 +174,14 @@ def parse_resource_version(text: str | None) -> int | None:
     return value
 
 
-def watch_start(store: Store, query: Query, since: int | None) -> Page | int:
+def watch_start(
+    store: Store, query: Query, since: int | None, cache: ObjectCache | None = None
+) -> Page | int:
     """Where a watch starts: from what exists (since None: a page of it, sent as ADDED events),
     or from since, once it is known to be in the change log (else Gone (410), raised before the
     stream starts)."""
     if since is None:
-        return list_page(store, query, None, None)
+        return list_page(store, query, None, None, cache)
     store.changes_since(since, 1)
     return since
 

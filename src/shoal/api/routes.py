@@ -190,7 +190,7 @@ class KindHandlers:
         cont: str | None,
     ) -> bytes:
         self.authorize(ctx, caller, "list", namespace, node_scope=query.node_name)
-        return list_response(self.info, list_page(ctx.store, query, limit, cont))
+        return list_response(self.info, list_page(ctx.store, query, limit, cont, ctx.hub.cache))
 
     def _watch_start(
         self,
@@ -201,7 +201,9 @@ class KindHandlers:
         resource_version: str | None,
     ) -> listing.Page | int:
         self.authorize(ctx, caller, "watch", namespace, node_scope=query.node_name)
-        return watch_start(ctx.store, query, parse_resource_version(resource_version))
+        return watch_start(
+            ctx.store, query, parse_resource_version(resource_version), ctx.hub.cache
+        )
 
     def get(self, ctx: ApiContext, caller: Principal, namespace: str | None, name: str) -> Response:
         self.authorize(ctx, caller, "get", namespace, name=name)

@@ -20,6 +20,7 @@ from collections import Counter, deque
 from collections.abc import AsyncGenerator, Iterable
 
 from shoal.errors import Gone
+from shoal.store.objectcache import ObjectCache
 from shoal.store.store import Change, Store
 
 BATCH = 5000
@@ -98,6 +99,7 @@ class WatchHub:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self.cache = ObjectCache()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -105,6 +107,18 @@ class WatchHub:
         self._rings = {EVERYTHING: Ring(self.last_rv, self._ring_size)}
         self._store.add_change_listener(self._on_commit)
         self._task = asyncio.create_task(self._run(), name="watch-hub")
+        await self._load_cache()
+
+    async def _load_cache(self) -> None:
+        """Read the cached kinds into the object cache; what the hub applied meanwhile is taken
+        from its ring (before the next await, so that no change slips between)."""
+        for kind in sorted(self.cache.kinds):
+            for _attempt in range(3):
+                rows, rv = await asyncio.to_thread(self._store.list_bodies, kind)
+                since = self._rings[EVERYTHING].after(rv)
+                if since is not None:
+                    self.cache.load(kind, rows, rv, since)
+                    break
 
     async def stop(self) -> None:
         self._store.remove_change_listener(self._on_commit)
@@ -149,6 +163,7 @@ class WatchHub:
                     ring.append(change)
                     touched.add(key)
         self.last_rv = batch[-1].rv
+        self.cache.apply(batch)
         for key in touched:
             self._rings[key].wake()
 
@@ -204,12 +219,14 @@ class WatchHub:
         """The log was compacted past what the hub has read (it was stalled while others wrote):
         start again from now. Watchers behind that point read the log and get Gone, and relist."""
         self.last_rv = await asyncio.to_thread(self._store.current_rv)
+        self.cache.clear()
         self._drain_pushed()
         rings, self._rings = self._rings, {}
         for key in rings:
             self._rings[key] = Ring(self.last_rv, self._ring_size)
         for ring in rings.values():
             ring.wake()
+        await self._load_cache()
 
     async def wait_past(self, cursor: int, timeout: float) -> None:
         """Return once the hub has seen a change after cursor, or after timeout."""
