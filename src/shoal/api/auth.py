@@ -135,18 +135,6 @@ def authorize(
     raise denied
 
 
-def may_without_store(
-    principal: Principal, verb: str, kind: str, node_scope: str | None = None
-) -> bool:
-    """Whether authorize() lets principal do verb on a kind (not one object) without reading
-    RoleBindings: a False only means the answer needs the store."""
-    if principal.cluster_admin:
-        return True
-    if principal.kind == "Node":
-        return _node_may(principal.name, verb, kind, node_scope, None)
-    return kind in CLUSTER_READABLE and verb in READ
-
-
 def _node_may(
     node: str, verb: str, kind: str, node_scope: str | None, obj: dict[str, Any] | None
 ) -> bool:

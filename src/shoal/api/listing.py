@@ -88,27 +88,6 @@ class Page:
     cont: str | None = None
 
 
-def _check_limit(limit: int | None) -> None:
-    if limit is not None and not 1 <= limit <= MAX_LIMIT:
-        raise BadRequest(f"limit: must be between 1 and {MAX_LIMIT}", field="limit")
-
-
-def cached_page(
-    store: Store, cache: ObjectCache, query: Query, limit: int | None, cont: str | None
-) -> Page | None:
-    """A page from the object cache, or None when it cannot answer (a selector, a kind it does
-    not keep, or not provably as fresh as the database)."""
-    _check_limit(limit)
-    if query.filtered or query.bound_to is not None:
-        return None
-    after = _decode_continue(cont) if cont else None
-    cached = cache.page(query.info.kind, query.namespace, after, limit, store.current_rv())
-    if cached is None:
-        return None
-    items, version, more_after = cached
-    return Page(items, version, _encode_continue(*more_after) if more_after else None)
-
-
 def list_page(
     store: Store,
     query: Query,
@@ -116,12 +95,15 @@ def list_page(
     cont: str | None,
     cache: ObjectCache | None = None,
 ) -> Page:
-    if cache is not None:
-        page = cached_page(store, cache, query, limit, cont)
-        if page is not None:
-            return page
-    _check_limit(limit)
+    if limit is not None and not 1 <= limit <= MAX_LIMIT:
+        raise BadRequest(f"limit: must be between 1 and {MAX_LIMIT}", field="limit")
     after = _decode_continue(cont) if cont else None
+    if cache is not None and not query.filtered and query.bound_to is None:
+        cached = cache.page(query.info.kind, query.namespace, after, limit, store.current_rv())
+        if cached is not None:
+            items, version, more_after = cached
+            token = _encode_continue(*more_after) if more_after is not None else None
+            return Page(items, version, token)
     bodies: list[str] = []
     last: tuple[str, str] | None = None
     list_rv = None

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from shoal import jsoncodec
 from shoal.api import listing
-from shoal.api.auth import Principal, authenticate, authorize, bearer, may_without_store
+from shoal.api.auth import Principal, authenticate, authorize, bearer
 from shoal.api.context import ApiContext, get_ctx
 from shoal.api.docs import ERRORS, list_model
 from shoal.api.listing import (
@@ -165,9 +165,6 @@ class KindHandlers:
     ) -> Response:
         query = make_query(self.info, namespace, label_selector, field_selector)
         if not watch_:
-            answered = self._list_on_the_loop(ctx, caller, namespace, query, limit, cont)
-            if answered is not None:
-                return ok_stored(answered)
             return ok_stored(
                 await run_in_threadpool(self._list, ctx, caller, namespace, query, limit, cont)
             )
@@ -182,26 +179,6 @@ class KindHandlers:
             bookmark_interval=ctx.bookmark_interval,
         )
         return StreamingResponse(stream, media_type="application/x-ndjson")
-
-    def _list_on_the_loop(
-        self,
-        ctx: ApiContext,
-        caller: Principal,
-        namespace: str | None,
-        query: listing.Query,
-        limit: int | None,
-        cont: str | None,
-    ) -> bytes | None:
-        """A list answered without a worker thread: when the caller's rights need no database
-        read and the object cache can answer, on SQLite (reading its version is a local read
-        that waits on no writer). A hop to a thread and back, behind a thousand agents'
-        heartbeats, costs more than the whole answer does."""
-        if ctx.store.dialect != "sqlite" or not may_without_store(
-            caller, "list", self.info.kind, query.node_name
-        ):
-            return None
-        page = listing.cached_page(ctx.store, ctx.hub.cache, query, limit, cont)
-        return None if page is None else list_response(self.info, page)
 
     def _list(
         self,
