@@ -4,7 +4,7 @@ pytest puts this directory on sys.path (there is no tests/__init__.py), so `fixt
 `helpers` import as top-level modules.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from shoal.model.kinds import VirtualMachine
 from shoal.model.meta import now_iso
 from shoal.model.registry import BY_KIND
 from shoal.quantity import format_bytes
+from shoal.store.store import Store
 
 __all__ = ["postgres_db", "postgres_server", "postgres_url"]
 
@@ -112,3 +113,18 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/s.db"
     return str(request.getfixturevalue("postgres_db"))
+
+
+@pytest.fixture
+def open_store(store_url: str) -> Iterator[Callable[..., Store]]:
+    """Open Stores on the test's database; all are closed at the end."""
+    opened: list[Store] = []
+
+    def open_(**kwargs: Any) -> Store:
+        store = Store(store_url, **kwargs)
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()

@@ -1,7 +1,7 @@
 """Lists answered from the watch hub's object cache: the same pages as the database gives, only
 when the cache is provably as fresh, and a load that misses nothing written while it read."""
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -107,10 +107,8 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    opened = Store(store_url)
-    yield opened
-    opened.close()
+def store(open_store: Callable[..., Store]) -> Store:
+    return open_store()
 
 
 def vm(name: str, namespace: str = "default") -> Obj:

@@ -4,7 +4,7 @@ import hashlib
 import multiprocessing
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,21 +21,6 @@ from shoal.store.tokens import TokenStore
 
 Obj = dict[str, Any]
 GI = 2**30
-
-
-@pytest.fixture
-def open_store(store_url: str) -> Iterator[Callable[..., Store]]:
-    """Open Stores on the test's database; all are closed at the end."""
-    opened: list[Store] = []
-
-    def open_(**kwargs: Any) -> Store:
-        store = Store(store_url, **kwargs)
-        opened.append(store)
-        return store
-
-    yield open_
-    for store in opened:
-        store.close()
 
 
 @pytest.fixture

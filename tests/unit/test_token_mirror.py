@@ -1,7 +1,7 @@
 """Authenticating from the tokens read in the last few seconds: no database read per request, a
 revocation here at once, and one on another replica within the cache time."""
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,10 +12,8 @@ from shoal.store.tokens import CACHE_SECONDS, TokenStore
 
 
 @pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    store = Store(store_url)
-    yield store
-    store.close()
+def store(open_store: Callable[..., Store]) -> Store:
+    return open_store()
 
 
 class Clock:

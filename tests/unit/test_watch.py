@@ -1,7 +1,7 @@
 """The WatchHub on both store backends: ordered delivery, ring overflow, Gone, heartbeats."""
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -20,20 +20,6 @@ PATIENCE = 20.0
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # the hub is written against asyncio
-
-
-@pytest.fixture
-def open_store(store_url: str) -> Iterator[Callable[..., Store]]:
-    opened: list[Store] = []
-
-    def open_(**kwargs: Any) -> Store:
-        store = Store(store_url, **kwargs)
-        opened.append(store)
-        return store
-
-    yield open_
-    for store in opened:
-        store.close()
 
 
 def config(name: str, **labels: str) -> Obj:

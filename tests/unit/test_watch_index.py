@@ -1,7 +1,7 @@
 """The watch hub's index: which rings a change lands in, per-node rings for agents' watches, and
 commits of this process handed to the hub (in order, across gaps) instead of read back."""
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -19,20 +19,6 @@ PATIENCE = 20.0  # a safety net so a broken hub fails the test instead of hangin
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def open_store(store_url: str) -> Iterator[Callable[..., Store]]:
-    opened: list[Store] = []
-
-    def open_(**kwargs: Any) -> Store:
-        store = Store(store_url, **kwargs)
-        opened.append(store)
-        return store
-
-    yield open_
-    for store in opened:
-        store.close()
 
 
 def vm(name: str, node: str | None = None) -> Obj:

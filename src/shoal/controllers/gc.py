@@ -28,15 +28,14 @@ class GarbageCollector:
         vms, _ = self.store.list_objects("VirtualMachine")
         # Only the names of the nodes, and only when a deleted VM waits on one: this runs every
         # few seconds, and parsing a thousand Nodes each time is most of a pass's work.
-        nodes: set[str] | None = None
-        if any(
+        waiting = any(
             vm["metadata"].get("deletionTimestamp") and vm["spec"].get("nodeName") for vm in vms
-        ):
-            nodes = self.store.names("Node")
+        )
+        nodes = self.store.names("Node") if waiting else set()
         now = parse_iso(now_iso())
         for vm in vms:
             try:
-                self._collect_vm(vm, nodes or set(), now)
+                self._collect_vm(vm, nodes, now)
             except ApiError as error:  # changed or gone meanwhile: the next round looks again
                 log.debug("gc of %s: %s", vm["metadata"]["name"], error)
         # Old events and the change log are swept once a minute, not every round: listing every

@@ -85,17 +85,12 @@ class ObjectCache:
             if loaded_at is None or max(loaded_at, self._applied) < fresh_as_of:
                 return None
             keys, bodies = self._keys[kind], self._bodies[kind]
-            if after is not None:
-                start = bisect.bisect_right(keys, after)
-            elif namespace is not None:
-                start = bisect.bisect_left(keys, (namespace, ""))
-            else:
-                start = 0
-            if after is not None and namespace is not None:
-                start = max(start, bisect.bisect_left(keys, (namespace, "")))
-            end = len(keys)
+            start, end = 0, len(keys)
             if namespace is not None:
+                start = bisect.bisect_left(keys, (namespace, ""))
                 end = bisect.bisect_left(keys, (namespace + "\0", ""), lo=start)
+            if after is not None:
+                start = max(start, bisect.bisect_right(keys, after))
             stop = end if limit is None else min(end, start + limit)
             page = [bodies[key] for key in keys[start:stop]]
             last = keys[stop - 1] if stop < end and stop > start else None

@@ -36,9 +36,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 class Change(NamedTuple):
     """One change-log entry. The object is kept as its stored JSON text and parsed on each use:
-    a watcher without selectors sends the text as it is, and most consumers skip most kinds. A
-    tuple of strings and an int, which the garbage collector stops tracking: the hub holds tens of
-    thousands of them, and every full collection would walk them all."""
+    a watcher without selectors sends the text as it is, and most consumers skip most kinds."""
 
     rv: int
     type: str  # ADDED, MODIFIED, DELETED

@@ -145,9 +145,7 @@ class TokenStore:
             with self._refresh_lock:
                 if not self._fresh():  # else another request read them meanwhile
                     self._refresh()
-            if self._fresh():
-                return _check(self._known, token)
-        elif token_id in self._known:  # read while this request waited for a worker thread
+        if self._fresh() and token_id in self._known:
             return _check(self._known, token)
         revocations = self._revocations
         with self._store.read_engine.connect() as conn:
