@@ -9,6 +9,7 @@ import random
 import re
 import socket
 import socketserver
+import struct
 import subprocess
 import threading
 import time
@@ -58,12 +59,42 @@ class _Source(socketserver.BaseRequestHandler):
                 pass
 
 
+class _Resetter(socketserver.BaseRequestHandler):
+    """Answers a little, then resets the connection: a far end that breaks mid-stream."""
+
+    def handle(self) -> None:
+        self.request.recv(65536)
+        self.request.sendall(b"partial answer")
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.request.close()  # an RST, with no FIN before it
+
+
+class _Recorder(socketserver.BaseRequestHandler):
+    """Reads until its connection ends, and records how: "eof" or "reset"."""
+
+    def handle(self) -> None:
+        ending = "eof"
+        try:
+            while self.request.recv(65536):
+                pass
+        except ConnectionResetError:
+            ending = "reset"
+        self.server.endings.append(ending)  # type: ignore[attr-defined]
+
+
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # Fifty tunnels connect at once: a short accept queue would drop connections into SYN
+    # cookies, and a failed cookie resets the connection.
+    request_queue_size = 128
     connections = 0
     sent = 0
     limit = 0
+
+    def __init__(self, address: tuple[str, int], handler: type[socketserver.BaseRequestHandler]):
+        super().__init__(address, handler)
+        self.endings: list[str] = []
 
 
 @dataclass
@@ -73,6 +104,8 @@ class Tunnels:
     cli: Cli
     echo: _Server
     source: _Server
+    resetter: _Server
+    recorder: _Server
     base: Path
 
 
@@ -90,6 +123,7 @@ def tunnels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tunnels]:
     )
     controller.start()
     echo, source = _serve(_Echo), _serve(_Source)
+    resetter, recorder = _serve(_Resetter), _serve(_Recorder)
     with processes(controller):
         agent = AgentProcess(
             controller.url,
@@ -110,10 +144,10 @@ def tunnels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tunnels]:
             wait_until(lambda: cli.json("node", "list")["items"], what="the agent's node")
             cli.run("vm", "deploy", "box", "--image", "sim", "--wait")
             try:
-                yield Tunnels(controller, agent, cli, echo, source, base)
+                yield Tunnels(controller, agent, cli, echo, source, resetter, recorder, base)
             finally:
-                echo.shutdown()
-                source.shutdown()
+                for server in (echo, source, resetter, recorder):
+                    server.shutdown()
 
 
 def _stdio(t: Tunnels, port: int, data: bytes, *extra: str) -> subprocess.CompletedProcess[bytes]:
@@ -180,9 +214,10 @@ def test_fifty_tunnels_at_once_each_carry_their_own_bytes(tunnels: Tunnels) -> N
         payloads = [random.randbytes(200_000 + i) for i in range(50)]
         with ThreadPoolExecutor(max_workers=50) as pool:
             replies = list(pool.map(lambda p: _exchange(forwarder.ports[0], p), payloads))
-        assert replies == payloads
     finally:
-        forwarder.stop()
+        problems = forwarder.stop()
+    assert [len(reply) for reply in replies] == [len(p) for p in payloads], problems
+    assert replies == payloads
 
 
 def test_several_ports_at_once_from_one_command(tunnels: Tunnels) -> None:
@@ -266,11 +301,46 @@ def test_an_idle_tunnel_is_closed_with_a_reason(tunnels: Tunnels) -> None:
             conn.sendall(b"ping")
             assert conn.recv(4) == b"ping"
             started = time.monotonic()
-            assert conn.recv(1) == b""  # closed by the controller after the idle timeout
+            with pytest.raises(ConnectionResetError):  # the tunnel did not end: no clean EOF
+                conn.recv(1)
             assert time.monotonic() - started >= IDLE_TIMEOUT - 1
     finally:
         printed = forwarder.stop()
     assert "idle" in printed
+
+
+def test_a_far_end_that_resets_is_reported_and_resets_the_local_connection(
+    tunnels: Tunnels,
+) -> None:
+    port = tunnels.resetter.server_address[1]
+    result = _stdio(tunnels, port, b"question")
+    assert result.returncode == 1
+    assert f"the connection to the VM's port {port} broke".encode() in result.stderr, result
+    forwarder = _Forwarder(tunnels, f":{port}")
+    try:
+        with socket.create_connection(("127.0.0.1", forwarder.ports[0]), timeout=60) as conn:
+            conn.sendall(b"question")
+            with pytest.raises(ConnectionResetError):  # never a clean EOF after a cut answer
+                while conn.recv(65536):
+                    pass
+    finally:
+        printed = forwarder.stop()
+    assert f"tunnel closed: the connection to the VM's port {port} broke" in printed
+
+
+def test_a_local_connection_that_resets_resets_the_vms_end(tunnels: Tunnels) -> None:
+    forwarder = _Forwarder(tunnels, f":{tunnels.recorder.server_address[1]}")
+    try:
+        with socket.create_connection(("127.0.0.1", forwarder.ports[0]), timeout=60) as conn:
+            conn.sendall(b"hello")
+            conn.shutdown(socket.SHUT_WR)
+        wait_until(lambda: tunnels.recorder.endings == ["eof"], what="a clean end at the VM")
+        with socket.create_connection(("127.0.0.1", forwarder.ports[0]), timeout=60) as conn:
+            conn.sendall(b"hello")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        wait_until(lambda: tunnels.recorder.endings == ["eof", "reset"], what="a reset at the VM")
+    finally:
+        forwarder.stop()
 
 
 def _rss(pid: int) -> int:
@@ -322,7 +392,8 @@ def test_agent_loss_closes_tunnels_with_a_message_and_a_new_agent_serves_at_once
             conn.sendall(b"before")
             assert conn.recv(6) == b"before"
             tunnels.agent.kill()
-            assert conn.recv(1) == b""  # the tunnel ends with the agent
+            with pytest.raises(ConnectionResetError):  # the tunnel ends with the agent
+                conn.recv(1)
         tunnels.agent.start()
         wait_until(
             lambda: _exchange(forwarder.ports[0], b"after") == b"after",
@@ -342,7 +413,8 @@ def test_deleting_the_vm_closes_its_tunnels_and_says_so(tunnels: Tunnels) -> Non
             conn.sendall(b"hi")
             assert conn.recv(2) == b"hi"
             tunnels.cli.run("vm", "delete", "doomed")
-            assert conn.recv(1) == b""
+            with pytest.raises(ConnectionResetError):
+                conn.recv(1)
     finally:
         printed = forwarder.stop()
     assert "VirtualMachine doomed was deleted" in printed

@@ -105,7 +105,7 @@ class TunnelClient:
                     if kind == "log":
                         await self._send_log(stream, source, request)
                     else:
-                        await relay(stream, reader, writer)
+                        await relay(stream, reader, writer, _peer(kind, request))
                 finally:
                     self._by_vm.get(vm, set()).discard(stream)
                     if not self._by_vm.get(vm, True):
@@ -180,3 +180,12 @@ class TunnelClient:
                 await stream.close()
                 return
             await asyncio.sleep(FOLLOW_POLL)
+
+
+def _peer(kind: Any, request: dict[str, Any]) -> str:
+    """What a stream is connected to, as its tunnel's close reason names it."""
+    if kind == "port":
+        return f"the connection to the VM's port {request.get('port')}"
+    if kind == "vnc":
+        return "the VM's VNC display"
+    return "the VM's serial console"

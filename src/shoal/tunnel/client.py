@@ -92,7 +92,7 @@ async def serve_port(
             report(f"connection refused: {error.message}")
             writer.close()
             return
-        await relay(websocket, reader, writer)
+        await relay(websocket, reader, writer, "the local connection")
         closed = websocket.close_code
         if closed is not None and status_of(closed) is not None:
             report(f"tunnel closed: {websocket.close_reason}")
@@ -122,7 +122,7 @@ async def carry_stdio(endpoint: Endpoint, port: int) -> None:
         raise Unavailable(
             f"stdin and stdout must be pipes, sockets or a terminal: {error}"
         ) from None
-    await relay(websocket, reader, writer)
+    await relay(websocket, reader, writer, "standard input or output")
     code = websocket.close_code
     if code is not None and status_of(code) is not None:
         raise error_from_status(status_of(code) or 503, {"message": websocket.close_reason})

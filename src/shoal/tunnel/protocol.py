@@ -20,6 +20,10 @@ READY = json.dumps({"ready": True})
 EOF = json.dumps({"eof": True})
 # A stream the agent refuses is closed with this code and the reason as the message.
 REFUSED = 4000
+# The WebSocket close codes of a tunnel that ended as it should (normal closure, going away).
+NORMAL = 1000
+GOING_AWAY = 1001
+NORMAL_CLOSES = (NORMAL, GOING_AWAY)
 # The reason a close message may carry is at most 123 bytes (RFC 6455).
 REASON_LIMIT = 120
 
@@ -32,6 +36,11 @@ def close_code(status: int) -> int:
 def status_of(code: int) -> int | None:
     """The HTTP-like status a close code stands for, if it is one of ours."""
     return code - 4000 if 4100 <= code < 4600 else None
+
+
+# A tunnel whose byte stream broke at one end (reset, read or write error): the bytes in flight
+# may be lost, so the other end resets its stream too instead of ending it cleanly.
+BROKEN = close_code(502)
 
 
 def reason_text(message: str) -> str:

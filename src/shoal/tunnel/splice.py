@@ -13,10 +13,14 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from shoal.tunnel.protocol import close_code, reason_text, status_of
-
-NORMAL = 1000
-GOING_AWAY = 1001
+from shoal.tunnel.protocol import (
+    BROKEN,
+    NORMAL,
+    NORMAL_CLOSES,
+    close_code,
+    reason_text,
+    status_of,
+)
 
 
 @dataclass
@@ -77,16 +81,24 @@ async def splice(client: WebSocket, agent: WebSocket, *, node: str, idle_timeout
         await asyncio.gather(*tasks, return_exceptions=True)
     if downstream in done:
         ended = downstream.result()
-        if ended.code in (NORMAL, GOING_AWAY) or status_of(ended.code) is not None:
-            await _close(client, ended.code, ended.reason)
-        else:
-            reason = f"lost the connection to the agent of node {node}"
-            await _close(client, close_code(503), reason)
+        if not _passes_on(ended):
+            ended = Closed(close_code(503), f"lost the connection to the agent of node {node}")
+        await _close(client, ended.code, ended.reason)
         await _close(agent, NORMAL, "")
     elif upstream in done:
-        await _close(agent, NORMAL, "the client closed the tunnel")
+        ended = upstream.result()
+        if ended.code in NORMAL_CLOSES:
+            ended = Closed(NORMAL, "the client closed the tunnel")
+        elif not _passes_on(ended):
+            ended = Closed(BROKEN, "lost the connection to the client")
+        await _close(agent, ended.code, ended.reason)
         await _close(client, NORMAL, "")
     else:
         ended = idle.result()
         await _close(agent, ended.code, ended.reason)
         await _close(client, ended.code, ended.reason)
+
+
+def _passes_on(closed: Closed) -> bool:
+    """A close the other side should get as it is: a normal one, or one of ours with a reason."""
+    return closed.code in NORMAL_CLOSES or status_of(closed.code) is not None
