@@ -77,11 +77,10 @@ def test_auth_modes(mode: str, request: pytest.FixtureRequest) -> None:
     if registry.token_service is not None:
         # The scope the registry's challenge named, passed on as it came (the registry lists
         # the actions in no fixed order).
-        scopes = [
-            (scope[0].rpartition(":")[0], set(scope[0].rpartition(":")[2].split(",")))
-            for scope in (r.get("scope") for r in registry.token_service.requests)
-            if scope
+        asked = [
+            r["scope"][0].rpartition(":") for r in registry.token_service.requests if r.get("scope")
         ]
+        scopes = [(repository, set(actions.split(","))) for repository, _, actions in asked]
         assert ("repository:private/vm", {"pull", "push"}) in scopes
         assert all(r["service"] == ["shoal-test-registry"] for r in registry.token_service.requests)
     assert registry.credentials == (USER, PASSWORD)

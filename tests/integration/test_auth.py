@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import InProcessController, create_join_token
+from helpers import InProcessController, create_join_token, wait_until
 from shoal.client import Client, resource_path
 from shoal.errors import Forbidden, Unauthorized
 from shoal.jointoken import parse_join_token
@@ -191,8 +191,10 @@ def test_node_credentials_touch_only_their_own_node_and_vms(
 
 
 def test_expired_join_token_is_refused(controller: InProcessController) -> None:
-    record_token, _ = controller.plane.tokens.issue("Join", "", "join", ttl_seconds=0.5)
-    time.sleep(1.0)  # expired, though still in the controller's copy of the live tokens
+    record_token, record = controller.plane.tokens.issue("Join", "", "join", ttl_seconds=0.5)
+    expires_at = record.expires_at
+    assert expires_at is not None
+    wait_until(lambda: time.time() > expires_at, what="the join token's expiry")
     response = httpx.post(
         controller.url + resource_path("nodes", None, "late", "credentials"),
         headers={"Authorization": f"Bearer {record_token}"},

@@ -39,10 +39,8 @@ def ring_keys(change: Change, keyed_kinds: Iterable[str] = ()) -> list[RingKey]:
     """The rings a change belongs in. Its node is looked up (which parses the object) only for
     kinds that have per-node rings."""
     keys = [EVERYTHING, (change.kind, None)]
-    if change.kind in keyed_kinds:
-        node = change.node_name
-        if node is not None:
-            keys.append((change.kind, node))
+    if change.kind in keyed_kinds and (node := change.node_name) is not None:
+        keys.append((change.kind, node))
     return keys
 
 
