@@ -131,6 +131,18 @@ def test_why_not(
     assert why_not(make_node("n", **node_kwargs), usage, req) == reason
 
 
+def test_a_node_whose_accelerator_stopped_working_is_passed_over(make_node: Maker) -> None:
+    node = make_node("n")
+    conditions = node["status"]["conditions"]
+    conditions.append({"type": "AcceleratorWorks", "status": "True", "message": "kvm is fast"})
+    assert why_not(node, Usage(), request()) is None
+    conditions[-1].update(status="False", message="guests no longer start under kvm")
+    assert why_not(node, Usage(), request()) == "accelerator failing"
+    assert unschedulable_message(1, Counter(["accelerator failing"])) == (
+        "0/1 nodes available: 1 accelerator failing"
+    )
+
+
 def test_why_not_checks_cheapest_and_hardest_first(make_node: Maker) -> None:
     full = Usage(cpu=100, memory=100 * GI, disk=1000 * GI, vms=100)
     assert why_not(make_node("n", ready=False, unschedulable=True), full, request()) == (

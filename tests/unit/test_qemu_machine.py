@@ -335,24 +335,41 @@ def test_save_load_round_trip_property(
 # -- accelerator probe -------------------------------------------------------------------------
 
 
-def test_probe_disk_is_a_boot_sector_that_exits_qemu() -> None:
+def test_probe_disk_is_a_boot_sector_that_signals_each_stage_then_exits_qemu() -> None:
     sector = accel.probe_disk()
     assert len(sector) == 512
     assert sector[510:] == b"\x55\xaa"
-    # mov al, 0x31; out 0xf4, al; cli; hlt
-    assert sector[:6] == bytes([0xB0, 0x31, 0xE6, 0xF4, 0xFA, 0xF4])
-    assert sector[6:510] == bytes(504)
+    code = sector[:510].rstrip(b"\x00")
+    # mov al, <marker>; out 0xe9, al -- the debug console, in order: C, T, E
+    markers = [
+        code[i + 1 : i + 2]
+        for i in range(len(code) - 3)
+        if code[i] == 0xB0 and code[i + 2 : i + 4] == b"\xe6\xe9"
+    ]
+    assert markers == [b"C", b"T", b"E"]
+    # mov al, 0x31; out 0xf4, al; cli; hlt -- isa-debug-exit, last
+    assert code.endswith(bytes([0xB0, 0x31, 0xE6, 0xF4, 0xFA, 0xF4]))
+    assert b"\xfb" in code and b"\xf4" in code  # sti, hlt: it waits for timer interrupts
     assert accel.PROBE_EXIT_CODE == 0x31 * 2 + 1
 
 
-def test_probe_command_boots_that_sector_with_the_exit_device(tmp_path: Path) -> None:
+def test_probe_command_boots_that_sector_with_the_exit_device_and_debug_console(
+    tmp_path: Path,
+) -> None:
     argv = accel.probe_command("qemu", "kvm", tmp_path / "probe.img")
     assert value(argv, "-accel") == "kvm"
     assert value(argv, "-drive") == f"file={tmp_path}/probe.img,format=raw,if=ide"
+    assert value(argv, "-debugcon") == "stdio"
     assert "isa-debug-exit,iobase=0xf4,iosize=0x04" in values(argv, "-device")
 
 
-def test_candidates() -> None:
-    assert accel.candidates("linux") == ["kvm", "tcg"]
-    assert accel.candidates("darwin") == ["hvf", "tcg"]
-    assert accel.candidates("freebsd")[-1] == "tcg"
+def test_hardware_candidate(tmp_path: Path) -> None:
+    device = tmp_path / "kvm"
+    assert accel.hardware_candidate("linux", device) == (
+        None,
+        f"kvm is not available (no {device})",
+    )
+    device.touch()
+    assert accel.hardware_candidate("linux", device) == ("kvm", "")
+    assert accel.hardware_candidate("darwin", device) == ("hvf", "")
+    assert accel.hardware_candidate("freebsd", device)[0] is None

@@ -47,6 +47,9 @@ class QemuDev:
     port: int
     process: subprocess.Popen[bytes] | None = None
     nodes: int = 1
+    # These tests are about VMs, not about choosing an accelerator (that has tests of its own):
+    # never let how this host's KVM behaves decide them.
+    backend: tuple[str, ...] = ("--backend", "qemu", "--accel", "tcg")
 
     @property
     def data_dir(self) -> Path:
@@ -66,8 +69,7 @@ class QemuDev:
                     str(self.data_dir),
                     "--listen",
                     f"127.0.0.1:{self.port}",
-                    "--backend",
-                    "qemu",
+                    *self.backend,
                     # Three one-vCPU guests on a two-core CI machine: offer 4 vCPUs.
                     "--node-cpu",
                     "4",
@@ -94,6 +96,20 @@ class QemuDev:
             kill_group(self.process)
             self.process = None
 
+    def tear_down(self) -> None:
+        """Kill shoal dev and every QEMU it started, and unlink their sockets' short links."""
+        self.kill()
+        for pid in qemu_processes_under(self.data_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_until(
+            lambda: not qemu_processes_under(self.data_dir), timeout=20, what="QEMUs to exit"
+        )
+        for link in Path(tempfile.gettempdir()).glob("shoal-vm-*"):
+            with contextlib.suppress(OSError):
+                if str(self.data_dir) in os.readlink(link):
+                    link.unlink()
+
     def vm_state_dirs(self) -> list[Path]:
         return list(self.data_dir.glob("agents/*/qemu/vms/*"))
 
@@ -118,12 +134,4 @@ def qemu_dev(tmp_path: Path, guest_image: TestGuest) -> Iterator[QemuDev]:
         assert imported.returncode == 0 or "already exists" in imported.stderr, imported.stderr
         yield dev
     finally:
-        dev.kill()
-        for pid in qemu_processes_under(dev.data_dir):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not qemu_processes_under(dev.data_dir), timeout=20, what="QEMUs to exit")
-        for link in Path(tempfile.gettempdir()).glob("shoal-vm-*"):
-            with contextlib.suppress(OSError):
-                if str(dev.data_dir) in os.readlink(link):
-                    link.unlink()
+        dev.tear_down()

@@ -27,7 +27,7 @@ from shoal.agent.reconcile import (
     lost_with_node,
 )
 from shoal.agent.tunnel import TunnelClient
-from shoal.backends.base import Actual, Backend, BackendError, VMState
+from shoal.backends.base import Actual, Backend, BackendError, Capacity, VMState
 from shoal.client import AsyncClient, resource_path
 from shoal.errors import AlreadyExists, ApiError, Conflict, Gone, NotFound
 from shoal.events import bump, new_event
@@ -51,6 +51,9 @@ STATUS_FIELDS = (
 )
 CREATE_PROGRESS_INTERVAL = 1.0  # seconds between looks at a long create's progress (a pull)
 IMAGE_NAMES_TTL = 60.0  # seconds the Image names of the cached references are reused
+# A Node condition: the accelerator the node's guests run under works (message: why it was
+# chosen), or stopped working (message: what failed). The scheduler avoids a node where it is False.
+ACCELERATOR_CONDITION = "AcceleratorWorks"
 
 
 @runtime_checkable
@@ -103,6 +106,7 @@ class Agent:
         self._tunnels: TunnelClient | None = None
         self.registered = asyncio.Event()
         self._ready_since: str | None = None  # when this agent first reported Ready
+        self._accelerator: Obj | None = None  # the AcceleratorWorks condition last reported
         # (cached references, when listed, the Images named after them) for the Node's status
         self._image_names: tuple[frozenset[str], float, list[str]] | None = None
         backend.subscribe(self._on_backend_change)
@@ -160,6 +164,18 @@ class Agent:
         now = now_iso()
         if self._ready_since is None:
             self._ready_since = now
+        conditions = [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "AgentReady",
+                "message": "",
+                "lastTransitionTime": self._ready_since,
+            }
+        ]
+        previous, accelerator = self._accelerator, self._accelerator_condition(capacity)
+        if accelerator is not None:
+            conditions.append(accelerator)
         status = {
             "capacity": resources,
             "allocatable": resources,
@@ -168,21 +184,44 @@ class Agent:
             "guestOS": list(capacity.guest_os),
             "backend": self.backend.name,
             "accelerator": capacity.accelerator,
+            "acceleratorReason": capacity.accelerator_reason[:1024],
             "agentVersion": __version__,
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True",
-                    "reason": "AgentReady",
-                    "message": "",
-                    "lastTransitionTime": self._ready_since,
-                }
-            ],
+            "conditions": conditions,
             "lastHeartbeatTime": now,
         }
         if isinstance(self.backend, CachesImages):
             status["cachedImages"] = await self._cached_images(self.backend)
-        await self.client.patch("nodes", self.name, {"status": status}, sub="status")
+        node = await self.client.patch("nodes", self.name, {"status": status}, sub="status")
+        self._accelerator = accelerator
+        if accelerator is not None and (
+            (previous or {}).get("status", "True") != accelerator["status"]
+        ):
+            failed = accelerator["status"] == "False"
+            await self._record(
+                node,
+                "AcceleratorFailed" if failed else "AcceleratorWorks",
+                accelerator["message"]
+                if failed
+                else f"guests start under {capacity.accelerator} again",
+                warning=failed,
+            )
+
+    def _accelerator_condition(self, capacity: Capacity) -> Obj | None:
+        if capacity.accelerator is None:
+            return None
+        failure = capacity.accelerator_failure
+        status = "False" if failure else "True"
+        previous = self._accelerator
+        same = previous is not None and previous["status"] == status
+        return {
+            "type": ACCELERATOR_CONDITION,
+            "status": status,
+            "reason": "AcceleratorFailed" if failure else "AcceleratorChosen",
+            "message": (failure or capacity.accelerator_reason)[:1024],
+            "lastTransitionTime": previous["lastTransitionTime"]
+            if same and previous
+            else now_iso(),
+        }
 
     async def _cached_images(self, backend: CachesImages) -> list[str]:
         """What the node's image cache holds, as VMs name it: the references, and the Images
@@ -445,10 +484,17 @@ class Agent:
 
     async def _event(self, vm: Obj, status: Obj) -> None:
         phase = status["phase"]
-        failed = phase == "Failed"
         message = status.get("message") or f"{phase.lower()} on node {self.name}"
+        await self._record(vm, phase, message, warning=phase == "Failed")
+
+    async def _record(self, involved: Obj, reason: str, message: str, *, warning: bool) -> None:
+        """An Event about involved (counted, not duplicated, when it repeats)."""
         event = new_event(
-            vm, phase, message, type_="Warning" if failed else "Normal", source=f"agent/{self.name}"
+            involved,
+            reason,
+            message,
+            type_="Warning" if warning else "Normal",
+            source=f"agent/{self.name}",
         )
         namespace, name = event["metadata"]["namespace"], event["metadata"]["name"]
         try:
@@ -462,7 +508,7 @@ class Agent:
                     "PUT", resource_path("events", namespace, name), body=bump(existing, event)
                 )
         except ApiError as error:
-            log.debug("event for %s not recorded: %s", vm["metadata"]["name"], error.message)
+            log.debug("event for %s not recorded: %s", involved["metadata"]["name"], error.message)
 
     async def _release(self, vm: Obj) -> None:
         meta = vm["metadata"]

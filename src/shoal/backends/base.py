@@ -32,6 +32,8 @@ class Capacity:
     os: str = "linux"
     guest_os: tuple[str, ...] = ("linux",)
     accelerator: str | None = None
+    accelerator_reason: str = ""  # why this accelerator (or why there is none)
+    accelerator_failure: str | None = None  # set while guests no longer start under it
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Which backend a node runs, for `shoal agent` and `shoal dev` alike.
 
-`auto` takes qemu when QEMU boots a guest here (under whichever accelerator works), and falls back
-to simulated VMs otherwise, saying why.
+`auto` takes qemu when QEMU boots a guest here (under the accelerator accel.decide chooses), and
+falls back to simulated VMs otherwise, saying why.
 """
 
 from collections.abc import Callable
@@ -47,7 +47,7 @@ async def choose(options: BackendOptions, state_dir: Path) -> BackendChoice:
             ),
         )
     try:
-        accel = await accelerators.detect(options.qemu.qemu, options.qemu.accelerator)
+        accel = await accelerators.decide(options.qemu.qemu, options.qemu.accelerator)
     except RuntimeError as error:
         if options.kind == "qemu":
             raise ValueError(f"the qemu backend cannot run here: {error}") from None
@@ -56,9 +56,10 @@ async def choose(options: BackendOptions, state_dir: Path) -> BackendChoice:
             f"sim (simulated VMs), because QEMU cannot run guests here: {error}",
             lambda _name: SimBackend(options.sim),
         )
-    qemu = replace(options.qemu, accelerator=accel)
+    # Every node's backend asks accel.decide again and gets this same answer: it is made once
+    # per process, so no node can disagree with this banner.
     return BackendChoice(
         "qemu",
-        f"qemu with the {accel} accelerator",
-        lambda name: QemuBackend(replace(qemu, state_dir=state_dir / name / "qemu")),
+        f"qemu with the {accel.name} accelerator ({accel.reason})",
+        lambda name: QemuBackend(replace(options.qemu, state_dir=state_dir / name / "qemu")),
     )

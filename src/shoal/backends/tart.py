@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shoal.backends import processes
 from shoal.backends.base import Actual, BackendError, Capacity, VMState, connect_tcp
 from shoal.model.meta import now_iso
 from shoal.quantity import parse_bytes
@@ -200,6 +201,7 @@ class TartBackend:
             os="darwin",
             guest_os=s.guest_os,
             accelerator="hvf",
+            accelerator_reason="tart runs guests with Apple's Virtualization framework",
         )
 
     async def create(self, vm_id: str, spec: dict[str, Any]) -> None:
@@ -604,8 +606,7 @@ class TartBackend:
             raise BackendError(f"{command} timed out after {limit:g}s") from None
         finally:
             if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                processes.kill(proc)
                 with contextlib.suppress(Exception):
                     await asyncio.shield(proc.wait())
         if proc.returncode != 0:

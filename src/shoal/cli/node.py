@@ -170,7 +170,7 @@ def get(name: NameArg, output: OutputOpt = Format.table, context: ContextOpt = N
                 ("Status", node_status(obj)),
                 ("Labels", labels_text(dig(obj, "metadata.labels"))),
                 ("Backend", str(status.get("backend") or "<unknown>")),
-                ("Accelerator", str(status.get("accelerator") or "")),
+                ("Accelerator", _accelerator(status)),
                 ("Arch/OS", f"{status.get('arch') or '?'}/{status.get('os') or '?'}"),
                 ("Guest OS", ",".join(status.get("guestOS") or [])),
                 ("Agent version", str(status.get("agentVersion") or "")),
@@ -209,6 +209,14 @@ def get(name: NameArg, output: OutputOpt = Format.table, context: ContextOpt = N
             )
 
     print_object(node, output, view)
+
+
+def _accelerator(status: Obj) -> str:
+    """The accelerator, and why it was chosen (or why there is none)."""
+    name, why = status.get("accelerator") or "", status.get("acceleratorReason") or ""
+    if name and why:
+        return f"{name} ({why})"
+    return name or why or "<none>"
 
 
 def _resources(values: dict[str, object]) -> str:

@@ -108,6 +108,8 @@ class NodeStatus(StrictModel):
     os: Literal["linux", "darwin"] | None = None
     backend: Annotated[str, Field(max_length=32)] | None = None
     accelerator: Annotated[str, Field(max_length=32)] | None = None
+    # Why the agent runs guests under this accelerator (or why QEMU runs none).
+    acceleratorReason: Annotated[str, Field(max_length=1024)] = ""
     agentVersion: Annotated[str, Field(max_length=64)] | None = None
     guestOS: list[GuestOS] = Field(default_factory=lambda: list[GuestOS](["linux"]))
     cachedImages: list[Annotated[str, Field(max_length=512)]] = Field(default_factory=list)

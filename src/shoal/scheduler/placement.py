@@ -114,6 +114,12 @@ def ready(node: Obj, _r: Request, _s: Situation) -> str | None:
     return None if node_ready(node) else "not ready"
 
 
+def accelerator_works(node: Obj, _r: Request, _s: Situation) -> str | None:
+    """A node whose guests no longer start under its accelerator says so (AcceleratorWorks)."""
+    condition = get_condition(node, "AcceleratorWorks")
+    return "accelerator failing" if condition and condition.get("status") == "False" else None
+
+
 def schedulable(node: Obj, _r: Request, _s: Situation) -> str | None:
     return "cordoned" if _spec(node).get("unschedulable") else None
 
@@ -194,6 +200,7 @@ FILTERS: tuple[Filter, ...] = (
     not_deleting,
     ready,
     schedulable,
+    accelerator_works,
     heartbeat_fresh,
     arch_matches,
     runs_guest_os,

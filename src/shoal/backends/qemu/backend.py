@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shoal.backends import processes
 from shoal.backends.base import (
     Actual,
     BackendError,
@@ -63,7 +64,8 @@ log = logging.getLogger(__name__)
 GUEST_ADDRESS = "10.0.2.15"  # the guest's address on QEMU's user-mode network
 SERIAL_TAIL_LINES = 15
 START_MARK = "--- shoal: starting"
-ACCEL_RETRY_SECONDS = 60.0
+ACCEL_RETRY_SECONDS = 60.0  # QEMU ran no guest at all: decide again after this long
+ACCEL_RECHECK_SECONDS = 60.0  # the chosen accelerator stopped working: see if it is back
 FAILURE_FILE = "failed.json"  # why the VM failed, until it is started again
 
 
@@ -193,10 +195,14 @@ class QemuBackend:
         self.settings = settings
         self.vms_dir = settings.state_dir / "vms"
         self.vms_dir.mkdir(parents=True, exist_ok=True)
-        self._accel: str | None = None
+        self._accel: accelerators.Accelerator | None = None
         self._accel_error: str | None = None
-        self._accel_failed_at = 0.0  # a failed probe is tried again after ACCEL_RETRY_SECONDS
+        self._accel_failed_at = 0.0  # a failed decision is tried again after ACCEL_RETRY_SECONDS
         self._accel_lock = asyncio.Lock()
+        # Set while guests no longer start under the chosen accelerator (the node says so).
+        self._accel_trouble: str | None = None
+        self._accel_checked_at = 0.0
+        self._accel_check: asyncio.Task[None] | None = None
         self._create_lock = asyncio.Lock()
         # (vm, guest port) -> loopback port of forwards added for tunnels while the VM runs.
         self._extra_forwards: dict[tuple[str, int], int] = {}
@@ -222,21 +228,38 @@ class QemuBackend:
         for callback in self._callbacks:
             callback(vm_id)
 
-    async def accelerator(self) -> str:
-        """The accelerator in use, probed once (BackendError when QEMU cannot run guests)."""
+    async def accelerator(self) -> accelerators.Accelerator:
+        """The accelerator guests run under: the process's one decision (accel.decide), so every
+        node of a process shares it and it never changes under a running agent. BackendError
+        when QEMU runs no guest here at all."""
         async with self._accel_lock:
             retry = time.monotonic() - self._accel_failed_at > ACCEL_RETRY_SECONDS
             if self._accel is None and (self._accel_error is None or retry):
                 try:
-                    self._accel = await accelerators.detect(
+                    self._accel = await accelerators.decide(
                         self.settings.qemu, self.settings.accelerator
                     )
-                except RuntimeError as error:
+                except (RuntimeError, ValueError) as error:
                     self._accel_error = str(error)
                     self._accel_failed_at = time.monotonic()
             if self._accel is None:
                 raise BackendError(self._accel_error or "no accelerator")
             return self._accel
+
+    def _check_accelerator(self) -> None:
+        """Find out in the background whether guests still start under the chosen accelerator:
+        after a QEMU that would not start, and every ACCEL_RECHECK_SECONDS while they do not."""
+        if self._accel is None or (self._accel_check and not self._accel_check.done()):
+            return
+        self._accel_checked_at = time.monotonic()
+        self._accel_check = asyncio.create_task(self._recheck(self._accel.name))
+
+    async def _recheck(self, name: str) -> None:
+        run = await accelerators.starts_guests(self.settings.qemu, name)
+        trouble = None if run.ok else f"guests no longer start under {name}: {run.why}"
+        if trouble != self._accel_trouble:
+            log.warning("%s", trouble or f"guests start under {name} again")
+        self._accel_trouble = trouble
 
     async def capacity(self) -> Capacity:
         s = self.settings
@@ -244,10 +267,26 @@ class QemuBackend:
         memory = s.memory if s.memory is not None else max(0, _host_memory() - s.memory_reserve)
         disk = s.disk if s.disk is not None else shutil.disk_usage(self.vms_dir).free
         try:
-            accel: str | None = await self.accelerator()
+            accel: accelerators.Accelerator | None = await self.accelerator()
         except BackendError:
             accel = None
-        return Capacity(cpu, memory, disk, s.max_vms, "amd64", "linux", s.guest_os, accel)
+        if (
+            self._accel_trouble
+            and time.monotonic() - self._accel_checked_at > ACCEL_RECHECK_SECONDS
+        ):
+            self._check_accelerator()
+        return Capacity(
+            cpu,
+            memory,
+            disk,
+            s.max_vms,
+            "amd64",
+            "linux",
+            s.guest_os,
+            accel.name if accel else None,
+            accel.reason if accel else self._accel_error or "",
+            self._accel_trouble if accel else None,
+        )
 
     def _clean_leftovers(self) -> None:
         """Half-made VM dirs from a create that was interrupted never become VMs."""
@@ -486,7 +525,7 @@ class QemuBackend:
         try:
             out, err = await asyncio.wait_for(process.communicate(), timeout)
         except TimeoutError:
-            process.kill()
+            processes.kill(process)
             await process.wait()
             raise BackendError(
                 f"{what or argv[0] + ' ' + argv[1]} took longer than {timeout:.0f}s"
@@ -514,7 +553,7 @@ class QemuBackend:
         machine = self._machine(vm_id)
         if self._alive(vm_id, paths):
             return
-        accel = await self.accelerator()
+        accel = (await self.accelerator()).name
         self._link(paths)
         self._drop_extra_forwards(vm_id)
         with contextlib.suppress(FileNotFoundError):
@@ -534,7 +573,9 @@ class QemuBackend:
         except BackendError as error:
             paths.wanted.write_text("stopped")
             self._set(vm_id, Actual.FAILED, reason="QemuFailed", message=str(error))
+            self._check_accelerator()  # was it the accelerator? The node will say so.
             return
+        self._accel_trouble = None  # QEMU came up under it, so it works
         entry = self._vms.setdefault(vm_id, _Running(self._stopped_state(vm_id, machine)))
         entry.state = VMState(
             vm_id,
