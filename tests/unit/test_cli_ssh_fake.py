@@ -46,9 +46,19 @@ def test_fake_scp_names_vms_by_host_and_checks_its_arguments(tmp_path: Path) -> 
     assert done.returncode == 7
     argv = done.stdout.splitlines()[0]
     assert "port-forward --stdio %h 22" in argv and "User=root" in argv
-    assert argv.endswith("-r dir vm-2:/tmp/")
+    assert argv.endswith("-r -- dir vm-2:/tmp/")  # "--": a path is never an option
+    assert " -O " not in argv  # SFTP, scp's default, unless asked
     assert "askpass" not in done.stdout
     local_only = _run(tmp_path, "scp", "-l", "root", "a", "b")
     assert local_only.returncode == 1 and "no VM:PATH" in local_only.stderr
     missing_key = _run(tmp_path, "ssh", "vm", "-l", "u", "-i", str(tmp_path / "nokey"))
     assert missing_key.returncode == 1 and "no such key file" in missing_key.stderr
+
+
+def test_fake_scp_legacy_protocol_and_scp_flags_reach_scp(tmp_path: Path) -> None:
+    done = _run(tmp_path, "scp", "-l", "root", "-O", "-r", "-p", "vm-3:/etc/", "out")
+    assert done.returncode == 7
+    argv = done.stdout.splitlines()[0]
+    assert argv.endswith("-r -p -O -- vm-3:/etc/ out")
+    long = _run(tmp_path, "scp", "-l", "root", "--legacy", "--", "-odd-name", "vm-3:/tmp/")
+    assert long.stdout.splitlines()[0].endswith(" -O -- -odd-name vm-3:/tmp/")

@@ -1,7 +1,7 @@
 """Tunnels to a real guest on `shoal dev --backend qemu`, through the CLI: `shoal ssh` with the
 real OpenSSH client (remote exit codes come back), 50 MB in and out with `shoal scp` keeping its
 checksum, 50 tunnels at once to an echo server in the guest, the serial console both ways, the VNC display,
-and a node-port mapping."""
+a node-port mapping, and `shoal scp -O` to a guest with no sftp-server."""
 
 import hashlib
 import os
@@ -159,4 +159,20 @@ def test_ssh_scp_console_vnc_and_node_ports_through_tunnels(
     mapped = next(p for p in ports if p["guest"] == 22)
     assert mapped["address"] == "0.0.0.0" and mapped["host"] > 0
     assert _banner(mapped["host"]).startswith(b"SSH-2.0-")
+
+    # A guest with no sftp-server (as dropbear-only and busybox images are): scp's default SFTP
+    # fails, `shoal scp -O` (the legacy protocol, the guest's scp) copies both ways. Last, as it
+    # takes the sftp-server out of this VM's overlay.
+    dev.cli.run("ssh", "t1", *key, "--", "rm -f /usr/lib/sftp-server /usr/lib/openssh/sftp-server")
+    small = tmp_path / "small.bin"
+    small.write_bytes(os.urandom(2**20))
+    small_digest = hashlib.sha256(small.read_bytes()).hexdigest()
+    sftp = dev.cli.run("scp", *key, str(small), "t1:/run/small.bin", check=False, timeout=120)
+    assert sftp.returncode != 0 and "sftp-server" in sftp.stderr, sftp.stderr
+    dev.cli.run("scp", "-O", *key, str(small), "t1:/run/small.bin", timeout=120)
+    remote = dev.cli.run("ssh", "t1", *key, "--", "sha256sum /run/small.bin", timeout=120)
+    assert remote.stdout.split()[0] == small_digest
+    small_back = tmp_path / "small-back.bin"
+    dev.cli.run("scp", "--legacy", *key, "t1:/run/small.bin", str(small_back), timeout=120)
+    assert hashlib.sha256(small_back.read_bytes()).hexdigest() == small_digest
     dev.cli.run("vm", "delete", "t1", "--wait", timeout=120)

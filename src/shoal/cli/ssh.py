@@ -145,6 +145,20 @@ def register(app: typer.Typer) -> None:
         recursive: Annotated[
             bool, typer.Option("--recursive", "-r", help="Copy directories.")
         ] = False,
+        preserve: Annotated[
+            bool,
+            typer.Option("--preserve", "-p", help="Keep modification times and modes (scp -p)."),
+        ] = False,
+        legacy: Annotated[
+            bool,
+            typer.Option(
+                "--legacy",
+                "-O",
+                help="Use the legacy SCP protocol instead of SFTP (scp -O). Needed for guests"
+                " with no sftp-server, such as dropbear-only or busybox images (the guest needs"
+                " an scp program instead).",
+            ),
+        ] = False,
         user: UserOpt = None,
         identity: IdentityOpt = None,
         password: PasswordOpt = None,
@@ -152,7 +166,8 @@ def register(app: typer.Typer) -> None:
         context: ContextOpt = None,
         namespace: NamespaceOpt = None,
     ) -> None:
-        """Copy files to and from VMs with OpenSSH's scp, through tunnels."""
+        """Copy files to and from VMs with OpenSSH's scp, through tunnels (-O for guests with
+        no sftp-server)."""
         if len(paths) < 2:
             raise CliError("give at least one SOURCE and a TARGET")
         vms = [p.split(":", 1)[0] for p in paths if ":" in p and not p.startswith(("/", "."))]
@@ -166,6 +181,10 @@ def register(app: typer.Typer) -> None:
             "-o", f"User={login}",
             *_auth_options(identity, ssh_option),
             *(["-r"] if recursive else []),
+            *(["-p"] if preserve else []),
+            *(["-O"] if legacy else []),
+            # As for ssh: "--" keeps a path that starts with "-" a path.
+            "--",
             *paths,
         ]  # fmt: skip
         raise typer.Exit(_run(argv, password))
