@@ -79,7 +79,11 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(min=1, max=1000, help="How many local agents (nodes) to run.")
         ] = 1,
         accel: Annotated[
-            str, typer.Option(help="QEMU accelerator: auto (probe), kvm, hvf or tcg.")
+            str,
+            typer.Option(
+                help="QEMU accelerator: auto (a probe guest decides: KVM/HVF only when clearly "
+                "faster than emulation), or kvm, hvf, tcg (forced, not probed)."
+            ),
         ] = "auto",
         node_cpu: Annotated[
             int | None,
@@ -262,7 +266,11 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         accel: Annotated[
-            str, typer.Option(help="QEMU accelerator: auto (probe), kvm, hvf or tcg.")
+            str,
+            typer.Option(
+                help="QEMU accelerator: auto (a probe guest decides: KVM/HVF only when clearly "
+                "faster than emulation), or kvm, hvf, tcg (forced, not probed)."
+            ),
         ] = "auto",
         node_cpu: Annotated[
             int | None,
