@@ -14,7 +14,7 @@ import uvicorn
 from shoal import gcpolicy
 from shoal.api.app import create_app
 from shoal.api.context import ApiContext
-from shoal.api.hooks import CREATE_HOOKS
+from shoal.api.hooks import CREATE_HOOKS, UPDATE_HOOKS
 from shoal.api.objects import Objects
 from shoal.controllers.gc import GarbageCollector
 from shoal.controllers.imagecache import ImageCacheController
@@ -125,7 +125,7 @@ class ControlPlane:
         self.ctx = ApiContext(
             store=self.store,
             hub=self.hub,
-            objects=Objects(self.store, CREATE_HOOKS),
+            objects=Objects(self.store, CREATE_HOOKS, UPDATE_HOOKS),
             tokens=self.tokens,
             bookmark_interval=settings.bookmark_interval,
             ca_fingerprint=self.tls.fingerprint if self.tls else None,

@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.images.errors import InvalidReference
-from shoal.images.reference import Reference, parse
+from shoal.images.reference import Reference, is_reference, parse
+from shoal.model.meta import DNS_NAME
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -105,3 +106,38 @@ def references(draw: st.DrawFn) -> Reference:
 def test_round_trip(ref: Reference) -> None:
     assert parse(str(ref)) == ref
     assert str(parse(str(ref))) == str(ref)
+
+
+@pytest.mark.parametrize(
+    ("text", "reference"),
+    [
+        # a registry host, a tag or a digest makes an OCI reference ...
+        ("ghcr.io/acme/ci", True),
+        ("localhost/vm", True),
+        ("localhost:5000/x:1", True),
+        ("ubuntu:24.04", True),
+        ("team/vm:v2", True),
+        ("vm@" + DIGEST, True),
+        # ... a bare name names an Image object; what does not parse is neither
+        ("ubuntu", False),
+        ("macos-15", False),
+        ("images.example", False),
+        ("team/vm", False),
+        ("Ubuntu:1", False),
+        ("x:not a tag", False),
+        ("", False),
+    ],
+)
+def test_is_reference(text: str, reference: bool) -> None:
+    assert is_reference(text) is reference
+
+
+@given(references())
+def test_every_printed_reference_is_one(ref: Reference) -> None:
+    assert is_reference(str(ref))  # references() always gives a tag or digest
+
+
+@given(st.from_regex(DNS_NAME, fullmatch=True))
+def test_no_image_name_is_a_reference(name: str) -> None:
+    """The agent looks a DNS-name image up as an Image: admission must agree."""
+    assert not is_reference(name)

@@ -29,7 +29,7 @@ def http(controller: InProcessController) -> Iterator[httpx.Client]:
 
 
 def vm(name: str, **spec: Any) -> dict[str, Any]:
-    return {"metadata": {"name": name}, "spec": {"image": "x", **spec}}
+    return {"metadata": {"name": name}, "spec": {"image": "x:1", **spec}}
 
 
 def status_of(response: httpx.Response) -> dict[str, Any]:
@@ -56,17 +56,17 @@ def status_of(response: httpx.Response) -> dict[str, Any]:
         (vm("a", ports=[{"guest": 22}, {"guest": 22}]), "spec.ports"),
         (vm("a", powerState="Sleeping"), "spec.powerState"),
         (vm("a", nodeSelector={"bad key!": "x"}), "spec.nodeSelector"),
-        ({"metadata": {"name": "Upper"}, "spec": {"image": "x"}}, "metadata.name"),
-        ({"metadata": {"name": "a" * 64}, "spec": {"image": "x"}}, "metadata.name"),
-        ({"metadata": {"name": "-dash"}, "spec": {"image": "x"}}, "metadata.name"),
-        ({"metadata": {"name": "a", "colour": 1}, "spec": {"image": "x"}}, "metadata.colour"),
-        ({"metadata": {"name": "a"}, "spec": {"image": "x"}, "extra": 1}, "extra"),
+        ({"metadata": {"name": "Upper"}, "spec": {"image": "x:1"}}, "metadata.name"),
+        ({"metadata": {"name": "a" * 64}, "spec": {"image": "x:1"}}, "metadata.name"),
+        ({"metadata": {"name": "-dash"}, "spec": {"image": "x:1"}}, "metadata.name"),
+        ({"metadata": {"name": "a", "colour": 1}, "spec": {"image": "x:1"}}, "metadata.colour"),
+        ({"metadata": {"name": "a"}, "spec": {"image": "x:1"}, "extra": 1}, "extra"),
         ({"metadata": {"name": "a"}}, "spec"),
         ({"metadata": {"name": "a"}, "spec": {}}, "spec.image"),
-        ({"metadata": {}, "spec": {"image": "x"}}, "metadata.name"),
-        ({"metadata": {"name": "a"}, "spec": {"image": "x", "nodeName": "n1"}}, "spec.nodeName"),
+        ({"metadata": {}, "spec": {"image": "x:1"}}, "metadata.name"),
+        ({"metadata": {"name": "a"}, "spec": {"image": "x:1", "nodeName": "n1"}}, "spec.nodeName"),
         ({"metadata": {"name": "a"}, "spec": {"config": "missing"}}, "spec.config"),
-        ({"kind": "Node", "metadata": {"name": "a"}, "spec": {"image": "x"}}, "kind"),
+        ({"kind": "Node", "metadata": {"name": "a"}, "spec": {"image": "x:1"}}, "kind"),
     ],
 )
 def test_invalid_vms_are_refused_naming_the_field(
@@ -142,7 +142,13 @@ def test_immutable_fields_and_generation(http: httpx.Client) -> None:
     http.delete(path)
 
 
+def create_image(http: httpx.Client, name: str) -> None:
+    image = {"metadata": {"name": name}, "spec": {"source": {"oci": f"registry.test/{name}"}}}
+    assert http.post(resource_path("images", None), json=image).status_code == 201
+
+
 def test_generate_name_and_vmconfig_defaults(http: httpx.Client) -> None:
+    create_image(http, "macos-15")
     config = {
         "metadata": {"name": "big"},
         "spec": {"image": "macos-15", "cpu": 8, "memory": "16Gi", "os": "macos"},
@@ -172,7 +178,7 @@ def test_selectors_and_pages(http: httpx.Client) -> None:
             path,
             json={
                 "metadata": {"name": f"c-{i:02d}", "labels": labels},
-                "spec": {"image": "x", "cpu": 1 + i % 3},
+                "spec": {"image": "x:1", "cpu": 1 + i % 3},
             },
         )
     names: list[str] = []
@@ -199,7 +205,7 @@ def test_watch_lists_then_follows_with_bookmarks(
 ) -> None:
     http.post(resource_path("namespaces"), json={"metadata": {"name": "watched"}})
     path = resource_path("vmconfigs", "watched")
-    http.post(path, json={"metadata": {"name": "old"}, "spec": {"image": "x"}})
+    http.post(path, json={"metadata": {"name": "old"}, "spec": {"image": "x:1"}})
     seen: list[tuple[str, str]] = []
     with (
         httpx.Client(
@@ -214,7 +220,7 @@ def test_watch_lists_then_follows_with_bookmarks(
             event = json.loads(line)
             seen.append((event["type"], event["object"]["metadata"].get("name", "")))
             if len(seen) == 1:
-                http.post(path, json={"metadata": {"name": "new"}, "spec": {"image": "x"}})
+                http.post(path, json={"metadata": {"name": "new"}, "spec": {"image": "x:1"}})
                 http.delete(resource_path("vmconfigs", "watched", "old"))
     kinds = [t for t, _ in seen]
     assert seen[:3] == [("ADDED", "old"), ("ADDED", "new"), ("DELETED", "old")]
@@ -232,3 +238,109 @@ def test_the_openapi_document_names_every_route_websockets_included(
         assert websockets[f"{prefix}/{tunnel}"]["summary"]
     assert "/apis/shoal.dev/v1/nodes/{name}/tunnel" in websockets
     assert f"{prefix}/log" in document["paths"]
+
+
+def refused(response: httpx.Response, field: str) -> str:
+    """The 422 Status's message, which names field first."""
+    assert response.status_code == 422, response.text
+    status = status_of(response)
+    assert status["status"] == "Failure" and status["reason"] == "Invalid"
+    assert status["message"].startswith(f"{field}"), status["message"]
+    return str(status["message"])
+
+
+def test_startup_script_is_refused_until_guest_exec_exists(http: httpx.Client) -> None:
+    """An accepted field that no backend runs would be a silent no-op: it is refused, on
+    VirtualMachines and VMConfigs, on create and on update."""
+    message = refused(
+        http.post(VMS, json=vm("scripted", startupScript="echo hi")), "spec.startupScript"
+    )
+    assert "not supported yet" in message and "guest exec" in message
+    assert http.get(resource_path("virtualmachines", "default", "scripted")).status_code == 404
+    # an empty script is no script
+    assert http.post(VMS, json=vm("unscripted", startupScript="")).status_code == 201
+    path = resource_path("virtualmachines", "default", "unscripted")
+    merge = {"Content-Type": "application/merge-patch+json"}
+    patch = {"spec": {"startupScript": "echo hi"}}
+    refused(http.patch(path, json=patch, headers=merge), "spec.startupScript")
+    assert http.get(path).json()["spec"]["startupScript"] == ""
+    http.delete(path)
+
+    configs = resource_path("vmconfigs", "default")
+    scripted_config = {
+        "metadata": {"name": "scripted"},
+        "spec": {"image": "x:1", "startupScript": "echo hi"},
+    }
+    refused(http.post(configs, json=scripted_config), "spec.startupScript")
+    assert http.get(resource_path("vmconfigs", "default", "scripted")).status_code == 404
+    plain_config = {"metadata": {"name": "plain"}, "spec": {"image": "x:1"}}
+    assert http.post(configs, json=plain_config).status_code == 201
+    config_path = resource_path("vmconfigs", "default", "plain")
+    refused(http.patch(config_path, json=patch, headers=merge), "spec.startupScript")
+    # (a PUT on a VMConfig: nothing else writes one, so its resourceVersion stays current)
+    current = http.get(config_path).json()
+    replaced = json.loads(json.dumps(current))
+    replaced["spec"]["startupScript"] = "echo hi"
+    refused(http.put(config_path, json=replaced), "spec.startupScript")
+    assert http.get(config_path).json() == current  # nothing was written
+    # a VM may not add one to its VMConfig's spec either
+    from_config = {
+        "metadata": {"name": "from-plain"},
+        "spec": {"config": "plain", "startupScript": "x"},
+    }
+    refused(http.post(VMS, json=from_config), "spec.startupScript")
+    assert http.get(resource_path("virtualmachines", "default", "from-plain")).status_code == 404
+    http.delete(config_path)
+
+
+def test_image_must_name_an_image_or_be_an_oci_reference(http: httpx.Client) -> None:
+    message = refused(http.post(VMS, json=vm("nope", image="nope")), "spec.image")
+    assert message == (
+        "spec.image: no Image named 'nope', and 'nope' is not an OCI reference "
+        "(registry/repository:tag or @digest)"
+    )
+    assert http.get(resource_path("virtualmachines", "default", "nope")).status_code == 404
+    for bad in ("team/vm", "Ubuntu:1", "x:not a tag"):  # no host nor tag, or does not parse
+        refused(http.post(VMS, json=vm("bad", image=bad)), "spec.image")
+    assert http.get(resource_path("virtualmachines", "default", "bad")).status_code == 404
+
+    create_image(http, "ubuntu-24")
+    digest = "sha256:" + "0" * 64
+    for name, image in (
+        ("named", "ubuntu-24"),
+        ("by-host", "localhost:5000/x"),
+        ("by-tag", "localhost:5000/x:1"),
+        ("by-digest", f"x@{digest}"),
+    ):
+        made = http.post(VMS, json=vm(name, image=image))
+        assert made.status_code == 201, made.text
+        assert made.json()["spec"]["image"] == image
+        http.delete(resource_path("virtualmachines", "default", name))
+
+    # the image a VMConfig gives is checked the same way, on the VMConfig and on the VM
+    configs = resource_path("vmconfigs", "default")
+    refused(
+        http.post(configs, json={"metadata": {"name": "c"}, "spec": {"image": "nope"}}),
+        "spec.image",
+    )
+    assert (
+        http.post(
+            configs, json={"metadata": {"name": "c"}, "spec": {"image": "ubuntu-24"}}
+        ).status_code
+        == 201
+    )
+    config_path = resource_path("vmconfigs", "default", "c")
+    merge = {"Content-Type": "application/merge-patch+json"}
+    refused(http.patch(config_path, json={"spec": {"image": "nope"}}, headers=merge), "spec.image")
+    assert http.get(config_path).json()["spec"]["image"] == "ubuntu-24"
+    from_config = http.post(VMS, json={"metadata": {"name": "from-c"}, "spec": {"config": "c"}})
+    assert from_config.status_code == 201, from_config.text
+    http.delete(resource_path("virtualmachines", "default", "from-c"))
+    # an Image deleted after the VMConfig was made: the VM deployed from it says where it came from
+    assert http.delete(resource_path("images", None, "ubuntu-24")).status_code == 200
+    message = refused(
+        http.post(VMS, json={"metadata": {"name": "from-c"}, "spec": {"config": "c"}}), "spec.image"
+    )
+    assert message.startswith("spec.image (from VMConfig 'c'): no Image named 'ubuntu-24'")
+    assert http.get(resource_path("virtualmachines", "default", "from-c")).status_code == 404
+    http.delete(config_path)

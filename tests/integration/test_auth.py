@@ -23,7 +23,9 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessCo
             admin.create("namespaces", {"metadata": {"name": namespace}})
             admin.create("serviceaccounts", {"metadata": {"name": "ci"}}, namespace)
         admin.create(
-            "virtualmachines", {"metadata": {"name": "secret-vm"}, "spec": {"image": "x"}}, "team-b"
+            "virtualmachines",
+            {"metadata": {"name": "secret-vm"}, "spec": {"image": "x:1"}},
+            "team-b",
         )
         yield running
 
@@ -77,7 +79,7 @@ def test_no_binding_means_403_without_revealing_existence(controller: InProcessC
         outsider.list("virtualmachines", "team-b")
     with pytest.raises(Forbidden):
         outsider.create(
-            "virtualmachines", {"metadata": {"name": "x"}, "spec": {"image": "x"}}, "team-b"
+            "virtualmachines", {"metadata": {"name": "x"}, "spec": {"image": "x:1"}}, "team-b"
         )
     with pytest.raises(Forbidden):
         outsider.delete("virtualmachines", "secret-vm", "team-b")
@@ -94,7 +96,7 @@ def test_roles_grant_what_they_say(controller: InProcessController) -> None:
     edit = Client(controller.url, sa_token(admin, "team-a", "as-edit"))
 
     created = edit.create(
-        "virtualmachines", {"metadata": {"name": "by-edit"}, "spec": {"image": "x"}}, "team-a"
+        "virtualmachines", {"metadata": {"name": "by-edit"}, "spec": {"image": "x:1"}}, "team-a"
     )
     assert created["metadata"]["name"] == "by-edit"
     assert (
@@ -108,7 +110,9 @@ def test_roles_grant_what_they_say(controller: InProcessController) -> None:
     for client in (view, connect):
         with pytest.raises(Forbidden):
             client.create(
-                "virtualmachines", {"metadata": {"name": "nope"}, "spec": {"image": "x"}}, "team-a"
+                "virtualmachines",
+                {"metadata": {"name": "nope"}, "spec": {"image": "x:1"}},
+                "team-a",
             )
         with pytest.raises(Forbidden):
             client.action("virtualmachines", "by-edit", "start", "team-a")
@@ -205,7 +209,7 @@ def test_expired_join_token_is_refused(controller: InProcessController) -> None:
 
 def test_every_mutation_leaves_an_audit_event(controller: InProcessController) -> None:
     admin = controller.client()
-    admin.create("vmconfigs", {"metadata": {"name": "audited"}, "spec": {"image": "x"}}, "team-a")
+    admin.create("vmconfigs", {"metadata": {"name": "audited"}, "spec": {"image": "x:1"}}, "team-a")
     admin.delete("vmconfigs", "audited", "team-a")
     reasons = {
         e["reason"]

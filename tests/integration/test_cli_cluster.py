@@ -3,6 +3,7 @@
 import os
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -81,7 +82,7 @@ def test_fifty_vms_through_the_cli(cluster: tuple[ControllerProcess, Cli]) -> No
         "deploy",
         names[0],
         "--image",
-        "sim",
+        "sim:1",
         "--cpu",
         "1",
         "--memory",
@@ -93,7 +94,7 @@ def test_fifty_vms_through_the_cli(cluster: tuple[ControllerProcess, Cli]) -> No
     assert "Running" in first.stdout + first.stderr
     cli.many(
         [
-            ["vm", "deploy", name, "--image", "sim", "--cpu", "1", "--memory", "1Gi", "-n", "ci"]
+            ["vm", "deploy", name, "--image", "sim:1", "--cpu", "1", "--memory", "1Gi", "-n", "ci"]
             for name in names[1:]
         ]
     )
@@ -130,21 +131,48 @@ def test_deploy_wait_reports_a_failure_and_a_bad_request(
         "deploy",
         "broken",
         "--image",
-        "fail:the disk is not bootable",
+        "fail:disk-not-bootable",  # an OCI-shaped name (tag disk-not-bootable), as admission wants
         "--wait",
         "--timeout",
         "60",
         check=False,
     )
     assert failed.returncode != 0
-    assert "the disk is not bootable" in failed.stderr
-    bad = cli.run("vm", "deploy", "zero", "--image", "x", "--cpu", "0", check=False)
+    assert "disk-not-bootable" in failed.stderr
+    bad = cli.run("vm", "deploy", "zero", "--image", "x:1", "--cpu", "0", check=False)
     assert bad.returncode == 1
     assert "spec.cpu" in bad.stderr
     assert "Traceback" not in bad.stderr
     missing = cli.run("vm", "get", "nothing-here", check=False)
     assert missing.returncode == 1 and "not found" in missing.stderr
     cli.run("vm", "delete", "broken")
+
+
+def test_deploy_refuses_a_startup_script_and_an_image_that_names_nothing(
+    cluster: tuple[ControllerProcess, Cli], tmp_path: Path
+) -> None:
+    controller, cli = cluster
+    script = tmp_path / "boot.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    scripted = cli.run(
+        "vm", "deploy", "scripted", "--image", "sim:1", "--startup-script", str(script), check=False
+    )
+    assert scripted.returncode == 1 and "Traceback" not in scripted.stderr
+    assert "error: spec.startupScript: not supported yet" in scripted.stderr
+    assert "guest exec" in scripted.stderr
+    nope = cli.run("vm", "deploy", "nowhere", "--image", "nope", check=False)
+    assert nope.returncode == 1 and "Traceback" not in nope.stderr
+    assert (
+        "error: spec.image: no Image named 'nope', and 'nope' is not an OCI reference"
+        in nope.stderr
+    )
+    for name in ("scripted", "nowhere"):
+        assert cli.run("vm", "get", name, check=False).returncode == 1  # nothing was stored
+    # a bare name that does name an Image is deployed, and runs
+    image = {"metadata": {"name": "named"}, "spec": {"source": {"oci": "registry.test/named"}}}
+    controller.client().create("images", image)
+    cli.run("vm", "deploy", "by-name", "--image", "named", "--wait", "--timeout", "60")
+    cli.run("vm", "delete", "by-name")
 
 
 def test_unschedulable_vm_says_why_and_namespace_delete_is_graceful(
@@ -154,12 +182,21 @@ def test_unschedulable_vm_says_why_and_namespace_delete_is_graceful(
     cli.run("namespace", "create", "doomed")
     for i in range(3):  # 20 of each node's 32 cpu: no node keeps room for another 20
         cli.run(
-            "vm", "deploy", f"filler-{i}", "--image", "sim", "--cpu", "20", "-n", "doomed", "--wait"
+            "vm",
+            "deploy",
+            f"filler-{i}",
+            "--image",
+            "sim:1",
+            "--cpu",
+            "20",
+            "-n",
+            "doomed",
+            "--wait",
         )
     assert (
         len({vm["spec"]["nodeName"] for vm in cli.json("vm", "list", "-n", "doomed")["items"]}) == 3
     )
-    cli.run("vm", "deploy", "waits", "--image", "sim", "--cpu", "20", "-n", "doomed")
+    cli.run("vm", "deploy", "waits", "--image", "sim:1", "--cpu", "20", "-n", "doomed")
     wait_until(
         lambda: (
             "insufficient cpu"
@@ -190,7 +227,7 @@ def test_vm_larger_than_any_node_is_refused_at_creation(
     cluster: tuple[ControllerProcess, Cli],
 ) -> None:
     _, cli = cluster
-    refused = cli.run("vm", "deploy", "too-big", "--image", "sim", "--cpu", "64", check=False)
+    refused = cli.run("vm", "deploy", "too-big", "--image", "sim:1", "--cpu", "64", check=False)
     assert refused.returncode == 1
     assert "spec.cpu" in refused.stderr and "has 32 cpu, 64Gi memory" in refused.stderr
     missing = cli.run("vm", "get", "too-big", check=False)

@@ -83,7 +83,7 @@ async def _deploy_all(url: str, token: str, ca_pem: str) -> list[int]:
         async def one(i: int) -> int:
             body = {
                 "metadata": {"name": f"burst-{i:03d}"},
-                "spec": {"image": "sim", "cpu": 1, "memory": "1Gi"},
+                "spec": {"image": "sim:1", "cpu": 1, "memory": "1Gi"},
             }
             response = await http.post(resource_path("virtualmachines", "default"), json=body)
             return response.status_code

@@ -52,7 +52,7 @@ def test_shoal_dev_then_deploy_wait_reaches_running(tmp_path: Path) -> None:
             what="both dev nodes",
         )
         deployed = subprocess.run(
-            [SHOAL, "vm", "deploy", "first", "--image", "anything", "--wait"],
+            [SHOAL, "vm", "deploy", "first", "--image", "anything:1", "--wait"],
             env=env,
             capture_output=True,
             text=True,

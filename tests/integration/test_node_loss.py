@@ -36,7 +36,7 @@ T = TypeVar("T")
 
 
 def deploy(client: Client, name: str, policy: str, selector: dict[str, str] | None = None) -> Obj:
-    spec: Obj = {"image": "sim", "cpu": 1, "memory": "1Gi", "restartPolicy": policy}
+    spec: Obj = {"image": "sim:1", "cpu": 1, "memory": "1Gi", "restartPolicy": policy}
     if selector:
         spec["nodeSelector"] = selector
     return client.create("virtualmachines", {"metadata": {"name": name}, "spec": spec}, "default")

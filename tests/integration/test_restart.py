@@ -80,7 +80,7 @@ def test_sigkill_controller_loses_nothing_and_everyone_resumes(tmp_path: Path) -
             for i in range(6):
                 client.create(
                     "virtualmachines",
-                    {"metadata": {"name": f"before-{i}"}, "spec": {"image": "sim", "cpu": 1}},
+                    {"metadata": {"name": f"before-{i}"}, "spec": {"image": "sim:1", "cpu": 1}},
                     "default",
                 )
             for i in range(6):
@@ -124,7 +124,7 @@ def test_sigkill_controller_loses_nothing_and_everyone_resumes(tmp_path: Path) -
             wait_until(heartbeats_resumed, what="both agents heartbeating again")
             client.create(
                 "virtualmachines",
-                {"metadata": {"name": "after"}, "spec": {"image": "sim", "cpu": 1}},
+                {"metadata": {"name": "after"}, "spec": {"image": "sim:1", "cpu": 1}},
                 "default",
             )
             wait_until(
@@ -143,11 +143,11 @@ def test_watch_from_compacted_version_is_gone_and_relist_works(tmp_path: Path) -
     with InProcessController(tmp_path, change_retention=5) as controller:
         client = controller.client()
         first = client.create(
-            "vmconfigs", {"metadata": {"name": "c0"}, "spec": {"image": "x"}}, "default"
+            "vmconfigs", {"metadata": {"name": "c0"}, "spec": {"image": "x:1"}}, "default"
         )
         for i in range(1, 12):
             client.create(
-                "vmconfigs", {"metadata": {"name": f"c{i}"}, "spec": {"image": "x"}}, "default"
+                "vmconfigs", {"metadata": {"name": f"c{i}"}, "spec": {"image": "x:1"}}, "default"
             )
         controller.plane.store.compact()
         with pytest.raises(Gone):
@@ -169,7 +169,7 @@ def test_watch_from_compacted_version_is_gone_and_relist_works(tmp_path: Path) -
             timeout=5,
         )
         client.create(
-            "vmconfigs", {"metadata": {"name": "late"}, "spec": {"image": "x"}}, "default"
+            "vmconfigs", {"metadata": {"name": "late"}, "spec": {"image": "x:1"}}, "default"
         )
         event = next(e for e in stream if e["type"] != "BOOKMARK")
         assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "late")

@@ -20,10 +20,12 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessCo
         client = running.client()
         client.create("namespaces", {"metadata": {"name": "team-a"}})
         client.create(
-            "virtualmachines", {"metadata": {"name": "vm-1"}, "spec": {"image": "x"}}, "team-a"
+            "virtualmachines", {"metadata": {"name": "vm-1"}, "spec": {"image": "x:1"}}, "team-a"
         )
         client.create(
-            "vmconfigs", {"metadata": {"name": "small"}, "spec": {"image": "x", "cpu": 1}}, "team-a"
+            "vmconfigs",
+            {"metadata": {"name": "small"}, "spec": {"image": "x:1", "cpu": 1}},
+            "team-a",
         )
         client.create("serviceaccounts", {"metadata": {"name": "ci"}}, "team-a")
         yield running

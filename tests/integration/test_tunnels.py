@@ -142,7 +142,7 @@ def tunnels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tunnels]:
                 "--ca-fingerprint", controller.fingerprint,
             )  # fmt: skip
             wait_until(lambda: cli.json("node", "list")["items"], what="the agent's node")
-            cli.run("vm", "deploy", "box", "--image", "sim", "--wait")
+            cli.run("vm", "deploy", "box", "--image", "sim:1", "--wait")
             try:
                 yield Tunnels(controller, agent, cli, echo, source, resetter, recorder, base)
             finally:
@@ -280,7 +280,7 @@ def test_tunnels_to_missing_or_stopped_vms_and_closed_ports_say_why(tunnels: Tun
     refused = _stdio(tunnels, closed_port, b"")
     assert refused.returncode == 1
     assert f"port {closed_port}".encode() in refused.stderr, refused.stderr
-    tunnels.cli.run("vm", "deploy", "parked", "--image", "sim", "--wait")
+    tunnels.cli.run("vm", "deploy", "parked", "--image", "sim:1", "--wait")
     tunnels.cli.run("vm", "stop", "parked", "--wait")
     stopped = subprocess.run(
         [SHOAL, "port-forward", "parked", "2222"],
@@ -406,7 +406,7 @@ def test_agent_loss_closes_tunnels_with_a_message_and_a_new_agent_serves_at_once
 
 
 def test_deleting_the_vm_closes_its_tunnels_and_says_so(tunnels: Tunnels) -> None:
-    tunnels.cli.run("vm", "deploy", "doomed", "--image", "sim", "--wait")
+    tunnels.cli.run("vm", "deploy", "doomed", "--image", "sim:1", "--wait")
     forwarder = _Forwarder(tunnels, f":{tunnels.echo.server_address[1]}", vm="doomed")
     try:
         with socket.create_connection(("127.0.0.1", forwarder.ports[0]), timeout=60) as conn:

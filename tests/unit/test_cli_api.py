@@ -107,13 +107,15 @@ def test_every_noun(
         "vm", "deploy", "vm1", "-n", "team-a", "--image", "ubuntu:24.04", "--cpu", "2",
         "--memory", "2Gi", "--label", "team=ci", "--port", "22",
     ) == "vm1\n"  # fmt: skip
-    error = fails("vm", "deploy", "bad", "-n", "team-a", "--image", "x", "--cpu", "0")
+    error = fails("vm", "deploy", "bad", "-n", "team-a", "--image", "x:1", "--cpu", "0")
     assert "spec.cpu" in error
     assert "spec.memory" in fails(
-        "vm", "deploy", "bad", "-n", "team-a", "--image", "x", "--memory", "lots"
+        "vm", "deploy", "bad", "-n", "team-a", "--image", "x:1", "--memory", "lots"
     )
-    assert "already exists" in fails("vm", "deploy", "vm1", "-n", "team-a", "--image", "x")
-    generated = ok("vm", "deploy", "--generate-name", "ci-", "-n", "team-a", "--image", "x").strip()
+    assert "already exists" in fails("vm", "deploy", "vm1", "-n", "team-a", "--image", "x:1")
+    generated = ok(
+        "vm", "deploy", "--generate-name", "ci-", "-n", "team-a", "--image", "x:1"
+    ).strip()
     assert generated.startswith("ci-")
 
     table = rows(ok("vm", "list", "-n", "team-a"))
@@ -133,7 +135,7 @@ def test_every_noun(
     assert "not found" in fails("vm", "get", "nope", "-n", "team-a")
 
     error = fails(
-        "vm", "deploy", "slow", "-n", "team-a", "--image", "x", "--wait", "--timeout", "1"
+        "vm", "deploy", "slow", "-n", "team-a", "--image", "x:1", "--wait", "--timeout", "1"
     )
     assert "timed out after 1s waiting for VM slow to be Running: Pending" in error
 
@@ -147,6 +149,8 @@ def test_every_noun(
     assert as_json("vm", "get", "vm1", "-n", "team-a")["spec"]["powerState"] == "Running"
 
     # -- vmconfig --------------------------------------------------------------------------
+    image = {"metadata": {"name": "ubuntu"}, "spec": {"source": {"oci": "registry.test/ubuntu"}}}
+    Client(url, admin_token).create("images", image)  # a bare image name must name an Image
     ok("vmconfig", "create", "small", "-n", "team-a", "--image", "ubuntu", "--cpu", "1")
     assert rows(ok("vmconfig", "list", "-n", "team-a"))[1][:3] == ["small", "ubuntu", "1"]
     made = as_json(

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from shoal.api.hooks import CREATE_HOOKS
+from shoal.api.hooks import CREATE_HOOKS, UPDATE_HOOKS
 from shoal.api.objects import Objects, apply_user_fields, dump, merge_patch, validate
 from shoal.errors import AlreadyExists, BadRequest, Conflict, Forbidden, Invalid, NotFound
-from shoal.model.kinds import Namespace, Node, VirtualMachine
+from shoal.model.kinds import Image, Namespace, Node, VirtualMachine, VMConfig
 from shoal.model.registry import BY_KIND
 from shoal.quantity import MAX_BYTES, format_bytes, parse_bytes
 from shoal.store.store import Store
@@ -227,10 +227,13 @@ def store(tmp_path: Any) -> Iterator[Store]:
 
 @pytest.fixture
 def objects(store: Store) -> Objects:
-    objs = Objects(store, CREATE_HOOKS)
+    objs = Objects(store, CREATE_HOOKS, UPDATE_HOOKS)
     objs.create(
         BY_KIND["Namespace"], None, Namespace.model_validate({"metadata": {"name": "default"}})
     )
+    for name in ("ubuntu", "debian"):  # the Images the VMs here name
+        image = {"metadata": {"name": name}, "spec": {"source": {"oci": f"registry.test/{name}"}}}
+        objs.create(BY_KIND["Image"], None, Image.model_validate(image))
     return objs
 
 
@@ -284,7 +287,7 @@ def test_create_rules(objects: Objects, store: Store) -> None:
         objects.create(
             VM_INFO,
             "default",
-            VirtualMachine.model_validate({"metadata": {}, "spec": {"image": "x"}}),
+            VirtualMachine.model_validate({"metadata": {}, "spec": {"image": "ubuntu"}}),
         )
     create_vm(objects, "dup")
     with pytest.raises(AlreadyExists):
@@ -344,6 +347,47 @@ def test_patch_merges_and_ignores_status(objects: Objects, store: Store) -> None
     with pytest.raises(Conflict):
         objects.patch(VM_INFO, "default", "vm", {"metadata": {"resourceVersion": "1"}})
     assert store.get("VirtualMachine", "default", "vm") == unlabelled
+
+
+def test_updates_may_not_bring_in_a_startup_script_or_an_image_that_names_nothing(
+    objects: Objects, store: Store
+) -> None:
+    created = create_vm(objects)
+    with pytest.raises(Invalid, match=r"^spec\.startupScript: not supported yet"):
+        objects.patch(VM_INFO, "default", "vm", {"spec": {"startupScript": "echo hi"}})
+    body = copy.deepcopy(created)
+    body["spec"]["startupScript"] = "echo hi"
+    with pytest.raises(Invalid, match=r"^spec\.startupScript"):
+        objects.replace(VM_INFO, "default", "vm", VirtualMachine.model_validate(body))
+    # one stored before the rule stays writable: it may be kept, or removed
+    store.mutate("VirtualMachine", "default", "vm", lambda vm: _with_script(vm, "echo old"))
+    labelled = objects.patch(VM_INFO, "default", "vm", {"metadata": {"labels": {"a": "b"}}})
+    assert labelled["spec"]["startupScript"] == "echo old"
+    with pytest.raises(Invalid, match=r"^spec\.startupScript"):
+        objects.patch(VM_INFO, "default", "vm", {"spec": {"startupScript": "echo new"}})
+    cleared = objects.patch(VM_INFO, "default", "vm", {"spec": {"startupScript": None}})
+    assert "startupScript" not in cleared["spec"]
+
+    config_info = BY_KIND["VMConfig"]
+    config = VMConfig.model_validate({"metadata": {"name": "c"}, "spec": {"image": "ubuntu"}})
+    objects.create(config_info, "default", config)
+    assert objects.patch(config_info, "default", "c", {"spec": {"image": "debian"}})
+    assert objects.patch(config_info, "default", "c", {"spec": {"image": "ghcr.io/a/b:1"}})
+    with pytest.raises(Invalid, match=r"^spec\.image: no Image named 'nope'"):
+        objects.patch(config_info, "default", "c", {"spec": {"image": "nope"}})
+    with pytest.raises(Invalid, match=r"^spec\.startupScript"):
+        objects.patch(config_info, "default", "c", {"spec": {"startupScript": "echo hi"}})
+    assert store.get("VMConfig", "default", "c")["spec"]["image"] == "ghcr.io/a/b:1"
+    # a VMConfig stored with a script before the rule: a VM deployed from it is refused
+    store.mutate("VMConfig", "default", "c", lambda c: _with_script(c, "echo old"))
+    with pytest.raises(Invalid, match=r"^spec\.startupScript \(from VMConfig 'c'\): not supp"):
+        create_vm(objects, "from-c", config="c")
+    with pytest.raises(NotFound):
+        store.get("VirtualMachine", "default", "from-c")
+
+
+def _with_script(vm: Obj, script: str) -> Obj:
+    return vm | {"spec": vm["spec"] | {"startupScript": script}}
 
 
 def test_status_write_leaves_spec_alone(objects: Objects) -> None:

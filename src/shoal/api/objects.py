@@ -23,6 +23,8 @@ USER_META = ("labels", "annotations", "finalizers")
 SERVER_SET: dict[str, tuple[str, ...]] = {"VirtualMachine": ("spec.nodeName",)}
 
 CreateHook = Callable[[Store, Obj, BaseModel], None]
+# Run on a replace or patch that changes the object: (store, current, updated); raises to refuse.
+UpdateHook = Callable[[Store, Obj, Obj], None]
 
 
 def invalid_from(error: ValidationError, prefix: str = "") -> Invalid:
@@ -127,9 +129,23 @@ def _random_suffix() -> str:
 
 
 class Objects:
-    def __init__(self, store: Store, hooks: dict[str, CreateHook] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hooks: dict[str, CreateHook] | None = None,
+        update_hooks: dict[str, UpdateHook] | None = None,
+    ) -> None:
         self.store = store
         self.hooks = hooks or {}
+        self.update_hooks = update_hooks or {}
+
+    def _update(self, info: KindInfo, current: Obj, incoming: Obj) -> Obj | None:
+        """current with incoming's user fields, as the kind's update hook admits it."""
+        updated = apply_user_fields(info, current, incoming)
+        hook = self.update_hooks.get(info.kind)
+        if updated is not None and hook is not None:
+            hook(self.store, current, updated)
+        return updated
 
     def require_namespace(self, namespace: str) -> None:
         try:
@@ -201,7 +217,7 @@ class Objects:
             info.kind,
             namespace or "",
             name,
-            lambda current: apply_user_fields(info, current, incoming),
+            lambda current: self._update(info, current, incoming),
             expect_rv=incoming.get("metadata", {}).get("resourceVersion"),
         )
 
@@ -216,7 +232,7 @@ class Objects:
             merged["status"] = current.get("status")
             if merged["status"] is None:
                 merged.pop("status")
-            return apply_user_fields(info, current, validate(info, merged))
+            return self._update(info, current, validate(info, merged))
 
         return self.store.mutate(info.kind, namespace or "", name, change, expect_rv=expect_rv)
 

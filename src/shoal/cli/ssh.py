@@ -19,6 +19,7 @@ import typer
 
 from shoal.cli.common import CliError, ContextOpt, NamespaceOpt, connect
 from shoal.errors import NotFound
+from shoal.model.meta import DNS_NAME
 
 SSH_PORT = 22
 EPHEMERAL_HOST_KEYS = [
@@ -56,7 +57,7 @@ def _guest_user(context: str | None, namespace: str | None, vm: str) -> str:
     with connect(context, namespace) as target:
         obj = target.client.get("virtualmachines", vm, target.namespace)
         image = (obj.get("spec") or {}).get("image") or ""
-        named = bool(image) and "/" not in image and ":" not in image  # not an OCI reference
+        named = bool(DNS_NAME.fullmatch(image))  # an Image's name, not an OCI reference
         try:
             image_obj = target.client.get("images", image) if named else {}
         except NotFound:

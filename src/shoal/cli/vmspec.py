@@ -27,7 +27,11 @@ class Arch(StrEnum):
 
 ImageOpt = Annotated[
     str | None,
-    typer.Option("--image", help="Image to boot (an OCI reference or a cached image name)."),
+    typer.Option(
+        "--image",
+        help="Image to boot: an Image's name, or an OCI reference (with a registry host, "
+        "a :tag or an @digest).",
+    ),
 ]
 CpuOpt = Annotated[int | None, typer.Option("--cpu", help="Number of vCPUs.")]
 MemoryOpt = Annotated[str | None, typer.Option("--memory", help="Memory size, e.g. 4Gi.")]
@@ -71,7 +75,8 @@ StartupScriptOpt = Annotated[
     Path | None,
     typer.Option(
         "--startup-script",
-        help="File whose contents run in the guest at boot ('-' reads stdin).",
+        help="Script to run in the guest at boot ('-' reads stdin). Not supported yet: the "
+        "server refuses a non-empty script until guest exec lands.",
         show_default=False,
     ),
 ]

@@ -114,3 +114,17 @@ def _check_host(host: str, original: str) -> str:
     if not match or (match.group(1) and int(match.group(1)) > 65535):
         raise InvalidReference(f"{original}: {host!r} is not a valid registry host[:port]")
     return host
+
+
+def is_reference(text: str) -> bool:
+    """Whether text, given as a VM's image, is an OCI reference rather than an Image's name.
+
+    It is one when it parses and names a registry host (`ghcr.io/acme/ci`), a tag
+    (`ubuntu:24.04`) or a digest; a bare name such as `ubuntu` names an Image object. (An Image's
+    name is a DNS name, which never holds '/', ':' or '@', so no text is both.)"""
+    try:
+        ref = parse(text)
+    except InvalidReference:
+        return False
+    tagged = ":" in text.partition("@")[0].rpartition("/")[2]
+    return ref.host is not None or ref.digest is not None or tagged
