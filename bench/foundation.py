@@ -136,7 +136,9 @@ def _latencies(cluster: Cluster) -> list[dict[str, Any]]:
     for i in range(LATENCY_SAMPLES):
         name = f"lat-{i}"
         t0 = time.perf_counter()
-        client.create("vmconfigs", {"metadata": {"name": name}, "spec": {"image": "x"}}, "default")
+        client.create(
+            "vmconfigs", {"metadata": {"name": name}, "spec": {"image": "x:1"}}, "default"
+        )
         t1 = time.perf_counter()
         client.get("vmconfigs", name, "default")
         t2 = time.perf_counter()
@@ -175,7 +177,9 @@ def _watch_delay(cluster: Cluster) -> list[dict[str, Any]]:
     for i in range(100):
         name = f"w-{i}"
         sent[name] = time.perf_counter()
-        client.create("vmconfigs", {"metadata": {"name": name}, "spec": {"image": "x"}}, "default")
+        client.create(
+            "vmconfigs", {"metadata": {"name": name}, "spec": {"image": "x:1"}}, "default"
+        )
     done.wait(60)
     delays = [(seen[n] - sent[n]) * 1000 for n in sent if n in seen]
     return [
@@ -202,7 +206,7 @@ async def _deploy_burst(cluster: Cluster) -> float:
         async def one(i: int) -> None:
             body = {
                 "metadata": {"name": f"burst-{i}"},
-                "spec": {"image": "sim", "cpu": 1, "memory": "1Gi"},
+                "spec": {"image": "sim:1", "cpu": 1, "memory": "1Gi"},
             }
             response = await http.post(resource_path("virtualmachines", "default"), json=body)
             response.raise_for_status()

@@ -163,7 +163,7 @@ def run() -> list[dict[str, Any]]:
                     "virtualmachines",
                     {
                         "metadata": {"name": f"hb-{i}"},
-                        "spec": {"image": "sim", "cpu": 1, "memory": "1Gi"},
+                        "spec": {"image": "sim:1", "cpu": 1, "memory": "1Gi"},
                     },
                     "default",
                 )

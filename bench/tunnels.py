@@ -110,7 +110,7 @@ def run() -> list[dict[str, Any]]:
             _wait(lambda: client.list("nodes")["items"], 60)
             client.create(
                 "virtualmachines",
-                {"metadata": {"name": "sink"}, "spec": {"image": "sim", "cpu": 1}},
+                {"metadata": {"name": "sink"}, "spec": {"image": "sim:1", "cpu": 1}},
                 "default",
             )
             _wait(
