@@ -117,7 +117,7 @@ def connect_websocket(server: str, token: str, ca_pem: str | None, path: str, **
 
     from shoal.tunnel.protocol import MAX_FRAME, MAX_QUEUE
 
-    query = urlencode({k: v for k, v in params.items() if v is not None})
+    query = urlencode({k: v for k, v in params.items() if v is not None}, doseq=True)
     url = "ws" + server.rstrip("/").removeprefix("http") + path + (f"?{query}" if query else "")
     tls = ssl_context(ca_pem) if url.startswith("wss:") else None
     return connect(

@@ -137,6 +137,7 @@ async def run_controller(settings: ControllerSettings, announce: Callable[[str],
         if plane.tls is not None:
             lines.append(f"  CA fingerprint: {plane.tls.fingerprint}")
         lines.append(f"  admin token in {settings.data_dir / 'admin.token'}")
+        lines.append(f"  Secrets encrypted at rest with the key in {settings.key_file}")
         announce("\n".join(lines))
 
     await plane.serve(ready)

@@ -24,6 +24,7 @@ from shoal.errors import AlreadyExists
 from shoal.model.kinds import NAMESPACE_FINALIZER
 from shoal.model.meta import API_VERSION
 from shoal.scheduler.loop import Scheduler, SchedulerSettings
+from shoal.store.sealing import KEY_FILE, load_key_file
 from shoal.store.store import Store
 from shoal.store.tokens import CACHE_SECONDS, TokenStore
 from shoal.store.watch import WatchHub
@@ -54,10 +55,17 @@ class ControllerSettings:
     scheduling_profile: str = "pack"
     # A tunnel that carried no byte either way for this long is closed.
     tunnel_idle_timeout: float = 3600.0
+    # The key Secrets are encrypted with; default <data_dir>/encryption.key, made at first start.
+    # Controllers sharing one database must share this file.
+    encryption_key_file: Path | None = None
 
     @property
     def store_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'shoal.db'}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.encryption_key_file or self.data_dir / KEY_FILE
 
     @property
     def url(self) -> str:
@@ -110,7 +118,12 @@ class ControlPlane:
     def __init__(self, settings: ControllerSettings) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(settings.store_url, change_retention=settings.change_retention)
+        # Made at first start in the data dir (0600), like the admin token and the TLS CA; a file
+        # given explicitly must exist. A key other than the stored Secrets' stops the start here.
+        sealer = load_key_file(settings.key_file, create=settings.encryption_key_file is None)
+        self.store = Store(
+            settings.store_url, change_retention=settings.change_retention, sealer=sealer
+        )
         self.tokens = TokenStore(self.store)
         self.hub = WatchHub(self.store)
         self.tls: ServerTls | None = None

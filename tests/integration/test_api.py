@@ -1,6 +1,7 @@
 """The API over HTTP: bad input gets a 4xx naming what was wrong and changes nothing; lists,
 selectors, pages, watch and conditional writes behave as documented."""
 
+import base64
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -249,48 +250,59 @@ def refused(response: httpx.Response, field: str) -> str:
     return str(status["message"])
 
 
-def test_startup_script_is_refused_until_guest_exec_exists(http: httpx.Client) -> None:
-    """An accepted field that no backend runs would be a silent no-op: it is refused, on
-    VirtualMachines and VMConfigs, on create and on update."""
+def test_a_startup_script_is_admitted_only_when_it_can_run(http: httpx.Client) -> None:
+    """A script the agent could never run (no way into the guest) would fail on the node, or
+    silently never run: it is refused, on create and on update, from a VMConfig too."""
     message = refused(
         http.post(VMS, json=vm("scripted", startupScript="echo hi")), "spec.startupScript"
     )
-    assert "not supported yet" in message and "guest exec" in message
+    assert "needs spec.access.secretRef" in message
     assert http.get(resource_path("virtualmachines", "default", "scripted")).status_code == 404
-    # an empty script is no script
-    assert http.post(VMS, json=vm("unscripted", startupScript="")).status_code == 201
-    path = resource_path("virtualmachines", "default", "unscripted")
+    key = base64.b64encode(b"not really a key").decode()
+    secret = {"metadata": {"name": "way-in"}, "type": "ssh-auth", "data": {"password": key}}
+    secrets = resource_path("secrets", "default")
+    assert http.post(secrets, json=secret).status_code == 201
+    access = {"secretRef": {"name": "way-in"}}
+    ok = http.post(VMS, json=vm("scripted", startupScript="echo hi", access=access))
+    assert ok.status_code == 201, ok.text
+    path = resource_path("virtualmachines", "default", "scripted")
     merge = {"Content-Type": "application/merge-patch+json"}
-    patch = {"spec": {"startupScript": "echo hi"}}
-    refused(http.patch(path, json=patch, headers=merge), "spec.startupScript")
-    assert http.get(path).json()["spec"]["startupScript"] == ""
+    refused(http.patch(path, json={"spec": {"access": None}}, headers=merge), "spec.startupScript")
+    assert http.get(path).json()["spec"]["access"] == {"secretRef": {"name": "way-in"}}
     http.delete(path)
 
+    one_shot = {"startupScript": "echo hi", "access": access, "deleteWhenScriptExits": True}
+    message = refused(http.post(VMS, json=vm("once", **one_shot)), "spec.deleteWhenScriptExits")
+    assert "needs spec.ephemeral: true" in message
+    message = refused(
+        http.post(VMS, json=vm("once", deleteWhenScriptExits=True, ephemeral=True)),
+        "spec.deleteWhenScriptExits",
+    )
+    assert "needs spec.startupScript" in message
+    ok = http.post(VMS, json=vm("once", ephemeral=True, **one_shot))
+    assert ok.status_code == 201, ok.text
+    http.delete(resource_path("virtualmachines", "default", "once"))
+
+    # from a VMConfig: the script is the config's, the access may come from either
     configs = resource_path("vmconfigs", "default")
     scripted_config = {
         "metadata": {"name": "scripted"},
-        "spec": {"image": "x:1", "startupScript": "echo hi"},
+        "spec": {"image": "x:1", "startupScript": "x"},
     }
-    refused(http.post(configs, json=scripted_config), "spec.startupScript")
-    assert http.get(resource_path("vmconfigs", "default", "scripted")).status_code == 404
-    plain_config = {"metadata": {"name": "plain"}, "spec": {"image": "x:1"}}
-    assert http.post(configs, json=plain_config).status_code == 201
-    config_path = resource_path("vmconfigs", "default", "plain")
-    refused(http.patch(config_path, json=patch, headers=merge), "spec.startupScript")
-    # (a PUT on a VMConfig: nothing else writes one, so its resourceVersion stays current)
-    current = http.get(config_path).json()
-    replaced = json.loads(json.dumps(current))
-    replaced["spec"]["startupScript"] = "echo hi"
-    refused(http.put(config_path, json=replaced), "spec.startupScript")
-    assert http.get(config_path).json() == current  # nothing was written
-    # a VM may not add one to its VMConfig's spec either
+    assert http.post(configs, json=scripted_config).status_code == 201
+    message = refused(
+        http.post(VMS, json={"metadata": {"name": "from-config"}, "spec": {"config": "scripted"}}),
+        "spec.startupScript (from VMConfig 'scripted')",
+    )
+    assert "needs spec.access.secretRef" in message
     from_config = {
-        "metadata": {"name": "from-plain"},
-        "spec": {"config": "plain", "startupScript": "x"},
+        "metadata": {"name": "from-config"},
+        "spec": {"config": "scripted", "access": access},
     }
-    refused(http.post(VMS, json=from_config), "spec.startupScript")
-    assert http.get(resource_path("virtualmachines", "default", "from-plain")).status_code == 404
-    http.delete(config_path)
+    assert http.post(VMS, json=from_config).status_code == 201
+    http.delete(resource_path("virtualmachines", "default", "from-config"))
+    http.delete(resource_path("vmconfigs", "default", "scripted"))
+    http.delete(resource_path("secrets", "default", "way-in"))
 
 
 def test_image_must_name_an_image_or_be_an_oci_reference(http: httpx.Client) -> None:

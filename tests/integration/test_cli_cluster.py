@@ -148,7 +148,7 @@ def test_deploy_wait_reports_a_failure_and_a_bad_request(
     cli.run("vm", "delete", "broken")
 
 
-def test_deploy_refuses_a_startup_script_and_an_image_that_names_nothing(
+def test_deploy_refuses_a_script_that_cannot_run_and_an_image_that_names_nothing(
     cluster: tuple[ControllerProcess, Cli], tmp_path: Path
 ) -> None:
     controller, cli = cluster
@@ -158,8 +158,7 @@ def test_deploy_refuses_a_startup_script_and_an_image_that_names_nothing(
         "vm", "deploy", "scripted", "--image", "sim:1", "--startup-script", str(script), check=False
     )
     assert scripted.returncode == 1 and "Traceback" not in scripted.stderr
-    assert "error: spec.startupScript: not supported yet" in scripted.stderr
-    assert "guest exec" in scripted.stderr
+    assert "error: spec.startupScript: needs spec.access.secretRef" in scripted.stderr
     nope = cli.run("vm", "deploy", "nowhere", "--image", "nope", check=False)
     assert nope.returncode == 1 and "Traceback" not in nope.stderr
     assert (

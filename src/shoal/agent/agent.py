@@ -11,8 +11,10 @@ import copy
 import logging
 import math
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from shoal import __version__
@@ -26,6 +28,7 @@ from shoal.agent.reconcile import (
     desired_of,
     lost_with_node,
 )
+from shoal.agent.startup import StartupScripts
 from shoal.agent.tunnel import TunnelClient
 from shoal.backends.base import Actual, Backend, BackendError, Capacity, VMState
 from shoal.client import AsyncClient, resource_path
@@ -91,6 +94,8 @@ class AgentSettings:
     labels: dict[str, str] = field(default_factory=dict)
     retry_interval: float = 1.0
     tunnels: bool = True  # hold a tunnel channel to the controller (logs, consoles, ports)
+    # Where the output of startup scripts is kept (default: a directory under the temp dir).
+    logs_dir: Path | None = None
 
 
 class Agent:
@@ -110,6 +115,8 @@ class Agent:
         # (cached references, when listed, the Images named after them) for the Node's status
         self._image_names: tuple[frozenset[str], float, list[str]] | None = None
         backend.subscribe(self._on_backend_change)
+        logs_dir = settings.logs_dir or Path(tempfile.gettempdir()) / f"shoal-{self.name}-startup"
+        self.scripts = StartupScripts(client, backend, logs_dir, self._on_backend_change)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -123,7 +130,9 @@ class Agent:
             precacher = Precacher(self.client, self.backend, self.name, self.heartbeat)
             self._tasks.append(asyncio.create_task(precacher.run(), name=f"{self.name}-precache"))
         if self.settings.tunnels:
-            self._tunnels = TunnelClient(self.client, self.backend, self.name)
+            self._tunnels = TunnelClient(
+                self.client, self.backend, self.name, self.scripts.log_path
+            )
             self._tasks.append(asyncio.create_task(self._tunnels.run(), name=f"{self.name}-tunnel"))
         try:
             await self._watch_loop()
@@ -317,6 +326,7 @@ class Agent:
     async def _forget(self, vm: Obj) -> None:
         uid = vm["metadata"]["uid"]
         self._known.pop(uid, None)
+        self.scripts.forget(uid)
         with contextlib.suppress(BackendError):
             await self.backend.delete(uid)
         await self._end_tunnels(uid, f"VirtualMachine {vm['metadata']['name']} was deleted")
@@ -361,6 +371,9 @@ class Agent:
     async def reconcile(self, vm: Obj) -> None:
         uid = vm["metadata"]["uid"]
         desired = desired_of(vm)
+        one_shot = vm["spec"].get("deleteWhenScriptExits")
+        if desired == Desired.RUNNING and one_shot and self.scripts.finished(vm):
+            desired = Desired.STOPPED  # its job is done: stopped, the garbage collector deletes it
         state = await self.backend.status(uid)
         if lost_with_node(vm):
             # Failed by the controller while this node was lost: desired Stopped, and no status
@@ -383,7 +396,8 @@ class Agent:
         status = self._status(vm, state)
         if failure is not None and state.actual != Actual.FAILED:  # else the backend says why
             status.update(phase="Failed", reason="BackendError", message=failure)
-        await self._write_status(vm, status)
+        vm = await self._write_status(vm, status)
+        self.scripts.consider(vm)
 
     async def _image_spec(self, name: str) -> Obj | None:
         """The spec of the Image a VM names (an OCI reference stands for an Image of that
@@ -446,6 +460,11 @@ class Agent:
             "GuestReachable" if ready else "GuestNotReachable",
             "",
         )
+        script = self.scripts.condition_of(vm)
+        if script is not None:
+            set_condition(
+                conditions, script["type"], script["status"], script["reason"], script["message"]
+            )
         return {
             "phase": phase or PHASE_OF[state.actual],
             "message": state.message,

@@ -99,7 +99,10 @@ async def run_agents(plan: AgentPlan) -> None:
                 slots=slots,
             )
             settings = AgentSettings(
-                node_name=name, heartbeat_interval=plan.heartbeat_interval, labels=plan.labels
+                node_name=name,
+                heartbeat_interval=plan.heartbeat_interval,
+                labels=plan.labels,
+                logs_dir=plan.state_dir / name / "startup-logs",
             )
             agents.append(Agent(client, plan.backend_factory(name), settings))
         gcpolicy.settle()

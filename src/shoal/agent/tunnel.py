@@ -6,7 +6,8 @@ Streams:
   guest prints next);
 - `port`: a TCP connection to a guest port, dialed here through the backend's open_port;
 - `vnc` and `console`: the VM's display and serial console, from the backend's unix sockets;
-- `push`: the VM's disk pushed to an OCI registry, with progress (shoal.agent.push).
+- `push`: the VM's disk pushed to an OCI registry, with progress (shoal.agent.push);
+- `exec`: a command run in the guest over SSH, as exec frames (shoal.agent.execstream).
 """
 
 import asyncio
@@ -14,9 +15,11 @@ import contextlib
 import json
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from shoal.agent.execstream import serve_exec
 from shoal.agent.push import PushRefused, serve_push
 from shoal.backends.base import Backend, BackendError, HasConsole, HasDisplay, HasSerialLog
 from shoal.client import AsyncClient, resource_path
@@ -34,10 +37,17 @@ class Refused(Exception):
 
 
 class TunnelClient:
-    def __init__(self, client: AsyncClient, backend: Backend, node: str) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        backend: Backend,
+        node: str,
+        startup_log: Callable[[str], Path] | None = None,
+    ) -> None:
         self.client = client
         self.backend = backend
         self.node = node
+        self.startup_log = startup_log  # a VM's uid -> the file its startup script's output is in
         self.connected = asyncio.Event()
         self._streams: set[asyncio.Task[None]] = set()
         self._by_vm: dict[str, set[Any]] = {}
@@ -90,6 +100,10 @@ class TunnelClient:
                     await stream.send(READY)
                     await self._push(stream, request)
                     return
+                if kind == "exec":
+                    await stream.send(READY)
+                    await self._exec(stream, request)
+                    return
                 try:
                     if kind == "log":
                         source = self._log_file(request)
@@ -119,6 +133,16 @@ class TunnelClient:
         except PushRefused as error:
             await stream.send(json.dumps({"error": str(error)}).encode() + b"\n")
         await stream.close()
+
+    async def _exec(self, stream: Any, request: dict[str, Any]) -> None:
+        vm = str(request.get("vm"))
+        self._by_vm.setdefault(vm, set()).add(stream)
+        try:
+            await serve_exec(stream, self.backend, self.client, request)
+        finally:
+            self._by_vm.get(vm, set()).discard(stream)
+            if not self._by_vm.get(vm, True):
+                del self._by_vm[vm]
 
     async def end_vm(self, vm: str, reason: str) -> None:
         """Close the VM's streams, telling their clients why (the VM was deleted or stopped)."""
@@ -154,6 +178,10 @@ class TunnelClient:
             raise Refused(f"the VM's {what} is not available: {reason}") from None
 
     def _log_file(self, request: dict[str, Any]) -> Path:
+        if request.get("source") == "startup":
+            if self.startup_log is None:
+                raise Refused("this agent keeps no startup script output")
+            return self.startup_log(str(request.get("vm")))
         if not isinstance(self.backend, HasSerialLog):
             raise Refused(f"the {self.backend.name} backend keeps no serial console log")
         return self.backend.serial_log(str(request.get("vm")))

@@ -1,8 +1,10 @@
 """Who is calling (authentication) and what they may do (authorization).
 
 Roles are bound per namespace by RoleBindings. The bootstrap user `admin` is a cluster admin. A
-Node credential may touch only its own Node, the VMs bound to it, and Events. Authorization is
-decided before any object is read, so a 403 never tells whether an object exists.
+Node credential may touch only its own Node, the VMs bound to it, and Events, and get the Secrets
+those VMs refer to (Kubernetes' node authorizer rule). Authorization is decided before any object
+is read (for a node and a Secret: the VMs bound to the node are), so a 403 never tells whether an
+object exists.
 """
 
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from typing import Any
 from starlette.requests import HTTPConnection
 
 from shoal.errors import Forbidden, Unauthorized
+from shoal.model.kinds import secret_names
 from shoal.store.store import Store
 from shoal.store.tokens import TokenStore
 
@@ -18,6 +21,7 @@ READ = frozenset({"get", "list", "watch"})
 WRITE = frozenset({"create", "update", "patch", "delete"})
 
 # role -> kind -> verbs. "action" covers start/stop/suspend/resume; "connect" covers tunnels.
+# As in Kubernetes, view and connect cannot read Secrets.
 ROLES: dict[str, dict[str, frozenset[str]]] = {
     "view": {
         "VirtualMachine": READ,
@@ -33,12 +37,14 @@ ROLES: dict[str, dict[str, frozenset[str]]] = {
     "edit": {
         "VirtualMachine": READ | WRITE | {"action", "connect"},
         "VMConfig": READ | WRITE,
+        "Secret": READ | WRITE,
         "Event": READ | WRITE,
         "ServiceAccount": READ | WRITE | {"token"},
     },
     "admin": {
         "VirtualMachine": READ | WRITE | {"action", "connect"},
         "VMConfig": READ | WRITE,
+        "Secret": READ | WRITE,
         "Event": READ | WRITE,
         "ServiceAccount": READ | WRITE | {"token"},
         "RoleBinding": READ | WRITE,
@@ -120,6 +126,15 @@ def authorize(
     if principal.cluster_admin:
         return
     if principal.kind == "Node":
+        if kind == "Secret":
+            if (
+                verb == "get"
+                and obj is not None
+                and namespace
+                and node_needs_secret(store, principal.name, namespace, obj["metadata"]["name"])
+            ):
+                return
+            raise Forbidden(f"{principal} may only get the Secrets that VMs bound to it refer to")
         if _node_may(principal.name, verb, kind, node_scope, obj):
             return
         raise Forbidden(f"{principal} may only act on its own Node and the VMs bound to it")
@@ -133,6 +148,14 @@ def authorize(
         if verb in ROLES[role].get(kind, frozenset()):
             return
     raise denied
+
+
+def node_needs_secret(store: Store, node: str, namespace: str, name: str) -> bool:
+    """Whether a VM bound to node (spec.nodeName, an indexed column) refers to the Secret
+    namespace/name, in spec.access.secretRef or spec.env[].valueFrom.secretKeyRef. A VM deployed
+    from a VMConfig holds the config's fields in its own spec, so the VM's spec says it all."""
+    vms, _ = store.list_objects("VirtualMachine", namespace, node_name=node)
+    return any(name in secret_names(vm.get("spec") or {}) for vm in vms)
 
 
 def _node_may(

@@ -7,7 +7,12 @@ from pydantic import BaseModel, ValidationError
 from shoal.api.objects import CreateHook, UpdateHook, dump, invalid_from
 from shoal.errors import Invalid, NotFound
 from shoal.images.reference import is_reference
-from shoal.model.kinds import NAMESPACE_FINALIZER, VirtualMachine, VirtualMachineSpec
+from shoal.model.kinds import (
+    NAMESPACE_FINALIZER,
+    VirtualMachine,
+    VirtualMachineSpec,
+    secret_problem,
+)
 from shoal.model.meta import now_iso
 from shoal.quantity import describe_bytes
 from shoal.scheduler.placement import Allocatable, Request, could_ever_fit
@@ -40,7 +45,7 @@ def _virtual_machine(store: Store, obj: Obj, model: BaseModel) -> None:
         obj["spec"] = dump(merged)
         inherited = {
             field: f" (from VMConfig {spec['config']!r})"
-            for field in ("image", "startupScript")
+            for field in ("image", "startupScript", "access", "env")
             if field not in explicit
         }
     if not obj["spec"].get("image"):
@@ -48,33 +53,109 @@ def _virtual_machine(store: Store, obj: Obj, model: BaseModel) -> None:
             "spec.image: required (or spec.config naming a VMConfig that sets it)",
             field="spec.image",
         )
-    _check_template(store, obj["spec"], inherited)
+    _check_template(store, obj["metadata"]["namespace"], obj["spec"], inherited)
+    _check_script(obj["spec"], inherited)
     _check_some_node_could_hold(store, obj)
 
 
 def _vm_config(store: Store, obj: Obj, model: BaseModel) -> None:
-    _check_template(store, obj["spec"])
+    _check_template(store, obj["metadata"]["namespace"], obj["spec"])
 
 
 def _check_template(
-    store: Store, spec: dict[str, Any], inherited: dict[str, str] | None = None
+    store: Store, namespace: str, spec: dict[str, Any], inherited: dict[str, str] | None = None
 ) -> None:
-    """The template fields admission refuses: a startup script, an image that names nothing.
-    inherited says, of a field a VMConfig gave, where it came from."""
+    """The template fields admission refuses: an image that names nothing, a reference to a
+    Secret that is not there. inherited says, of a field a VMConfig gave, where it
+    came from."""
     inherited = inherited or {}
-    _refuse_startup_script(spec, inherited.get("startupScript", ""))
     _check_image(store, str(spec["image"]), inherited.get("image", ""))
+    _check_secret_refs(store, namespace, spec, inherited)
 
 
-def _refuse_startup_script(spec: dict[str, Any], origin: str = "") -> None:
-    """No backend can run a script in the guest before guest exec exists: a script that would
-    silently never run is refused instead (the field stays for when it does)."""
-    if spec.get("startupScript"):
+def _check_secret_refs(
+    store: Store,
+    namespace: str,
+    spec: dict[str, Any],
+    inherited: dict[str, str],
+    before: dict[str, Any] | None = None,
+) -> None:
+    """Every Secret a template refers to is in its namespace and holds the key named; the one
+    for guest access is an ssh-auth Secret. Of an update, only references it did not hold before
+    are checked: a Secret may be deleted while VMs refer to it (as in Kubernetes), and such a VM
+    can still be labelled or stopped."""
+    before = before or {}
+    found: dict[str, Obj | None] = {}
+
+    def secret(name: str, field: str, origin: str) -> Obj:
+        if name not in found:
+            try:
+                found[name] = store.get("Secret", namespace, name)
+            except NotFound:
+                found[name] = None
+        obj = found[name]
+        if obj is None:
+            raise Invalid(
+                f"{field}{origin}: no Secret named {name!r} in namespace {namespace!r}",
+                field=field,
+            )
+        return obj
+
+    ref = (spec.get("access") or {}).get("secretRef") or {}
+    held = (before.get("access") or {}).get("secretRef") or {}
+    if ref.get("name") and ref != held:
+        field, origin = "spec.access.secretRef.name", inherited.get("access", "")
+        access_secret = secret(str(ref["name"]), field, origin)
+        if access_secret.get("type") != "ssh-auth":
+            raise Invalid(
+                f"{field}{origin}: Secret {ref['name']!r} is of type "
+                f"{access_secret.get('type')!r}; guest access takes an ssh-auth Secret "
+                "(ssh-privatekey and/or password, optional username)",
+                field=field,
+            )
+    held_keys = {
+        (key_ref.get("name"), key_ref.get("key"))
+        for var in before.get("env") or []
+        if (key_ref := (var.get("valueFrom") or {}).get("secretKeyRef"))
+    }
+    origin = inherited.get("env", "")
+    for index, var in enumerate(spec.get("env") or []):
+        key_ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+        if not key_ref or (key_ref.get("name"), key_ref.get("key")) in held_keys:
+            continue
+        path = f"spec.env.{index}.valueFrom.secretKeyRef"
+        data = secret(str(key_ref["name"]), f"{path}.name", origin).get("data") or {}
+        if key_ref["key"] not in data:
+            raise Invalid(
+                f"{path}.key{origin}: Secret {key_ref['name']!r} has no key {key_ref['key']!r} "
+                f"(its keys: {', '.join(sorted(data)) or 'none'})",
+                field=f"{path}.key",
+            )
+
+
+def _check_script(spec: dict[str, Any], inherited: dict[str, str] | None = None) -> None:
+    """A VM's startup script must be able to run: the agent needs spec.access to log into the
+    guest. deleteWhenScriptExits needs a script to wait for and an ephemeral VM to delete."""
+    inherited = inherited or {}
+    if spec.get("startupScript") and not (spec.get("access") or {}).get("secretRef"):
         raise Invalid(
-            f"spec.startupScript{origin}: not supported yet: no backend runs a script in the "
-            "guest until guest exec lands; leave it empty",
+            f"spec.startupScript{inherited.get('startupScript', '')}: needs "
+            "spec.access.secretRef, an ssh-auth Secret the agent logs into the guest with to "
+            "run it",
             field="spec.startupScript",
         )
+    if spec.get("deleteWhenScriptExits"):
+        if not spec.get("startupScript"):
+            raise Invalid(
+                "spec.deleteWhenScriptExits: needs spec.startupScript (the script to wait for)",
+                field="spec.deleteWhenScriptExits",
+            )
+        if not spec.get("ephemeral"):
+            raise Invalid(
+                "spec.deleteWhenScriptExits: needs spec.ephemeral: true (an ephemeral VM is "
+                "deleted once it stops)",
+                field="spec.deleteWhenScriptExits",
+            )
 
 
 def _check_image(store: Store, image: str, origin: str = "") -> None:
@@ -93,13 +174,18 @@ def _check_image(store: Store, image: str, origin: str = "") -> None:
 
 
 def _template_update(store: Store, current: Obj, updated: Obj) -> None:
-    """A replace or patch may not bring in a startup script or an image that names nothing;
-    one the object already holds (stored before these rules) may stay, or be removed."""
+    """A replace or patch may not bring in an image that names nothing, a reference to a Secret
+    that is not there, or a startup script that cannot run; what the object already holds (a
+    Secret deleted since, say) may stay, or be removed."""
     before, after = current.get("spec") or {}, updated.get("spec") or {}
-    if after.get("startupScript") != before.get("startupScript"):
-        _refuse_startup_script(after)
+    script_fields = ("startupScript", "access", "deleteWhenScriptExits", "ephemeral")
+    if current.get("kind") == "VirtualMachine" and any(
+        after.get(f) != before.get(f) for f in script_fields
+    ):
+        _check_script(after)
     if after.get("image") and after.get("image") != before.get("image"):
         _check_image(store, str(after["image"]))
+    _check_secret_refs(store, current["metadata"]["namespace"], after, {}, before)
 
 
 def _check_some_node_could_hold(store: Store, vm: Obj) -> None:
@@ -133,6 +219,23 @@ def _check_some_node_could_hold(store: Store, vm: Obj) -> None:
     )
 
 
+def _secret(store: Store, obj: Obj, model: BaseModel) -> None:
+    _check_secret_keys(obj)
+
+
+def _secret_update(store: Store, current: Obj, updated: Obj) -> None:
+    _check_secret_keys(updated)
+
+
+def _check_secret_keys(secret: Obj) -> None:
+    """The keys a Secret's type needs (ssh-auth, basic-auth); the message names the key, never
+    a value."""
+    problem = secret_problem(str(secret.get("type") or "opaque"), secret.get("data") or {})
+    if problem is not None:
+        field, message = problem
+        raise Invalid(f"{field}: {message}", field=field)
+
+
 def _namespace(store: Store, obj: Obj, model: BaseModel) -> None:
     finalizers = obj["metadata"].setdefault("finalizers", [])
     if NAMESPACE_FINALIZER not in finalizers:
@@ -150,9 +253,11 @@ CREATE_HOOKS: dict[str, CreateHook] = {
     "Namespace": _namespace,
     "Event": _event,
     "VMConfig": _vm_config,
+    "Secret": _secret,
 }
 
 UPDATE_HOOKS: dict[str, UpdateHook] = {
     "VirtualMachine": _template_update,  # its image is immutable: only the script can come in
     "VMConfig": _template_update,
+    "Secret": _secret_update,
 }

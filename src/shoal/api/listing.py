@@ -5,7 +5,7 @@ import binascii
 import json
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,8 +193,11 @@ async def watch(
     *,
     timeout: float | None,
     bookmark_interval: float,
+    reveal: Callable[[str], str] | None = None,
 ) -> AsyncIterator[bytes]:
-    """ADDED events for what exists (when start is a Page), then every change that matches."""
+    """ADDED events for what exists (when start is a Page), then every change that matches.
+    reveal turns a change's stored text into what the client gets (it opens Secrets; the page
+    comes opened already); None: as stored."""
     if isinstance(start, Page):
         if start.bodies:
             yield b"".join(_stored_line("ADDED", body) for body in start.bodies)
@@ -228,7 +231,8 @@ async def watch(
                 yield _bookmark(query.info, last_sent)
                 continue
             if query.wants(change):
-                yield _stored_line(change.type, change.body)
+                body = change.body if reveal is None else reveal(change.body)
+                yield _stored_line(change.type, body)
                 last_sent = change.rv
     except Gone as error:
         yield _line("ERROR", error.status())

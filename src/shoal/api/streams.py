@@ -6,7 +6,8 @@
   console log, streamed from its node.
 - WebSocket .../namespaces/{ns}/virtualmachines/{name}/portforward?port=N: a byte tunnel to the
   VM's TCP port N; .../vnc to its display (RFB); .../console to its serial console. These need
-  the `connect` verb (roles connect, edit, admin). A tunnel that cannot open is refused in the
+  the `connect` verb (roles connect, edit, admin); so does .../exec?command=..., a command run in
+  the guest with its stdin, stdout, stderr and exit code (shoal.tunnel.execframes). A tunnel that cannot open is refused in the
   handshake with a Status body; once open, the agent's READY frame is the first one the client
   gets (see shoal.tunnel.protocol).
 """
@@ -14,7 +15,7 @@
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -72,7 +73,11 @@ async def accepted(source: WebSocket) -> None:
 
 
 async def _open_vm_stream(
-    socket: WebSocket, namespace: str, name: str, request: dict[str, object]
+    socket: WebSocket,
+    namespace: str,
+    name: str,
+    request: dict[str, object],
+    phases: tuple[str, ...] = ("Running", "Starting", "Suspended"),
 ) -> tuple[str, WebSocket]:
     """Authorize the caller for `connect` on the VM, then have its node's agent open the stream.
     Raises ApiError before any byte reaches the VM when anything is wrong."""
@@ -92,8 +97,10 @@ async def _open_vm_stream(
     if not node:
         raise Conflict(f"VirtualMachine {name} is not on a node yet")
     phase = (vm.get("status") or {}).get("phase")
-    if phase not in ("Running", "Starting", "Suspended"):
+    if phase not in phases:
         raise Conflict(f"VirtualMachine {name} is {phase or 'Pending'}, not running")
+    if request.get("stream") == "exec":  # the agent logs in with the VM's access and env
+        request = {**request, "namespace": namespace, "name": name, "spec": vm["spec"]}
     source = await ctx.broker.open(node, {"vm": vm["metadata"]["uid"], **request})
     try:
         await accepted(source)
@@ -104,10 +111,14 @@ async def _open_vm_stream(
 
 
 async def _serve_tunnel(
-    socket: WebSocket, namespace: str, name: str, request: dict[str, object]
+    socket: WebSocket,
+    namespace: str,
+    name: str,
+    request: dict[str, object],
+    phases: tuple[str, ...] = ("Running", "Starting", "Suspended"),
 ) -> None:
     try:
-        node, source = await _open_vm_stream(socket, namespace, name, request)
+        node, source = await _open_vm_stream(socket, namespace, name, request, phases)
     except ApiError as error:
         await socket.send_denial_response(JSONResponse(error.status(), status_code=error.code))
         return
@@ -174,6 +185,10 @@ def streams_router() -> APIRouter:
         tailBytes: Annotated[
             int | None, Query(ge=1, le=MAX_TAIL, description="Only the last N bytes.")
         ] = None,
+        source: Annotated[
+            Literal["serial", "startup"],
+            Query(description="serial: the serial console; startup: the startup script's output."),
+        ] = "serial",
     ) -> StreamingResponse:
         authorize(ctx.store, caller, "get", "VirtualMachine", namespace, plural="virtualmachines")
         vm = await asyncio.to_thread(ctx.store.get, "VirtualMachine", namespace, name)
@@ -185,6 +200,7 @@ def streams_router() -> APIRouter:
             "vm": vm["metadata"]["uid"],
             "follow": follow,
             "tail": tailBytes,
+            "source": source,
         }
         return await _relayed(ctx, node, request, "text/plain; charset=utf-8")
 
@@ -225,6 +241,39 @@ def streams_router() -> APIRouter:
             await socket.send_denial_response(JSONResponse(error.status(), status_code=400))
             return
         await _serve_tunnel(socket, namespace, name, {"stream": "port", "port": int(port)})
+
+    @router.websocket(f"{PREFIX}/namespaces/{{namespace}}/virtualmachines/{{name}}/exec")
+    async def vm_exec(
+        socket: WebSocket,
+        namespace: str,
+        name: str,
+        stdin: bool = False,
+        tty: bool = False,
+        width: int = 80,
+        height: int = 24,
+    ) -> None:
+        """Run a command in the guest (`shoal exec`): `command` repeated once per argument;
+        stdin, stdout, stderr, resize and the exit status travel as exec frames
+        (shoal.tunnel.execframes). Needs `connect` on the VM, which must be Running."""
+        command = socket.query_params.getlist("command")
+        problem = None
+        if not command or any(len(part) > 65536 for part in command):
+            problem = "command: give the command as one or more command= parameters"
+        elif not (1 <= width <= 10000 and 1 <= height <= 10000):
+            problem = f"width and height must be 1-10000, got {width}x{height}"
+        if problem:
+            error = BadRequest(problem)
+            await socket.send_denial_response(JSONResponse(error.status(), status_code=400))
+            return
+        request: dict[str, object] = {
+            "stream": "exec",
+            "command": command,
+            "stdin": stdin,
+            "tty": tty,
+            "width": width,
+            "height": height,
+        }
+        await _serve_tunnel(socket, namespace, name, request, phases=("Running",))
 
     @router.websocket(f"{PREFIX}/namespaces/{{namespace}}/virtualmachines/{{name}}/vnc")
     async def vm_vnc(socket: WebSocket, namespace: str, name: str) -> None:

@@ -19,6 +19,7 @@ from shoal.cli import (
     portforward,
     registry,
     rolebinding,
+    secret,
     serve,
     serviceaccount,
     ssh,
@@ -27,6 +28,7 @@ from shoal.cli import (
     vmconfig,
     vmpush,
 )
+from shoal.cli import exec as exec_
 from shoal.cli.common import CliError
 from shoal.errors import ApiError
 from shoal.tls import FingerprintMismatch
@@ -97,7 +99,9 @@ logs.register(app)
 portforward.register(app)
 ssh.register(app)
 console.register(app)
+exec_.register(app)
 app.add_typer(vmconfig.app, name="vmconfig", help="Manage VMConfigs (named VM templates).")
+app.add_typer(secret.app, name="secret", help="Manage Secrets: credentials for guests.")
 app.add_typer(node.app, name="node", help="Inspect and manage nodes (hosts).")
 app.add_typer(namespace.app, name="namespace", help="Manage namespaces.")
 app.add_typer(serviceaccount.app, name="serviceaccount", help="Manage service accounts.")

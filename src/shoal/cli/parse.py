@@ -26,6 +26,8 @@ KIND_ALIASES: dict[str, str] = {
     "sa": "ServiceAccount",
     "rolebinding": "RoleBinding",
     "rolebindings": "RoleBinding",
+    "secret": "Secret",
+    "secrets": "Secret",
 }
 
 

@@ -111,7 +111,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a controller and local agents in one process, for a laptop or a single host.
 
-        Writes DATA_DIR/admin.token and a CLI context named `dev`, which it makes current.
+        Writes DATA_DIR/admin.token, DATA_DIR/encryption.key (the key Secrets are encrypted
+        with) and a CLI context named `dev`, which it makes current.
         """
         from shoal.backends.qemu import QemuSettings
         from shoal.backends.sim import SimSettings
@@ -154,7 +155,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def controller(
         data_dir: Annotated[
-            Path, typer.Option(help="Database (SQLite), TLS material and the admin token.")
+            Path,
+            typer.Option(
+                help="Database (SQLite), TLS material, the admin token and the encryption key."
+            ),
         ] = Path("/var/lib/shoal"),
         listen: Annotated[str, typer.Option(help="HOST:PORT to serve on.")] = "0.0.0.0:8420",
         database_url: Annotated[
@@ -186,11 +190,21 @@ def register(app: typer.Typer) -> None:
             float,
             typer.Option(min=1, help="Seconds a tunnel may carry nothing before it is closed."),
         ] = 3600.0,
+        encryption_key_file: Annotated[
+            Path | None,
+            typer.Option(
+                help="The key Secrets are encrypted at rest with (base64 of 32 bytes); it must "
+                "exist. Default: DATA_DIR/encryption.key, made (0600) at first start. Every "
+                "controller on one database needs the same key.",
+                show_default=False,
+            ),
+        ] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     ) -> None:
         """Run the controller: REST API, scheduler and housekeeping loops."""
         from shoal.dev import check_loopback, run_controller
         from shoal.server import ControllerSettings
+        from shoal.store.sealing import KeyFileError
 
         _logging(verbose)
         host, port = _listen(listen)
@@ -213,9 +227,14 @@ def register(app: typer.Typer) -> None:
             node_grace_seconds=node_grace,
             eviction_timeout_seconds=eviction_timeout,
             tunnel_idle_timeout=tunnel_idle_timeout,
+            encryption_key_file=encryption_key_file.resolve() if encryption_key_file else None,
         )
-        with contextlib.suppress(KeyboardInterrupt):
-            eventloop.run(run_controller(settings, lambda text: typer.echo(text)))
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                eventloop.run(run_controller(settings, lambda text: typer.echo(text)))
+        except KeyFileError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
 
     @app.command()
     def agent(

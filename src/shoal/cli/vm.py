@@ -138,6 +138,11 @@ def deploy(
     priority: vmspec.PriorityOpt = None,
     label: vmspec.LabelOpt = None,
     startup_script: vmspec.StartupScriptOpt = None,
+    access_secret: vmspec.AccessSecretOpt = None,
+    access_user: vmspec.AccessUserOpt = None,
+    env: vmspec.EnvOpt = None,
+    env_secret: vmspec.EnvSecretOpt = None,
+    delete_when_script_exits: vmspec.DeleteWhenScriptExitsOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the VM is Running.")] = False,
     timeout: TimeoutOpt = 600.0,
     output: OutputOpt = Format.table,
@@ -160,6 +165,11 @@ def deploy(
         ttl=ttl,
         priority=priority,
         startup_script=startup_script,
+        access_secret=access_secret,
+        access_user=access_user,
+        env=env or [],
+        env_secrets=env_secret or [],
+        delete_when_script_exits=delete_when_script_exits,
     )
     spec = vmspec.build_spec(flags)
     if config:

@@ -121,6 +121,11 @@ def create(
     priority: vmspec.PriorityOpt = None,
     label: vmspec.LabelOpt = None,
     startup_script: vmspec.StartupScriptOpt = None,
+    access_secret: vmspec.AccessSecretOpt = None,
+    access_user: vmspec.AccessUserOpt = None,
+    env: vmspec.EnvOpt = None,
+    env_secret: vmspec.EnvSecretOpt = None,
+    delete_when_script_exits: vmspec.DeleteWhenScriptExitsOpt = None,
     output: OutputOpt = Format.table,
     context: ContextOpt = None,
     namespace: NamespaceOpt = None,
@@ -147,6 +152,11 @@ def create(
         ttl=ttl,
         priority=priority,
         startup_script=startup_script,
+        access_secret=access_secret,
+        access_user=access_user,
+        env=env or [],
+        env_secrets=env_secret or [],
+        delete_when_script_exits=delete_when_script_exits,
     )
     spec = {**(body.get("spec") or {}), **vmspec.build_spec(flags)}
     if not spec.get("image"):

@@ -75,8 +75,51 @@ StartupScriptOpt = Annotated[
     Path | None,
     typer.Option(
         "--startup-script",
-        help="Script to run in the guest at boot ('-' reads stdin). Not supported yet: the "
-        "server refuses a non-empty script until guest exec lands.",
+        help="Script run in the guest once it is Ready ('-' reads stdin); needs --access-secret. "
+        "Its state is the StartupScript condition, its output `shoal logs VM --startup`.",
+        show_default=False,
+    ),
+]
+AccessSecretOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--access-secret",
+        help="ssh-auth Secret the agent logs into the guest with (exec, startup script).",
+        show_default=False,
+    ),
+]
+AccessUserOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--access-user",
+        help="Guest user for exec and the startup script; default: the Secret's username, "
+        "else the Image's sshUser.",
+        show_default=False,
+    ),
+]
+EnvOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--env",
+        metavar="NAME=VALUE",
+        help="Environment of exec and the startup script (repeatable).",
+        show_default=False,
+    ),
+]
+EnvSecretOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--env-secret",
+        metavar="NAME=SECRET:KEY",
+        help="An environment variable whose value is a key of a Secret (repeatable).",
+        show_default=False,
+    ),
+]
+DeleteWhenScriptExitsOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--delete-when-script-exits",
+        help="Stop the VM when its startup script ends; with --ephemeral it is then deleted.",
         show_default=False,
     ),
 ]
@@ -105,6 +148,11 @@ class SpecFlags:
     ttl: str | None = None
     priority: int | None = None
     startup_script: Path | None = None
+    access_secret: str | None = None
+    access_user: str | None = None
+    env: list[str] = field(default_factory=list)
+    env_secrets: list[str] = field(default_factory=list)
+    delete_when_script_exits: bool | None = None
 
 
 def read_script(path: Path) -> str:
@@ -114,6 +162,17 @@ def read_script(path: Path) -> str:
         return path.read_text()
     except OSError as error:
         raise CliError(f"--startup-script {path}: {error.strerror or error}") from None
+
+
+def _assignments(values: list[str], flag: str) -> dict[str, str]:
+    """{"NAME": "value"} from ["NAME=value", ...]; a value may hold anything, commas too."""
+    result = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise CliError(f"{flag} {item!r}: expected NAME=VALUE")
+        result[name] = value
+    return result
 
 
 def build_spec(flags: SpecFlags) -> dict[str, Any]:
@@ -143,6 +202,27 @@ def build_spec(flags: SpecFlags) -> dict[str, Any]:
         spec["priority"] = flags.priority
     if flags.startup_script is not None:
         spec["startupScript"] = read_script(flags.startup_script)
+    if flags.access_secret is not None or flags.access_user is not None:
+        spec["access"] = {
+            key: value
+            for key, value in (
+                ("secretRef", {"name": flags.access_secret} if flags.access_secret else None),
+                ("user", flags.access_user),
+            )
+            if value is not None
+        }
+    env: list[dict[str, Any]] = [
+        {"name": k, "value": v} for k, v in _assignments(flags.env, "--env").items()
+    ]
+    for name, ref in _assignments(flags.env_secrets, "--env-secret").items():
+        secret, colon, key = ref.partition(":")
+        if not colon or not secret or not key:
+            raise CliError(f"--env-secret {name}={ref}: give NAME=SECRET:KEY")
+        env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+    if env:
+        spec["env"] = env
+    if flags.delete_when_script_exits is not None:
+        spec["deleteWhenScriptExits"] = flags.delete_when_script_exits
     return spec
 
 

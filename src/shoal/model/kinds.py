@@ -1,6 +1,8 @@
 """The pydantic model of every kind: what a client may send and what the API returns."""
 
-from typing import Annotated, Literal
+import base64
+import binascii
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
@@ -155,6 +157,47 @@ class PortMapping(StrictModel):
     protocol: Literal["tcp"] = "tcp"
 
 
+class SecretRef(StrictModel):
+    """A Secret in the referring object's own namespace."""
+
+    name: DNSLabel
+
+
+class GuestAccess(StrictModel):
+    """How the agent gets into the guest (exec, startup scripts): SSH as user, with the key or
+    password of an ssh-auth Secret. Images are cluster-wide and Secrets namespaced, so the Image
+    gives only the user (its sshUser) and the VM or its VMConfig gives the Secret."""
+
+    user: (
+        Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")]
+        | None
+    ) = None
+    secretRef: SecretRef | None = None
+
+
+class SecretKeyRef(StrictModel):
+    name: DNSLabel
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._A-Za-z0-9]+$")]
+
+
+class EnvVarSource(StrictModel):
+    secretKeyRef: SecretKeyRef
+
+
+class EnvVar(StrictModel):
+    """One variable of the guest commands' environment: a value, or one key of a Secret."""
+
+    name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    value: Annotated[str, Field(max_length=65536)] | None = None
+    valueFrom: EnvVarSource | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "EnvVar":
+        if (self.value is None) == (self.valueFrom is None):
+            raise ValueError(f"env {self.name}: give exactly one of value or valueFrom")
+        return self
+
+
 class VMTemplate(StrictModel):
     """The fields a VMConfig can hold and a VirtualMachine can set; VM fields override."""
 
@@ -178,6 +221,11 @@ class VMTemplate(StrictModel):
     # OnNodeLost (it goes back to Pending and is scheduled again, restartCount + 1).
     restartPolicy: Literal["Never", "OnNodeLost"] = "Never"
     startupScript: Annotated[str, Field(max_length=65536)] | None = None
+    access: GuestAccess | None = None
+    env: list[EnvVar] = Field(default_factory=list, max_length=256)
+    # With ephemeral: stop the VM when its startup script ends (and so delete it): a one-shot
+    # runner VM cleans up after itself.
+    deleteWhenScriptExits: bool = False
 
     @field_validator("ports")
     @classmethod
@@ -186,6 +234,19 @@ class VMTemplate(StrictModel):
         if len(set(guests)) != len(guests):
             raise ValueError("each guest port may appear once")
         return ports
+
+
+def secret_names(spec: dict[str, Any]) -> set[str]:
+    """The Secrets (in the object's namespace) a VM or VMConfig spec refers to."""
+    names: set[str] = set()
+    access = spec.get("access") or {}
+    if (access.get("secretRef") or {}).get("name"):
+        names.add(str(access["secretRef"]["name"]))
+    for var in spec.get("env") or []:
+        ref = (var.get("valueFrom") or {}).get("secretKeyRef") or {}
+        if ref.get("name"):
+            names.add(str(ref["name"]))
+    return names
 
 
 class VMConfigSpec(VMTemplate):
@@ -331,6 +392,105 @@ class ImageCache(TypeMeta):
     kind: Literal["ImageCache"] = "ImageCache"
     spec: ImageCacheSpec
     status: ImageCacheStatus = Field(default_factory=ImageCacheStatus)
+
+
+# -- Secret ---------------------------------------------------------------------------------
+
+SecretType = Literal["opaque", "ssh-auth", "basic-auth"]
+SECRET_KEY_PATTERN = r"^[-._A-Za-z0-9]+$"
+SecretKey = Annotated[str, Field(min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN)]
+# Keys and decoded values of one Secret, in all (Kubernetes caps a whole Secret at 1 MiB).
+MAX_SECRET_BYTES = 2**20
+# The keys a typed Secret may hold (an opaque one: any).
+SECRET_KEYS: dict[str, tuple[str, ...]] = {
+    "ssh-auth": ("ssh-privatekey", "password", "username"),
+    "basic-auth": ("username", "password"),
+}
+
+
+def decode_secret_value(value: str) -> bytes:
+    """A Secret's value as bytes; ValueError (that never repeats the value) unless base64."""
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error, ValueError):
+        raise ValueError("not valid base64") from None
+
+
+def _base64(value: str) -> str:
+    decode_secret_value(value)
+    return value
+
+
+SecretValue = Annotated[str, AfterValidator(_base64)]
+
+
+class Secret(TypeMeta):
+    """Credentials, as in Kubernetes: `data` maps a key to the base64 of its bytes. Values are
+    encrypted at rest and never written to logs, Events or error messages. The keys each type
+    needs are checked at admission (`secret_problem`), where the field can be named exactly."""
+
+    kind: Literal["Secret"] = "Secret"
+    type: SecretType = "opaque"
+    data: dict[SecretKey, SecretValue] = Field(default_factory=dict)
+
+    @field_validator("data")
+    @classmethod
+    def _at_most_1mib(cls, data: dict[str, str]) -> dict[str, str]:
+        size = sum(len(key) + len(decode_secret_value(value)) for key, value in data.items())
+        if size > MAX_SECRET_BYTES:
+            raise ValueError(f"{size} bytes in all (keys and decoded values), more than 1 MiB")
+        return data
+
+
+def _private_key_problem(pem: bytes) -> str | None:
+    """Why the agent could not log in with this private key; None when it can (or when the key
+    is of a type this check does not know: the agent decides then)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        if b"-----BEGIN OPENSSH PRIVATE KEY-----" in pem:
+            serialization.load_ssh_private_key(pem, password=None)
+        else:
+            serialization.load_pem_private_key(pem, password=None)
+    except TypeError:  # cryptography's word for "encrypted, and no password given"
+        return "the key is protected by a passphrase, which the agent cannot give: use one without"
+    except UnsupportedAlgorithm:
+        return None
+    except ValueError:
+        return "not a private key in PEM or OpenSSH format (-----BEGIN ... PRIVATE KEY-----)"
+    return None
+
+
+def secret_problem(type_: str, data: dict[str, str]) -> tuple[str, str] | None:
+    """What a Secret's type says of its keys, as (field, message); None when it is fine. No
+    message repeats a value."""
+    allowed = SECRET_KEYS.get(type_)
+    if allowed is not None:
+        article = "an" if type_ == "ssh-auth" else "a"
+        for key in data:
+            if key not in allowed:
+                return f"data.{key}", (
+                    f"not a key of {article} {type_} Secret (it holds {', '.join(allowed)})"
+                )
+    if type_ == "ssh-auth" and not {"ssh-privatekey", "password"} & set(data):
+        return "data", "an ssh-auth Secret needs ssh-privatekey or password (or both)"
+    if type_ == "basic-auth":
+        for key in ("username", "password"):
+            if key not in data:
+                return f"data.{key}", "required in a basic-auth Secret"
+    if type_ == "ssh-auth" and "ssh-privatekey" in data:
+        problem = _private_key_problem(decode_secret_value(data["ssh-privatekey"]))
+        if problem is not None:
+            return "data.ssh-privatekey", problem
+    if allowed is not None and "username" in data:
+        try:
+            username = decode_secret_value(data["username"]).decode()
+        except UnicodeDecodeError:
+            username = ""
+        if not username or any(c.isspace() for c in username):
+            return "data.username", "must be a non-empty UTF-8 name without spaces"
+    return None
 
 
 # -- Access: ServiceAccount, RoleBinding ---------------------------------------------------

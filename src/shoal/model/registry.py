@@ -35,6 +35,8 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("VMConfig", "vmconfigs", True, kinds.VMConfig, ("spec",), False),
     KindInfo("Image", "images", False, kinds.Image, ("spec",), True, immutable=("spec.source",)),
     KindInfo("ImageCache", "imagecaches", False, kinds.ImageCache, ("spec",), True),
+    # type and data are top-level, as in Kubernetes; data is encrypted at rest (store.sealing).
+    KindInfo("Secret", "secrets", True, kinds.Secret, ("type", "data"), False, immutable=("type",)),
     KindInfo("ServiceAccount", "serviceaccounts", True, kinds.ServiceAccount, ("spec",), True),
     KindInfo(
         "RoleBinding", "rolebindings", True, kinds.RoleBinding, ("roleRef", "subjects"), False

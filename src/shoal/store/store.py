@@ -29,6 +29,7 @@ from shoal.errors import AlreadyExists, Conflict, Gone, NotFound
 from shoal.model.meta import now_iso
 from shoal.quantity import parse_bytes
 from shoal.store.schema import changes, counters, objects
+from shoal.store.sealing import SEALED_KINDS, KeyFileError, Sealer, SealingError
 
 Obj = dict[str, Any]
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -36,7 +37,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 class Change(NamedTuple):
     """One change-log entry. The object is kept as its stored JSON text and parsed on each use:
-    a watcher without selectors sends the text as it is, and most consumers skip most kinds."""
+    a watcher without selectors sends the text as it is, and most consumers skip most kinds. A
+    Secret's text (and object) is the sealed form: Store.open_text gives what a client sees."""
 
     rv: int
     type: str  # ADDED, MODIFIED, DELETED
@@ -188,7 +190,7 @@ class Tx:
 
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         row = _GET_LOCKED.run(self._conn, _key(kind, namespace, name)).fetchone()
-        return jsoncodec.loads(row[0]) if row else None
+        return self._store.parse(kind, row[0]) if row else None
 
     def must_get(self, kind: str, namespace: str, name: str) -> Obj:
         obj = self.get(kind, namespace, name)
@@ -226,7 +228,7 @@ class Tx:
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", now_iso())
         meta.setdefault("generation", 1)
-        body = jsoncodec.dumps(obj)
+        body = self._store.stored_text(obj)
         # ON CONFLICT DO NOTHING: a racing transaction that inserted the same key first makes
         # this one a no-op (on PostgreSQL, after waiting for it), answered as AlreadyExists.
         inserted = _INSERT.run(
@@ -256,7 +258,7 @@ class Tx:
             return self.remove(obj)
         rv = self._next_rv()
         meta["resourceVersion"] = str(rv)
-        body = jsoncodec.dumps(obj)
+        body = self._store.stored_text(obj)
         updated = _UPDATE.run(
             self._conn,
             {**_key(kind, namespace, name), "rv": rv, "body": body, **_index_columns(obj)},
@@ -271,7 +273,7 @@ class Tx:
         rv = self._next_rv()
         obj["metadata"]["resourceVersion"] = str(rv)
         _DELETE.run(self._conn, _key(kind, namespace, name))
-        self._log(rv, "DELETED", obj, jsoncodec.dumps(obj))
+        self._log(rv, "DELETED", obj, self._store.stored_text(obj))
         return obj
 
     # -- bulk forms, for the scheduler's batched binds ------------------------------------
@@ -293,7 +295,7 @@ class Tx:
             if self._store.dialect == "postgresql":
                 query = query.with_for_update()
             for namespace, name, body in self._conn.execute(query):
-                found[(namespace, name)] = jsoncodec.loads(body)
+                found[(namespace, name)] = self._store.parse(kind, body)
         return found
 
     def _next_rvs(self, count: int) -> list[int]:
@@ -308,7 +310,7 @@ class Tx:
         for obj, rv in zip(updated, self._next_rvs(len(updated)), strict=True):
             kind, namespace, name = key_of(obj)
             obj["metadata"]["resourceVersion"] = str(rv)
-            body = jsoncodec.dumps(obj)
+            body = self._store.stored_text(obj)
             rows.append(
                 {
                     "k": kind,
@@ -345,7 +347,7 @@ class Tx:
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", now_iso())
             meta.setdefault("generation", 1)
-            body = jsoncodec.dumps(obj)
+            body = self._store.stored_text(obj)
             rows.append(
                 {
                     "kind": kind,
@@ -435,9 +437,14 @@ class _LastVersion:
 
 
 class Store:
-    def __init__(self, url: str, *, change_retention: int = 200_000) -> None:
+    def __init__(
+        self, url: str, *, change_retention: int = 200_000, sealer: Sealer | None = None
+    ) -> None:
+        """sealer: the key Secrets are sealed with (store.sealing); without one, writing or
+        reading a Secret is an error, so a value can never reach the database in clear."""
         self.url = url
         self.change_retention = change_retention
+        self.sealer = sealer
         self.dialect = sa.engine.make_url(url).get_backend_name()
         self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
@@ -452,6 +459,8 @@ class Store:
             self._engine = sa.create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
             self._read_engine = self._engine.execution_options(isolation_level="REPEATABLE READ")
         self._migrate()
+        if sealer is not None:
+            self._check_sealer(sealer)
 
     @staticmethod
     def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
@@ -488,6 +497,50 @@ class Store:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(7400213)"))
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
+
+    def _check_sealer(self, sealer: Sealer) -> None:
+        """Refuse to start with a key other than the one the stored Secrets were sealed with:
+        every Secret in the objects table, and the newest one in the change log."""
+        sealed_by_another = sa.and_(
+            objects.c.kind.in_(SEALED_KINDS), ~objects.c.body.contains(sealer.marker())
+        )
+        newest_logged = (
+            sa.select(changes.c.body)
+            .where(changes.c.kind.in_(SEALED_KINDS))
+            .order_by(changes.c.rv.desc())
+            .limit(1)
+        )
+        with self._read_engine.connect() as conn:
+            row = conn.execute(sa.select(objects.c.body).where(sealed_by_another).limit(1)).first()
+            if row is None:
+                logged = conn.execute(newest_logged).first()
+                if logged is not None and sealer.marker() not in logged[0]:
+                    row = logged
+        if row is not None:
+            raise KeyFileError(sealer.mismatch(jsoncodec.loads(row[0])))
+
+    def stored_text(self, obj: Obj) -> str:
+        """An object as it is stored: its JSON, with a Secret's data sealed."""
+        if obj["kind"] not in SEALED_KINDS:
+            return jsoncodec.dumps(obj)
+        if self.sealer is None:
+            raise SealingError("this store has no encryption key: Secrets cannot be written")
+        return jsoncodec.dumps(self.sealer.seal(obj))
+
+    def parse(self, kind: str, text: str | bytes) -> Obj:
+        """A stored object, with a Secret's data opened."""
+        obj: Obj = jsoncodec.loads(text)
+        if kind not in SEALED_KINDS:
+            return obj
+        if self.sealer is None:
+            raise SealingError("this store has no encryption key: Secrets cannot be read")
+        return self.sealer.open(obj)
+
+    def open_text(self, kind: str, text: str) -> str:
+        """Stored JSON text as a client gets it: a Secret's data opened; other kinds as they are."""
+        if kind not in SEALED_KINDS:
+            return text
+        return jsoncodec.dumps(self.parse(kind, text))
 
     def close(self) -> None:
         self._engine.dispose()
@@ -585,10 +638,10 @@ class Store:
     # -- reads ----------------------------------------------------------------------------
 
     def get(self, kind: str, namespace: str, name: str) -> Obj:
-        return dict(jsoncodec.loads(self.get_body(kind, namespace, name)))
+        return dict(self.parse(kind, self.get_body(kind, namespace, name)))
 
     def get_body(self, kind: str, namespace: str, name: str) -> str:
-        """An object as its stored JSON text."""
+        """An object as its stored JSON text (a Secret's sealed: see open_text)."""
         with self._read_engine.connect() as conn:
             row = _GET.run(conn, _key(kind, namespace, name)).fetchone()
         if row is None:
@@ -619,6 +672,8 @@ class Store:
             after=after,
             batch=batch,
         )
+        if kind in SEALED_KINDS:
+            return [self.parse(kind, row[2]) for row in rows], rv
         return [jsoncodec.loads(row[2]) for row in rows], rv
 
     def list_bodies(
@@ -632,7 +687,8 @@ class Store:
         after: tuple[str, str] | None = None,
         batch: int | None = None,
     ) -> tuple[list[tuple[str, str, str]], int]:
-        """list_objects() as (namespace, name, stored JSON text) rows, unparsed."""
+        """list_objects() as (namespace, name, stored JSON text) rows, unparsed (a Secret's data
+        sealed: see open_text)."""
         where = ["kind = %(kind)s"]
         params: dict[str, Any] = {"kind": kind}
         if unbound:

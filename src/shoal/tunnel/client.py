@@ -19,7 +19,7 @@ from shoal.errors import ApiError, Unavailable, error_from_status
 from shoal.tunnel.protocol import CHUNK, READY, status_of
 from shoal.tunnel.relay import relay
 
-Kind = Literal["portforward", "vnc", "console"]
+Kind = Literal["portforward", "vnc", "console", "exec"]
 # Ctrl-] ends `shoal console`, as in telnet.
 CONSOLE_ESCAPE = b"\x1d"
 
@@ -46,14 +46,14 @@ def closed_error(closed: ConnectionClosed, what: str) -> ApiError:
     return Unavailable(f"{what} closed ({code}){': ' + reason if reason else ''}")
 
 
-async def dial(endpoint: Endpoint, kind: Kind, port: int | None = None) -> Any:
+async def dial(endpoint: Endpoint, kind: Kind, port: int | None = None, **params: Any) -> Any:
     """An open tunnel (a websockets connection past its READY frame), or ApiError saying why
-    not."""
+    not. params are the stream's other query parameters."""
     path = resource_path("virtualmachines", endpoint.namespace, endpoint.vm, kind)
     what = f"the tunnel to {endpoint.vm}"
     try:
         websocket = await connect_websocket(
-            endpoint.server, endpoint.token, endpoint.ca_pem, path, port=port
+            endpoint.server, endpoint.token, endpoint.ca_pem, path, port=port, **params
         )
     except InvalidStatus as refused:
         response = refused.response
