@@ -112,6 +112,8 @@ class Agent:
         self.registered = asyncio.Event()
         self._ready_since: str | None = None  # when this agent first reported Ready
         self._accelerator: Obj | None = None  # the AcceleratorWorks condition last reported
+        self._accelerator_told = "True"  # the status the node's last accelerator Event told
+        self._heartbeat_lock = asyncio.Lock()  # the heartbeat loop and the precacher both beat
         # (cached references, when listed, the Images named after them) for the Node's status
         self._image_names: tuple[frozenset[str], float, list[str]] | None = None
         backend.subscribe(self._on_backend_change)
@@ -163,6 +165,10 @@ class Agent:
                 await asyncio.sleep(self.settings.retry_interval)
 
     async def heartbeat(self) -> None:
+        async with self._heartbeat_lock:
+            await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
         capacity = await self.backend.capacity()
         resources = {
             "cpu": capacity.cpu,
@@ -182,7 +188,7 @@ class Agent:
                 "lastTransitionTime": self._ready_since,
             }
         ]
-        previous, accelerator = self._accelerator, self._accelerator_condition(capacity)
+        accelerator = self._accelerator_condition(capacity)
         if accelerator is not None:
             conditions.append(accelerator)
         status = {
@@ -202,11 +208,9 @@ class Agent:
             status["cachedImages"] = await self._cached_images(self.backend)
         node = await self.client.patch("nodes", self.name, {"status": status}, sub="status")
         self._accelerator = accelerator
-        if accelerator is not None and (
-            (previous or {}).get("status", "True") != accelerator["status"]
-        ):
+        if accelerator is not None and accelerator["status"] != self._accelerator_told:
             failed = accelerator["status"] == "False"
-            await self._record(
+            told = await self._record(
                 node,
                 "AcceleratorFailed" if failed else "AcceleratorWorks",
                 accelerator["message"]
@@ -214,6 +218,8 @@ class Agent:
                 else f"guests start under {capacity.accelerator} again",
                 warning=failed,
             )
+            if told:  # else the next heartbeat tells it
+                self._accelerator_told = accelerator["status"]
 
     def _accelerator_condition(self, capacity: Capacity) -> Obj | None:
         if capacity.accelerator is None:
@@ -506,8 +512,9 @@ class Agent:
         message = status.get("message") or f"{phase.lower()} on node {self.name}"
         await self._record(vm, phase, message, warning=phase == "Failed")
 
-    async def _record(self, involved: Obj, reason: str, message: str, *, warning: bool) -> None:
-        """An Event about involved (counted, not duplicated, when it repeats)."""
+    async def _record(self, involved: Obj, reason: str, message: str, *, warning: bool) -> bool:
+        """An Event about involved (counted, not duplicated, when it repeats); False when it
+        could not be stored."""
         event = new_event(
             involved,
             reason,
@@ -519,15 +526,19 @@ class Agent:
         try:
             await self.client.request("POST", resource_path("events", namespace), body=event)
         except AlreadyExists:
-            with contextlib.suppress(ApiError):
+            try:
                 existing = await self.client.request(
                     "GET", resource_path("events", namespace, name)
                 )
                 await self.client.request(
                     "PUT", resource_path("events", namespace, name), body=bump(existing, event)
                 )
+            except ApiError:
+                return False
         except ApiError as error:
             log.debug("event for %s not recorded: %s", involved["metadata"]["name"], error.message)
+            return False
+        return True
 
     async def _release(self, vm: Obj) -> None:
         meta = vm["metadata"]
