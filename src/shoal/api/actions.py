@@ -13,7 +13,8 @@ from shoal.api.auth import authorize
 from shoal.api.docs import ERRORS
 from shoal.api.routes import PREFIX, Caller, Ctx, NameParam, NamespaceParam, audit
 from shoal.errors import Conflict
-from shoal.model.kinds import VirtualMachine
+from shoal.model.kinds import LEASE_RENEWED, VirtualMachine
+from shoal.model.meta import now_iso
 from shoal.store.store import Obj
 
 # action -> (power states it may start from, the power state it asks for)
@@ -91,4 +92,33 @@ def actions_router() -> APIRouter:
             summary=f"{action.capitalize()} a VirtualMachine",
             name=f"vm_{action}",
         )
+
+    def renew(ctx: Ctx, caller: Caller, namespace: NamespaceParam, name: NameParam) -> JSONResponse:
+        """Renew the VM's lease (spec.leaseSeconds) from now, by the server's clock."""
+        authorize(
+            ctx.store, caller, "action", "VirtualMachine", namespace, plural="virtualmachines"
+        )
+        vm = ctx.store.mutate("VirtualMachine", namespace, name, renew_lease)
+        return JSONResponse(vm)
+
+    router.add_api_route(
+        f"{PREFIX}/namespaces/{{namespace}}/virtualmachines/{{name}}/renew",
+        renew,
+        methods=["POST"],
+        tags=["VirtualMachine"],
+        responses=responses,
+        summary="Renew a VirtualMachine's lease (spec.leaseSeconds)",
+        name="vm_renew",
+    )
     return router
+
+
+def renew_lease(vm: Obj) -> Obj:
+    name = vm["metadata"]["name"]
+    if not vm["spec"].get("leaseSeconds"):
+        raise Conflict(f"VirtualMachine {name} has no lease to renew (spec.leaseSeconds)")
+    if vm["metadata"].get("deletionTimestamp"):
+        raise Conflict(f"VirtualMachine {name} is being deleted")
+    annotations = vm["metadata"].setdefault("annotations", {})
+    annotations[LEASE_RENEWED] = now_iso()
+    return vm

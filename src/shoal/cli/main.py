@@ -19,6 +19,7 @@ from shoal.cli import (
     portforward,
     registry,
     rolebinding,
+    run,
     secret,
     serve,
     serviceaccount,
@@ -100,6 +101,7 @@ portforward.register(app)
 ssh.register(app)
 console.register(app)
 exec_.register(app)
+run.register(app)
 app.add_typer(vmconfig.app, name="vmconfig", help="Manage VMConfigs (named VM templates).")
 app.add_typer(secret.app, name="secret", help="Manage Secrets: credentials for guests.")
 app.add_typer(node.app, name="node", help="Inspect and manage nodes (hosts).")

@@ -1,4 +1,4 @@
-"""Garbage collection: ephemeral VMs once stopped, VMs past their ttl, finalizers of VMs whose node
+"""Garbage collection: ephemeral VMs once stopped, VMs past their ttl or lease, finalizers of VMs whose node
 is gone, old Events, and the change log beyond its retention."""
 
 import contextlib
@@ -7,7 +7,7 @@ import time
 from datetime import datetime, timedelta
 
 from shoal.errors import ApiError
-from shoal.model.kinds import AGENT_FINALIZER
+from shoal.model.kinds import AGENT_FINALIZER, LEASE_RENEWED
 from shoal.model.meta import now_iso, parse_iso
 from shoal.store import events
 from shoal.store.store import Obj, Store
@@ -57,6 +57,21 @@ class GarbageCollector:
             self.store.delete("VirtualMachine", namespace, name, expect_uid=meta["uid"])
             events.record(self.store, vm, "Collected", "ephemeral VM stopped: deleted", source="gc")
             return
+        lease = spec.get("leaseSeconds")
+        if lease:
+            renewed = (meta.get("annotations") or {}).get(LEASE_RENEWED) or meta[
+                "creationTimestamp"
+            ]
+            if parse_iso(renewed) + timedelta(seconds=lease) < now:
+                self.store.delete("VirtualMachine", namespace, name, expect_uid=meta["uid"])
+                events.record(
+                    self.store,
+                    vm,
+                    "LeaseExpired",
+                    f"not renewed for leaseSeconds {lease}: deleted",
+                    source="gc",
+                )
+                return
         ttl = spec.get("ttlSeconds")
         if ttl and parse_iso(meta["creationTimestamp"]) + timedelta(seconds=ttl) < now:
             self.store.delete("VirtualMachine", namespace, name, expect_uid=meta["uid"])

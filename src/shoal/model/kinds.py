@@ -226,6 +226,10 @@ class VMTemplate(StrictModel):
     # With ephemeral: stop the VM when its startup script ends (and so delete it): a one-shot
     # runner VM cleans up after itself.
     deleteWhenScriptExits: bool = False
+    # An owner's lease: the VM is deleted once this long has passed since its creation or the
+    # last POST .../renew (what `shoal run` does while it runs), so a client that dies leaves
+    # nothing behind.
+    leaseSeconds: Annotated[int, Field(ge=10, le=7 * 86400)] | None = None
 
     @field_validator("ports")
     @classmethod
@@ -234,6 +238,9 @@ class VMTemplate(StrictModel):
         if len(set(guests)) != len(guests):
             raise ValueError("each guest port may appear once")
         return ports
+
+
+LEASE_RENEWED = "shoal.dev/lease-renewed"  # annotation: when the owner last renewed the lease
 
 
 def secret_names(spec: dict[str, Any]) -> set[str]:
