@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from helpers import SHOAL, Cli, free_port, kill_group, wait_until
+from shoal.client import Client
 from shoal.testguest import TestGuest, build_test_guest
 
 TEST_IMAGE = "test-guest"
@@ -109,6 +110,19 @@ class QemuDev:
             with contextlib.suppress(OSError):
                 if str(self.data_dir) in os.readlink(link):
                     link.unlink()
+
+    def api(self) -> Client:
+        """The HTTP API as the admin, for what the CLI does not do."""
+        token = (self.data_dir / "admin.token").read_text().strip()
+        return Client(f"http://127.0.0.1:{self.port}", token)
+
+    def guest_key_secret(self, guest: TestGuest, name: str = "guest-key") -> None:
+        """An ssh-auth Secret with the test guest's key: VMs given it (--access-secret) get
+        exec and startup scripts."""
+        self.cli.run(
+            "secret", "create", "ssh", name,
+            "--user", guest.ssh_user, "--private-key", str(guest.private_key),
+        )  # fmt: skip
 
     def vm_state_dirs(self) -> list[Path]:
         return list(self.data_dir.glob("agents/*/qemu/vms/*"))

@@ -14,7 +14,6 @@ import pytest
 
 from conftest import TEST_IMAGE, QemuDev
 from helpers import SHOAL, wait_until
-from shoal.client import Client
 from shoal.testguest import TestGuest
 
 pytestmark = pytest.mark.skipif(
@@ -63,10 +62,7 @@ def test_exec_and_startup_scripts_on_real_guests(
     qemu_dev: QemuDev, guest_image: TestGuest, tmp_path: Path
 ) -> None:
     dev = qemu_dev
-    dev.cli.run(
-        "secret", "create", "ssh", "guest-key",
-        "--user", guest_image.ssh_user, "--private-key", str(guest_image.private_key),
-    )  # fmt: skip
+    dev.guest_key_secret(guest_image)
     created = shoal(
         dev, "secret", "create", "generic", "tokens", "--from-env", "token=CI_TOKEN",
         env={"CI_TOKEN": TOKEN},
@@ -142,7 +138,7 @@ def test_exec_and_startup_scripts_on_real_guests(
         "--password-stdin",
         stdin=b"nope\n",
     )
-    api = Client(f"http://127.0.0.1:{dev.port}", (dev.data_dir / "admin.token").read_text().strip())
+    api = dev.api()
     api.patch(
         "virtualmachines", "job", {"spec": {"access": {"secretRef": {"name": "wrong"}}}}, "default"
     )

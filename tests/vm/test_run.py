@@ -13,7 +13,6 @@ import pytest
 
 from conftest import TEST_IMAGE, QemuDev
 from helpers import SHOAL, wait_until
-from shoal.client import Client
 from shoal.testguest import TestGuest
 
 pytestmark = pytest.mark.skipif(
@@ -45,10 +44,7 @@ def test_shoal_run_runs_one_job_and_leaves_nothing_behind(
     qemu_dev: QemuDev, guest_image: TestGuest, tmp_path: Path
 ) -> None:
     dev = qemu_dev
-    dev.cli.run(
-        "secret", "create", "ssh", "guest-key",
-        "--user", guest_image.ssh_user, "--private-key", str(guest_image.private_key),
-    )  # fmt: skip
+    dev.guest_key_secret(guest_image)
     payload = tmp_path / "in.bin"
     payload.write_bytes(os.urandom(2 * 2**20))
     tree = tmp_path / "tree"
@@ -82,7 +78,7 @@ def test_shoal_run_runs_one_job_and_leaves_nothing_behind(
     wait_until(lambda: vm_names(dev) == [], timeout=120, what="the job's VM to go")
 
     # A VM that cannot boot: the infrastructure's exit code, and no VM left.
-    api = Client(f"http://127.0.0.1:{dev.port}", (dev.data_dir / "admin.token").read_text().strip())
+    api = dev.api()
     missing = {"path": "/nonexistent/disk.qcow2", "digest": "sha256:" + "0" * 64, "size": 1}
     api.create(
         "images", {"metadata": {"name": "broken"}, "spec": {"source": {"local": {"disk": missing}}}}
