@@ -12,6 +12,7 @@ from shoal.cli import (
     console,
     context,
     events,
+    gitlab,
     image,
     logs,
     namespace,
@@ -102,6 +103,7 @@ ssh.register(app)
 console.register(app)
 exec_.register(app)
 run.register(app)
+app.add_typer(gitlab.app, name="gitlab-executor", help="GitLab Runner custom executor driver.")
 app.add_typer(vmconfig.app, name="vmconfig", help="Manage VMConfigs (named VM templates).")
 app.add_typer(secret.app, name="secret", help="Manage Secrets: credentials for guests.")
 app.add_typer(node.app, name="node", help="Inspect and manage nodes (hosts).")

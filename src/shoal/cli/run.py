@@ -73,7 +73,7 @@ class LeaseKeeper:
             except NotFound:
                 return
             except Exception as error:  # a lost connection: the next round tries again
-                print(f"shoal run: cannot renew the VM's lease: {error}", file=sys.stderr)
+                print(f"shoal: cannot renew the lease of VM {self.name}: {error}", file=sys.stderr)
 
     def __enter__(self) -> "LeaseKeeper":
         self._thread.start()

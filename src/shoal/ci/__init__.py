@@ -1,0 +1,1 @@
+"""CI integrations that drive shoal VMs from the outside (the GitLab custom executor driver)."""
