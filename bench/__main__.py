@@ -6,7 +6,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import foundation, heartbeats, images, qemu, scheduler, tunnels
+from bench import foundation, heartbeats, images, jobs, qemu, scheduler, tunnels
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -27,6 +27,8 @@ def main() -> int:
         rows += images.run()
     if "qemu" in wanted:  # not in the default set: needs QEMU and takes minutes
         rows += qemu.run()
+    if "jobs" in wanted:  # not in the default set: needs QEMU and takes minutes
+        rows += jobs.run()
     width = max(len(r["name"]) for r in rows)
     print(f"{'benchmark':<{width}}  {'value':>12}  unit")
     for row in rows:

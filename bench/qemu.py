@@ -303,8 +303,9 @@ class Bare:
 class Dev:
     """`shoal dev --backend qemu` in its own process group, with its own SHOAL_CONFIG."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, accel: str | None = None) -> None:
         self.base = base
+        self.accel = accel  # --accel for shoal dev (kvm, hvf, tcg); None: its own choice (auto)
         self.data_dir = base / "data"
         self.port = _free_port()
         self.env = {**os.environ, "SHOAL_CONFIG": str(base / "config.yaml")}
@@ -323,6 +324,8 @@ class Dev:
             "--backend", "qemu",
             "--node-cpu", "4",  # four one-vCPU guests on two cores
         ]  # fmt: skip
+        if self.accel is not None:
+            argv += ["--accel", self.accel]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 argv,
