@@ -95,16 +95,18 @@ def test_shoal_run_runs_one_job_and_leaves_nothing_behind(
 
     # Ctrl-C mid-job: the VM is deleted at once; SIGKILL: the lease runs out and the GC deletes it.
     for sig, code in ((signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGKILL, -signal.SIGKILL)):
-        process = subprocess.Popen(
-            [SHOAL, "run", *VM, "--lease", "10", "--", "sleep", "600"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=dev.cli.env,
-        )
+        said = tmp_path / f"run-{sig.name}.log"
+        with said.open("wb") as stderr:
+            process = subprocess.Popen(
+                [SHOAL, "run", *VM, "--lease", "10", "--", "sleep", "600"],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=dev.cli.env,
+            )
         try:
             wait_until(lambda: running_vms(dev) != [], timeout=300, what="the job's VM to run")
             process.send_signal(sig)
-            assert process.wait(timeout=60) == code
+            assert process.wait(timeout=60) == code, said.read_text()
         finally:
             if process.poll() is None:
                 process.kill()

@@ -8,6 +8,7 @@ deletes the VM once the lease runs out. Nothing is left behind either way.
 """
 
 import asyncio
+import os
 import shlex
 import shutil
 import signal
@@ -179,7 +180,17 @@ def _deploy(target: Target, spec: dict[str, object], lease: int) -> dict[str, ob
     return target.client.create("virtualmachines", body, target.namespace)
 
 
+INTERRUPT_GRACE = 30.0  # seconds the VM's deletion may take after Ctrl-C before we just exit
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C or SIGTERM: unwind now (the VM is deleted on the way out). Should the way out hang,
+    exit anyway after INTERRUPT_GRACE: the VM's lease ends it then."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    watchdog = threading.Timer(INTERRUPT_GRACE, os._exit, (EXIT_INTERRUPTED,))
+    watchdog.daemon = True
+    watchdog.start()
     raise Interrupted()
 
 
@@ -198,7 +209,8 @@ def run_job(
     vm = _deploy(target, spec, lease)
     name = str(vm["metadata"]["name"])  # type: ignore[index]
     print(f"shoal run: VM {name}", file=sys.stderr, flush=True)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Our own handlers, not asyncio.run's (which only cancels the job and waits for it).
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with LeaseKeeper(target.client, target.namespace, name, lease):
             try:
@@ -219,7 +231,8 @@ def run_job(
         print("shoal run: interrupted; deleting the VM", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         try:
             target.client.request(
                 "DELETE", resource_path("virtualmachines", target.namespace, name)
