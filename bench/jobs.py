@@ -54,8 +54,8 @@ from bench.qemu import (
     _foreign_qemus,
     _interrupt,
     _qemus,
-    _ready,
     _wait,
+    ready_node,
 )
 from shoal.cli import vmspec
 from shoal.cli.common import Target
@@ -241,15 +241,7 @@ def run() -> list[Row]:
         dev = Dev(base, accel=ACCEL)
         client = dev.start()
         dev.import_image(guest)
-        node = _wait(
-            lambda: next(
-                n
-                for n in client.list("nodes")["items"]
-                if _ready(n) and (n.get("status") or {}).get("accelerator")
-            ),
-            60,
-            "the node to be Ready",
-        )
+        node = ready_node(client)
         accel = str(node["status"]["accelerator"])
         if accel != ACCEL:
             raise RuntimeError(f"the node runs guests under {accel}, not {ACCEL}")

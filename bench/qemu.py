@@ -406,6 +406,19 @@ class Dev:
             self.process = None
 
 
+def ready_node(client: Any) -> dict[str, Any]:
+    """The dev's node once it is Ready and reports its accelerator."""
+    return _wait(
+        lambda: next(
+            n
+            for n in client.list("nodes")["items"]
+            if _ready(n) and (n.get("status") or {}).get("accelerator")
+        ),
+        60,
+        "the node to be Ready",
+    )
+
+
 def _ready(vm: dict[str, Any]) -> bool:
     conditions = (vm.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
@@ -634,15 +647,7 @@ def run() -> list[Row]:
         client = dev.start()
         dev.import_image(guest)
         assert dev.process is not None
-        node = _wait(
-            lambda: next(
-                n
-                for n in client.list("nodes")["items"]
-                if _ready(n) and (n.get("status") or {}).get("accelerator")
-            ),
-            60,
-            "the node to be Ready",
-        )
+        node = ready_node(client)
         accel = str(node["status"]["accelerator"])
         rss_cold = _rss_sampled(dev.process.pid)
         _say(f"shoal dev up in {time.perf_counter() - started:.1f}s, accelerator {accel}")

@@ -349,14 +349,7 @@ def _probe(guest: Endpoint, settings: Settings, deadline: float) -> None:
     errors = bytearray()
     while True:
         errors.clear()
-
-        async def empty() -> Any:
-            return
-            yield b""
-
-        result = asyncio.run(
-            execute(guest, command, stdout=_discard, stderr=errors.extend, stdin=empty())
-        )
+        result = asyncio.run(execute(guest, command, stdout=_discard, stderr=errors.extend))
         if result.exit_code == 0:
             return
         if result.exit_code is not None:

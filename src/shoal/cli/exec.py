@@ -19,30 +19,11 @@ import typer
 
 from shoal.cli.common import CliError, ContextOpt, NamespaceOpt
 from shoal.cli.portforward import endpoint
+from shoal.tunnel.client import stdin_chunks
 from shoal.tunnel.execclient import ExecResult, execute
 
 EXIT_GUEST_ACCESS = 255
 CHUNK = 64 * 1024
-
-
-async def stdin_chunks() -> AsyncIterator[bytes]:
-    """What arrives on stdin, until its end."""
-    loop = asyncio.get_running_loop()
-    fd = sys.stdin.fileno()
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def readable() -> None:
-        data = os.read(fd, CHUNK)
-        if not data:
-            loop.remove_reader(fd)
-        queue.put_nowait(data)
-
-    loop.add_reader(fd, readable)
-    try:
-        while data := await queue.get():
-            yield data
-    finally:
-        loop.remove_reader(fd)
 
 
 async def window_sizes() -> AsyncIterator[tuple[int, int]]:

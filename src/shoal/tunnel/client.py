@@ -8,7 +8,7 @@ import os
 import sys
 import termios
 import tty
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -128,28 +128,38 @@ async def carry_stdio(endpoint: Endpoint, port: int) -> None:
         raise error_from_status(status_of(code) or 503, {"message": websocket.close_reason})
 
 
+async def stdin_chunks() -> AsyncIterator[bytes]:
+    """What arrives on stdin (a terminal, a pipe or a file), until its end."""
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def readable() -> None:
+        data = os.read(fd, CHUNK)
+        if not data:
+            loop.remove_reader(fd)
+        queue.put_nowait(data)
+
+    loop.add_reader(fd, readable)
+    try:
+        while data := await queue.get():
+            yield data
+    finally:
+        loop.remove_reader(fd)
+
+
 async def console(endpoint: Endpoint, notice: Callable[[str], None]) -> None:
     """The VM's serial console on this terminal (raw mode; Ctrl-] ends it)."""
     websocket = await dial(endpoint, "console")
-    loop = asyncio.get_running_loop()
     stdin = sys.stdin.fileno()
     interactive = os.isatty(stdin)
     saved = termios.tcgetattr(stdin) if interactive else None
     if interactive:
         notice(f"connected to the serial console of {endpoint.vm}; Ctrl-] ends it\r")
         tty.setraw(stdin)
-    keys: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def readable() -> None:
-        data = os.read(stdin, CHUNK)
-        if not data:
-            loop.remove_reader(stdin)
-        keys.put_nowait(data)
-
-    loop.add_reader(stdin, readable)
 
     async def typing() -> None:
-        while data := await keys.get():
+        async for data in stdin_chunks():
             if interactive and CONSOLE_ESCAPE in data:
                 data = data.split(CONSOLE_ESCAPE, 1)[0]
                 if data:
@@ -169,7 +179,6 @@ async def console(endpoint: Endpoint, notice: Callable[[str], None]) -> None:
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        loop.remove_reader(stdin)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
