@@ -14,14 +14,14 @@
 - An exit code other than 0, BUILD_FAILURE_EXIT_CODE and SYSTEM_FAILURE_EXIT_CODE is a system
   failure, as gitlab-runner takes it.
 
-What differs from gitlab-runner, on purpose: the scripts are POSIX sh (the test guest has busybox
-and no bash; gitlab-runner writes bash with the same shape: set -e, exported variables, `$ cmd`
-echoes, file variables under $CI_PROJECT_DIR.tmp), and get_sources unpacks a tar of a real git
-checkout (`git archive`) carried inside the script instead of `git fetch`, the guest having no git
-and no route to this machine. Cache and artifacts stages are no-ops (no cache server here).
+What differs from gitlab-runner, on purpose: the scripts keep the shape of gitlab-runner's bash
+ones (set -eo pipefail, exported variables, `$ cmd` echoes, file variables under
+$CI_PROJECT_DIR.tmp) without its quoting through eval; get_sources is a real `git init`, `git
+fetch --depth` of the job's ref and `git checkout` of its commit, from the URL the job gives
+(the tests serve a repository with `git daemon`). Cache and artifacts stages are no-ops (no cache
+server here).
 """
 
-import base64
 import json
 import os
 import shlex
@@ -47,7 +47,8 @@ class Job:
     pipeline_id: int = 100
     variables: dict[str, str] = field(default_factory=dict)
     file_variables: dict[str, str] = field(default_factory=dict)
-    sources: bytes = b""  # a tar of the checkout (git archive)
+    repository_url: str = ""  # where get_sources fetches from (CI_REPOSITORY_URL)
+    ref: str = "main"
     commit_sha: str = ""
 
     def ci_variables(self, builds_dir: str) -> dict[str, str]:
@@ -62,10 +63,11 @@ class Job:
             "CI_PROJECT_PATH": self.project_path,
             "CI_PIPELINE_ID": str(self.pipeline_id),
             "CI_COMMIT_SHA": self.commit_sha,
+            "CI_COMMIT_REF_NAME": self.ref,
             "CI_BUILDS_DIR": builds_dir,
             "CI_PROJECT_DIR": f"{builds_dir}/{self.project_path}",
             "CI_SERVER_URL": "https://gitlab.example.com",
-            "CI_REPOSITORY_URL": f"https://gitlab.example.com/{self.project_path}.git",
+            "CI_REPOSITORY_URL": self.repository_url,
             **self.variables,
         }
 
@@ -217,7 +219,7 @@ class FakeGitlabRunner:
 
 
 class Scripts:
-    """The scripts gitlab-runner would write for each stage, in POSIX sh."""
+    """The scripts gitlab-runner would write for each stage, for bash."""
 
     def __init__(self, job: Job, builds_dir: str) -> None:
         self.job = job
@@ -225,7 +227,7 @@ class Scripts:
         self.project_dir = self.variables["CI_PROJECT_DIR"]
 
     def _head(self) -> list[str]:
-        lines = ["#!/usr/bin/env sh", "set -e", "set +o noclobber"]
+        lines = ["#!/usr/bin/env bash", "set -eo pipefail", "set +o noclobber"]
         lines += [f"export {k}={shlex.quote(v)}" for k, v in self.variables.items()]
         tmp = shlex.quote(f"{self.project_dir}.tmp")
         for name, content in self.job.file_variables.items():
@@ -243,16 +245,20 @@ class Scripts:
         if name == "prepare_script":
             lines += ['echo "Running on $(hostname)..."']
         elif name == "get_sources":
-            encoded = base64.b64encode(self.job.sources).decode()
+            url = shlex.quote(self.job.repository_url)
+            ref = self.job.ref
+            sha = self.job.commit_sha
             lines += [
-                f'echo "Fetching changes with git depth set to 20..."; rm -rf {project}',
-                f"mkdir -p {project}",
-                f"base64 -d > {project}.sources.tar <<'SOURCES'",
-                *[encoded[i : i + 76] for i in range(0, len(encoded), 76)],
-                "SOURCES",
-                f"tar -x -f {project}.sources.tar -C {project}",
-                f"rm -f {project}.sources.tar",
-                f'echo "Checking out {self.job.commit_sha[:8]} as detached HEAD..."',
+                'echo "Fetching changes with git depth set to 20..."',
+                f"rm -rf {project}",
+                f"git init -q {project}",
+                f"cd {project}",
+                f"git remote add origin {url}",
+                f"git fetch origin +refs/heads/{ref}:refs/remotes/origin/{ref} --depth 20 --prune"
+                " --quiet",
+                f'echo "Checking out {sha[:8]} as detached HEAD (ref is {ref})..."',
+                f"git -c advice.detachedHead=false checkout -f -q {sha}",
+                "git clean -ffdx",
             ]
         elif name == "cleanup_file_variables":
             lines += [f"rm -rf {shlex.quote(self.project_dir + '.tmp')}"]

@@ -3,10 +3,12 @@ the agent logs into the test guest over SSH with an ssh-auth Secret, through the
 tunnels. One guest serves every exec check; a second shows a VM that deletes itself when its
 startup script ends."""
 
+import asyncio
 import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ import pytest
 from conftest import TEST_IMAGE, QemuDev
 from helpers import SHOAL, wait_until
 from shoal.testguest import TestGuest
+from shoal.tunnel.client import Endpoint
+from shoal.tunnel.execclient import execute
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("qemu-system-x86_64", "qemu-img")),
@@ -56,6 +60,46 @@ def processes_mentioning(text: str) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+def tty_sizes(dev: QemuDev, vm: str) -> list[str]:
+    """`stty size` in a TTY exec opened at 100x24, then again after a resize to 132x40."""
+    token = (dev.data_dir / "admin.token").read_text().strip()
+    endpoint = Endpoint(f"http://127.0.0.1:{dev.port}", token, None, "default", vm)
+    output = bytearray()
+    first_size = asyncio.Event()
+    resized = asyncio.Event()
+
+    def on_stdout(data: bytes) -> None:
+        output.extend(data)
+        if b"\n" in output:
+            first_size.set()
+
+    async def resizes() -> AsyncIterator[tuple[int, int]]:
+        await first_size.wait()
+        yield 132, 40
+        resized.set()
+
+    async def stdin() -> AsyncIterator[bytes]:
+        await resized.wait()  # the resize frame is on its way first, on the same stream
+        yield b"go\n"
+
+    async def run() -> int | None:
+        result = await execute(
+            endpoint,
+            ["sh", "-c", "stty size; read line; stty size"],
+            stdout=on_stdout,
+            stderr=on_stdout,
+            stdin=stdin(),
+            tty=True,
+            size=(100, 24),
+            resizes=resizes(),
+        )
+        return result.exit_code
+
+    assert asyncio.run(asyncio.wait_for(run(), 60)) == 0, bytes(output)
+    lines = [line.strip() for line in output.decode().splitlines()]
+    return [line for line in lines if line and line != "go"]
 
 
 def test_exec_and_startup_scripts_on_real_guests(
@@ -113,6 +157,7 @@ def test_exec_and_startup_scripts_on_real_guests(
     on_tty = shoal(dev, "exec", "-t", "job", "--", "sh", "-c", "test -t 1 && echo on-a-tty")
     assert on_tty.returncode == 0, on_tty.stderr
     assert b"on-a-tty" in on_tty.stdout
+    assert tty_sizes(dev, "job") == ["24 100", "40 132"]
 
     # Output is live: the first line arrives while the command still runs.
     process = subprocess.Popen(

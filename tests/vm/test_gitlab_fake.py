@@ -1,11 +1,15 @@
 """`shoal gitlab-executor` on the real test guest, driven by a stand-in for gitlab-runner
 (tests/fakes/gitlab_runner.py: the same argv, CUSTOM_ENV_* variables, script files, stage names
 and exit-code variables). Only gitlab-runner is fake: the controller, agent, QEMU guest, exec and
-the driver are real. One guest boot: a whole job whose step_script fails; then a job on an image
+the driver are real, and get_sources is a real `git fetch` from a repository this machine serves.
+One guest boot: a whole job whose step_script fails; then a job on an image
 that cannot boot."""
 
 import shutil
+import socket
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,9 +22,10 @@ from fakes.gitlab_runner import (
     FakeGitlabRunner,
     Job,
 )
-from helpers import SHOAL, wait_until
+from helpers import SHOAL, free_port, wait_until
 from shoal.client import Client
 from shoal.testguest import TestGuest
+from shoal.testguest.build import GATEWAY
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("qemu-system-x86_64", "qemu-img", "git")),
@@ -33,24 +38,57 @@ def vms(dev: QemuDev) -> list[dict[str, object]]:
     return items
 
 
-def git_checkout(path: Path) -> tuple[bytes, str]:
-    """A real git repository with one commit: its `git archive` tar and the commit's sha."""
-    path.mkdir()
-    (path / "README.txt").write_text("hello from the repository\n")
-    (path / "build.sh").write_text("echo building $CI_COMMIT_SHA\nexit 3\n")
+@dataclass
+class Repository:
+    url: str  # as the guest reaches it
+    sha: str  # the head of main
 
-    def git(*args: str) -> bytes:
-        return subprocess.run(
-            ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-            cwd=path,
-            check=True,
-            capture_output=True,
-        ).stdout
 
-    git("init", "-q")
+@pytest.fixture
+def served_repository(tmp_path: Path) -> Iterator[Repository]:
+    """A real git repository with two commits on main, served by `git daemon` on this machine's
+    loopback. The guest reaches it through QEMU's user-mode network, whose gateway address
+    stands for the host's loopback: the path a job's checkout takes from a GitLab server."""
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def git(*args: str, cwd: Path = work) -> str:
+        identity = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
+        done = subprocess.run(["git", *identity, *args], cwd=cwd, check=True, capture_output=True)
+        return done.stdout.decode().strip()
+
+    git("init", "-q", "-b", "main")
+    (work / "README.txt").write_text("an older readme\n")
     git("add", ".")
     git("commit", "-q", "-m", "first")
-    return git("archive", "--format=tar", "HEAD"), git("rev-parse", "HEAD").decode().strip()
+    (work / "README.txt").write_text("hello from the repository\n")
+    (work / "build.sh").write_text("echo building $CI_COMMIT_SHA\nexit 3\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "second")
+    served = tmp_path / "served"
+    (served / "group").mkdir(parents=True)
+    git("clone", "-q", "--bare", str(work), str(served / "group" / "project.git"))
+    port = free_port()
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--export-all", f"--base-path={served}", "--listen=127.0.0.1",
+         f"--port={port}", "--reuseaddr", str(served)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: port_open(port), timeout=30, what="git daemon to listen")
+        yield Repository(f"git://{GATEWAY}:{port}/group/project.git", git("rev-parse", "HEAD"))
+    finally:
+        daemon.kill()
+        daemon.wait()
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def runner(dev: QemuDev, settings: Path) -> FakeGitlabRunner:
@@ -66,7 +104,7 @@ def runner(dev: QemuDev, settings: Path) -> FakeGitlabRunner:
 
 
 def test_gitlab_job_through_the_driver_fake_runner(
-    qemu_dev: QemuDev, guest_image: TestGuest, tmp_path: Path
+    qemu_dev: QemuDev, guest_image: TestGuest, served_repository: Repository, tmp_path: Path
 ) -> None:
     dev = qemu_dev
     dev.cli.run(
@@ -92,16 +130,17 @@ def test_gitlab_job_through_the_driver_fake_runner(
         )
     )
     fake = runner(dev, settings)
-    sources, sha = git_checkout(tmp_path / "repo")
+    sha = served_repository.sha
     job = Job(
         id=4711,
         image="debian:bookworm",
-        sources=sources,
+        repository_url=served_repository.url,
         commit_sha=sha,
         variables={"GREETING": "hi there"},
         file_variables={"DEPLOY_KEY": "secret-content"},
         script=[
             "cat README.txt",
+            "git rev-parse HEAD",
             'echo "file variable: $(cat "$DEPLOY_KEY")"',
             'echo "$GREETING" >&2',
             "sh build.sh",
@@ -139,10 +178,14 @@ def test_gitlab_job_through_the_driver_fake_runner(
     ]  # fmt: skip
     codes = {c.what: c.exit_code for c in result.calls}
     assert codes["get_sources"] == 0, result.call("get_sources").output
-    assert f"Checking out {sha[:8]}" in result.call("get_sources").stdout
+    assert (
+        f"Checking out {sha[:8]} as detached HEAD (ref is main)"
+        in result.call("get_sources").stdout
+    )
     step = result.call("step_script")
     assert step.exit_code == BUILD_FAILURE_EXIT_CODE, step.output
     assert "hello from the repository\n" in step.stdout  # the sources got there
+    assert f"{sha}\n" in step.stdout  # a real checkout of the job's commit
     assert "file variable: secret-content" in step.stdout
     assert "hi there\n" in step.stderr  # stderr stays stderr
     assert f"building {sha}" in step.stdout and "never reached" not in step.stdout

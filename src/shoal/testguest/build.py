@@ -44,7 +44,7 @@ from shoal.testguest import guestfiles
 
 # Bump when the build logic changes in a way the recipe hash (guest files, package list,
 # command line, modules) does not see.
-BUILD_VERSION = "3"
+BUILD_VERSION = "4"
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 PACKAGES = (
@@ -52,12 +52,16 @@ PACKAGES = (
     "dropbear-bin",
     "openssh-sftp-server",
     "openssh-client",  # only its scp, for `scp -O` (dropbear-bin ships no scp)
+    "bash",  # CI systems write their job scripts for bash (gitlab-runner's default shell)
+    "git",  # only the git binary: a CI job's checkout is a real `git fetch`
     "libc6",
     "libcrypt1",
     "zlib1g",
     "libtomcrypt1",
     "libtommath1",
     "libgmp10",
+    "libtinfo6",
+    "libpcre2-8-0",
 )
 # Programs copied onto the root disk from the unpacked packages; their shared libraries follow.
 PROGRAMS = (
@@ -65,6 +69,8 @@ PROGRAMS = (
     "usr/lib/openssh/sftp-server",
     "usr/lib/sftp-server",  # symlink; the path dropbear runs for the sftp subsystem
     "usr/bin/scp",
+    "bin/bash",
+    "usr/bin/git",
 )
 # Modules the initramfs loads (with their dependencies) unless the kernel has them built in.
 MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4", "button", "evdev")
@@ -485,6 +491,7 @@ def _populate_rootfs(tree: Path, staging: Path) -> None:
         ("etc/init.d", 0o755), ("etc/acpi/PWRF", 0o755), ("etc/dropbear", 0o755),
         ("dev", 0o755), ("proc", 0o555), ("sys", 0o555), ("run", 0o755), ("tmp", 0o1777),
         ("var/log", 0o755), ("root/.ssh", 0o700),
+        ("usr/share/git-core/templates", 0o755),  # git init warns when it is missing
     ):  # fmt: skip
         (staging / d).mkdir(parents=True, exist_ok=True)
         os.chmod(staging / d, mode)
