@@ -44,6 +44,9 @@ system-deps:
 	ls /usr/share/OVMF/OVMF_CODE_4M.fd >/dev/null 2>&1 || missing="$$missing ovmf"; \
 	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
 	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
+	command -v wget >/dev/null || missing="$$missing wget"; \
+	command -v busybox >/dev/null || missing="$$missing busybox"; \
+	command -v git >/dev/null || missing="$$missing git"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \

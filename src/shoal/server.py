@@ -16,6 +16,7 @@ from shoal.api.app import create_app
 from shoal.api.context import ApiContext
 from shoal.api.hooks import CREATE_HOOKS, UPDATE_HOOKS
 from shoal.api.objects import Objects
+from shoal.ci.runners.reconciler import RunnerPools
 from shoal.controllers.gc import GarbageCollector
 from shoal.controllers.imagecache import ImageCacheController
 from shoal.controllers.namespaces import NamespaceFinalizer
@@ -145,6 +146,8 @@ class ControlPlane:
             ca_pem=self.tls.ca_pem if self.tls else None,
             tunnel_idle_timeout=settings.tunnel_idle_timeout,
         )
+        self.runner_pools = RunnerPools(self.store, self.ctx.objects)
+        self.ctx.wake_runner_pool = self.runner_pools.wake
         self.app = create_app(self.ctx)
         self.scheduler = Scheduler(
             self.store, self.hub, SchedulerSettings(default_profile=settings.scheduling_profile)
@@ -166,6 +169,7 @@ class ControlPlane:
         self.admin_token = ensure_admin_token(self.tokens, self.settings.data_dir)
         await self.hub.start()
         self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+        self._tasks.append(asyncio.create_task(self.runner_pools.run(), name="runner-pools"))
         self._tasks.append(
             asyncio.create_task(
                 self._every(self.settings.housekeeping_interval, self._housekeeping),

@@ -17,6 +17,7 @@ from shoal.api.docs import ERRORS
 from shoal.api.metrics import install_metrics
 from shoal.api.routes import add_all_kind_routes
 from shoal.api.streams import streams_router
+from shoal.api.webhooks import webhooks_router
 from shoal.errors import ApiError, BadRequest, Invalid, MethodNotAllowed, NotFound
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     add_all_kind_routes(app.router)
     app.include_router(actions_router())
     app.include_router(access_router())
+    app.include_router(webhooks_router())
     streams = streams_router()
     app.include_router(streams)
     _document_websockets(app, streams)

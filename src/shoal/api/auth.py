@@ -26,6 +26,7 @@ ROLES: dict[str, dict[str, frozenset[str]]] = {
     "view": {
         "VirtualMachine": READ,
         "VMConfig": READ,
+        "RunnerPool": READ,
         "Event": READ,
         "ServiceAccount": READ,
     },
@@ -37,6 +38,7 @@ ROLES: dict[str, dict[str, frozenset[str]]] = {
     "edit": {
         "VirtualMachine": READ | WRITE | {"action", "connect"},
         "VMConfig": READ | WRITE,
+        "RunnerPool": READ | WRITE,
         "Secret": READ | WRITE,
         "Event": READ | WRITE,
         "ServiceAccount": READ | WRITE | {"token"},
@@ -44,6 +46,7 @@ ROLES: dict[str, dict[str, frozenset[str]]] = {
     "admin": {
         "VirtualMachine": READ | WRITE | {"action", "connect"},
         "VMConfig": READ | WRITE,
+        "RunnerPool": READ | WRITE,
         "Secret": READ | WRITE,
         "Event": READ | WRITE,
         "ServiceAccount": READ | WRITE | {"token"},

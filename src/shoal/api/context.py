@@ -1,5 +1,6 @@
 """What every route needs, hung on app.state.ctx."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -24,6 +25,8 @@ class ApiContext:
     broker: Broker = field(default_factory=Broker)
     tunnel_idle_timeout: float = 3600.0
     extra: dict[str, object] = field(default_factory=dict)
+    # Syncs a RunnerPool now (namespace, name): what a CI system's webhook delivery does.
+    wake_runner_pool: Callable[[str, str], None] = lambda namespace, name: None
 
 
 def get_ctx(request: Request) -> ApiContext:

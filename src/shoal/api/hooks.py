@@ -5,6 +5,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from shoal.api.objects import CreateHook, UpdateHook, dump, invalid_from
+from shoal.ci.runners.runnervm import template_check_vm
 from shoal.errors import Invalid, NotFound
 from shoal.images.reference import is_reference
 from shoal.model.kinds import (
@@ -14,12 +15,17 @@ from shoal.model.kinds import (
     secret_problem,
 )
 from shoal.model.meta import now_iso
+from shoal.model.runnerpool import MAX_POOL_NAME, RUNNER_POOL_FINALIZER
 from shoal.quantity import describe_bytes
 from shoal.scheduler.placement import Allocatable, Request, could_ever_fit
 from shoal.store.store import Obj, Store
 
 
 def _virtual_machine(store: Store, obj: Obj, model: BaseModel) -> None:
+    _admit_vm(store, obj, model, check_fit=True)
+
+
+def _admit_vm(store: Store, obj: Obj, model: BaseModel, *, check_fit: bool) -> None:
     assert isinstance(model, VirtualMachine)
     spec = obj["spec"]
     inherited: dict[str, str] = {}  # field -> " (from VMConfig 'x')" for the config's fields
@@ -55,7 +61,49 @@ def _virtual_machine(store: Store, obj: Obj, model: BaseModel) -> None:
         )
     _check_template(store, obj["metadata"]["namespace"], obj["spec"], inherited)
     _check_script(obj["spec"], inherited)
-    _check_some_node_could_hold(store, obj)
+    if check_fit:
+        _check_some_node_could_hold(store, obj)
+
+
+def _runner_pool(store: Store, obj: Obj, model: BaseModel) -> None:
+    """A pool's name leaves room for its VMs' suffix; its credentials Secret exists; its
+    template makes a VM admission would take (whether a node can hold it is the pool's
+    RunnersScheduled condition, as for any VM). The pool holds a finalizer until its runners
+    are gone."""
+    name, namespace = obj["metadata"].get("name") or "", obj["metadata"]["namespace"]
+    if len(name) > MAX_POOL_NAME:
+        raise Invalid(
+            f"metadata.name: at most {MAX_POOL_NAME} characters for a RunnerPool (its VMs are "
+            "named <pool>-<10 characters>)",
+            field="metadata.name",
+        )
+    _check_runner_pool_spec(store, namespace, obj["spec"])
+    finalizers = obj["metadata"].setdefault("finalizers", [])
+    if RUNNER_POOL_FINALIZER not in finalizers:
+        finalizers.append(RUNNER_POOL_FINALIZER)
+
+
+def _runner_pool_update(store: Store, current: Obj, updated: Obj) -> None:
+    if updated.get("spec") != current.get("spec"):
+        _check_runner_pool_spec(store, current["metadata"]["namespace"], updated["spec"])
+
+
+def _check_runner_pool_spec(store: Store, namespace: str, spec: dict[str, Any]) -> None:
+    secret = spec["credentialsRef"]["name"]
+    try:
+        store.get("Secret", namespace, secret)
+    except NotFound:
+        raise Invalid(
+            f"spec.credentialsRef.name: no Secret named {secret!r} in namespace {namespace!r}",
+            field="spec.credentialsRef.name",
+        ) from None
+    vm = template_check_vm(namespace, spec["template"])
+    try:
+        _admit_vm(store, vm, VirtualMachine.model_validate(vm), check_fit=False)
+    except Invalid as error:
+        raise Invalid(
+            f"spec.template: a runner VM would be refused: {error}", field="spec.template"
+        ) from None
 
 
 def _vm_config(store: Store, obj: Obj, model: BaseModel) -> None:
@@ -254,10 +302,12 @@ CREATE_HOOKS: dict[str, CreateHook] = {
     "Event": _event,
     "VMConfig": _vm_config,
     "Secret": _secret,
+    "RunnerPool": _runner_pool,
 }
 
 UPDATE_HOOKS: dict[str, UpdateHook] = {
     "VirtualMachine": _template_update,  # its image is immutable: only the script can come in
     "VMConfig": _template_update,
     "Secret": _secret_update,
+    "RunnerPool": _runner_pool_update,
 }

@@ -7,9 +7,11 @@ per VM (an image named `fail:<message>` fails to boot) so failure paths are test
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from shoal.backends.base import Actual, BackendError, Capacity, VMState, connect_tcp
+from shoal.backends.simguest import GuestShell
 from shoal.model.meta import now_iso
 
 
@@ -26,6 +28,9 @@ class SimSettings:
     # Tunnels to a sim VM's port P reach port P on this host's loopback: a stand-in guest for
     # tests and benchmarks of the tunnel path. Off by default.
     ports_to_host: bool = False
+    # A sim VM's port 22 is an SSH server in this process whose commands run on this host
+    # (simguest.py), so exec and startup scripts work on sim nodes. Off by default.
+    guest_shell_dir: Path | None = None
 
 
 class SimBackend:
@@ -39,6 +44,9 @@ class SimBackend:
         self._boots: dict[str, asyncio.Task[None]] = {}
         self._next_port = 20000
         self._callbacks: list[Callable[[str], None]] = []
+        self._shell = (
+            GuestShell(self.settings.guest_shell_dir) if self.settings.guest_shell_dir else None
+        )
 
     def subscribe(self, callback: Callable[[str], None]) -> None:
         self._callbacks.append(callback)
@@ -96,6 +104,8 @@ class SimBackend:
         vm = self._get(vm_id)
         self._cancel_boot(vm_id)
         vm.actual, vm.ready, vm.boot_time = Actual.STOPPED, False, None
+        if self._shell is not None:
+            self._shell.stop(vm_id)
 
     async def suspend(self, vm_id: str) -> None:
         vm = self._get(vm_id)
@@ -110,6 +120,8 @@ class SimBackend:
 
     async def delete(self, vm_id: str) -> None:
         self._cancel_boot(vm_id)
+        if self._shell is not None:
+            self._shell.stop(vm_id)
         self._vms.pop(vm_id, None)
         self._specs.pop(vm_id, None)
 
@@ -127,6 +139,8 @@ class SimBackend:
         vm = self._get(vm_id)
         if vm.actual not in (Actual.RUNNING, Actual.STARTING, Actual.SUSPENDED):
             raise BackendError(f"the VM is {vm.actual}")
+        if port == 22 and self._shell is not None:
+            return await self._shell.connect(vm_id)
         if not self.settings.ports_to_host:
             raise BackendError(
                 "a sim VM has no guest to connect to (an agent started with --sim-ports-to-host "

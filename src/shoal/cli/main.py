@@ -21,6 +21,7 @@ from shoal.cli import (
     registry,
     rolebinding,
     run,
+    runnerpool,
     secret,
     serve,
     serviceaccount,
@@ -105,6 +106,7 @@ exec_.register(app)
 run.register(app)
 app.add_typer(gitlab.app, name="gitlab-executor", help="GitLab Runner custom executor driver.")
 app.add_typer(vmconfig.app, name="vmconfig", help="Manage VMConfigs (named VM templates).")
+app.add_typer(runnerpool.app, name="runnerpool", help="CI runner pools: a fresh VM per queued job.")
 app.add_typer(secret.app, name="secret", help="Manage Secrets: credentials for guests.")
 app.add_typer(node.app, name="node", help="Inspect and manage nodes (hosts).")
 app.add_typer(namespace.app, name="namespace", help="Manage namespaces.")

@@ -107,6 +107,14 @@ def register(app: typer.Typer) -> None:
                 "(for tests and benchmarks of tunnels).",
             ),
         ] = False,
+        sim_guest_shell: Annotated[
+            bool,
+            typer.Option(
+                help="A simulated VM's guest runs exec and startup-script commands as local "
+                "processes on this host (for tests and benchmarks of runner pools; never on a "
+                "shared node).",
+            ),
+        ] = False,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     ) -> None:
         """Run a controller and local agents in one process, for a laptop or a single host.
@@ -136,6 +144,7 @@ def register(app: typer.Typer) -> None:
                 memory=_size(sim_memory),
                 max_vms=sim_vms,
                 ports_to_host=sim_ports_to_host,
+                guest_shell_dir=data_dir.resolve() / "sim-guests" if sim_guest_shell else None,
             ),
             qemu=QemuSettings(
                 state_dir=Path("."),
@@ -284,6 +293,14 @@ def register(app: typer.Typer) -> None:
                 "(for tests and benchmarks of tunnels).",
             ),
         ] = False,
+        sim_guest_shell: Annotated[
+            bool,
+            typer.Option(
+                help="A simulated VM's guest runs exec and startup-script commands as local "
+                "processes on this host (for tests and benchmarks of runner pools; never on a "
+                "shared node).",
+            ),
+        ] = False,
         accel: Annotated[
             str,
             typer.Option(
@@ -354,6 +371,7 @@ def register(app: typer.Typer) -> None:
             memory=_size(sim_memory),
             max_vms=sim_vms,
             ports_to_host=sim_ports_to_host,
+            guest_shell_dir=state_dir.resolve() / "sim-guests" if sim_guest_shell else None,
         )
         options = BackendOptions(
             backend,

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from shoal.model import kinds
+from shoal.model.runnerpool import RunnerPool
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("ImageCache", "imagecaches", False, kinds.ImageCache, ("spec",), True),
     # type and data are top-level, as in Kubernetes; data is encrypted at rest (store.sealing).
     KindInfo("Secret", "secrets", True, kinds.Secret, ("type", "data"), False, immutable=("type",)),
+    KindInfo("RunnerPool", "runnerpools", True, RunnerPool, ("spec",), True),
     KindInfo("ServiceAccount", "serviceaccounts", True, kinds.ServiceAccount, ("spec",), True),
     KindInfo(
         "RoleBinding", "rolebindings", True, kinds.RoleBinding, ("roleRef", "subjects"), False

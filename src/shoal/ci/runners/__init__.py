@@ -1,0 +1,1 @@
+"""Runner pools: one fresh VM per queued CI job, for GitHub Actions, Jenkins and Buildkite."""
