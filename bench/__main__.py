@@ -1,19 +1,39 @@
-"""`make bench`: run every benchmark, print a table, write JSON under bench/results/."""
+"""`make bench`: run every benchmark, print a table, write JSON under bench/results/.
 
+`python -m bench [NAME...] [--jobs N] [--runners M]`: the named benchmarks only; --jobs and
+--runners size the runnerpools bench (a quick run: `python -m bench runnerpools --jobs 100
+--runners 20`). Exits 1 when a row says it failed ("ok": false, e.g. leftovers after a run)."""
+
+import argparse
 import json
 import platform
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import foundation, heartbeats, images, jobs, qemu, scheduler, tunnels
+from bench import foundation, heartbeats, images, jobs, qemu, runnerpools, scheduler, tunnels
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Run shoal's benchmarks.")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=runnerpools.JOBS,
+        help="runnerpools: jobs queued (default %(default)s)",
+    )
+    parser.add_argument(
+        "--runners",
+        type=int,
+        default=runnerpools.RUNNERS,
+        help="runnerpools: the pool's maxRunners (default %(default)s)",
+    )
+    args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
-    wanted = set(sys.argv[1:]) or {"foundation", "scheduler", "heartbeats", "tunnels"}
+    wanted = set(args.names) or {"foundation", "scheduler", "heartbeats", "tunnels", "runnerpools"}
     rows = []
     if "foundation" in wanted:
         rows += foundation.run()
@@ -29,18 +49,31 @@ def main() -> int:
         rows += qemu.run()
     if "jobs" in wanted:  # not in the default set: needs QEMU and takes minutes
         rows += jobs.run()
+    if "runnerpools" in wanted:
+        rows += runnerpools.run(args.jobs, args.runners)
     width = max(len(r["name"]) for r in rows)
     print(f"{'benchmark':<{width}}  {'value':>12}  unit")
     for row in rows:
-        print(f"{row['name']:<{width}}  {row['value']:>12.2f}  {row['unit']}")
+        mark = "  FAILED" if row.get("ok") is False else ""
+        print(f"{row['name']:<{width}}  {row['value']:>12.2f}  {row['unit']}{mark}")
     report = {
         "when": datetime.now(UTC).isoformat(),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
         "results": rows,
     }
-    path = RESULTS / f"{'-'.join(sorted(wanted))}.json"
+    stem = "-".join(sorted(wanted))
+    if "runnerpools" in wanted and (args.jobs, args.runners) != (
+        runnerpools.JOBS,
+        runnerpools.RUNNERS,
+    ):  # a quick run does not overwrite the full one's figures
+        stem += f"-{args.jobs}x{args.runners}"
+    path = RESULTS / f"{stem}.json"
     path.write_text(json.dumps(report, indent=2))
     print(f"\nwritten: {path}")
+    failed = [row["name"] for row in rows if row.get("ok") is False]
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

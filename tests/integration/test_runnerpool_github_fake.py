@@ -3,13 +3,11 @@ controller and a real agent on sim nodes whose guests run the startup script as 
 (--sim-guest-shell): the runner in each VM is tests/fakes/github_runner.sh, which takes its job
 from the fake with the JIT config the pool gave it. Only GitHub is fake."""
 
-import contextlib
 import hashlib
 import hmac
 import json
 import random
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,19 +15,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-from runnerpool_helpers import (
-    create_access_secret,
-    create_credentials,
-    github_pool,
-    pool_secrets,
-    pool_vms,
-)
 
 from fakes.github import RUNNER_SCRIPT, FakeGitHub
 from fakes.serving import Served, serve
 from helpers import AgentProcess, ControllerProcess, create_join_token, processes, wait_until
+from runnerpool_helpers import (
+    create_access_secret,
+    create_credentials,
+    diagnose,
+    github_pool,
+    peak_vms,
+    pool_secrets,
+    pool_vms,
+)
 from shoal.client import Client
-from shoal.errors import ApiError
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/bin/wget").exists(), reason="the stand-in runner needs wget (make deps)"
@@ -72,32 +71,16 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             yield Cluster(controller, agent, github, served)
 
 
-def busy_peak(client: Client, pool: str, stop: threading.Event, seen: list[int]) -> None:
-    while not stop.is_set():
-        with contextlib.suppress(ApiError, httpx.HTTPError):  # the controller may be restarting
-            seen.append(len(pool_vms(client, pool)))
-        time.sleep(0.2)
-
-
-def diagnose(cluster: Cluster, pool: str) -> str:
-    """What a failure message needs: the pool's status, its VMs' conditions, its events, the
-    fake's jobs and runners, and the end of the controller's log."""
-    client = cluster.client
-    lines = [f"pool: {client.get('runnerpools', pool, 'default').get('status')}"]
-    for vm in pool_vms(client, pool):
-        status = vm.get("status") or {}
-        lines.append(
-            f"vm {vm['metadata']['name']}: {status.get('phase')} {status.get('conditions')}"
-        )
-    for event in client.list("events", "default")["items"]:
-        lines.append(
-            f"event {event['involvedObject']['name']}: {event['reason']} {event['message']}"
-        )
-    lines.append(f"jobs: {[(j.id, j.status, j.runner_name) for j in cluster.github.jobs.values()]}")
-    lines.append(f"runners: {cluster.github.runner_names()}")
+def cluster_diagnosis(cluster: Cluster, pool: str) -> str:
+    github = cluster.github
     log = cluster.controller.log_path
-    lines.append(log.read_text()[-3000:] if log else "")
-    return "\n".join(lines)
+    return diagnose(
+        cluster.client,
+        pool,
+        f"jobs: {[(j.id, j.status, j.runner_name) for j in github.jobs.values()]}",
+        f"runners: {github.runner_names()}",
+        log.read_text()[-3000:] if log else "",
+    )
 
 
 def settle(cluster: Cluster, pool: str, timeout: float = 90) -> None:
@@ -122,19 +105,16 @@ def test_github_pool_gives_each_job_its_own_vm_and_leaves_nothing_fake(cluster: 
                     command=command, env={"FAKE_JOB_SECONDS": "2"}),
         "default",
     )  # fmt: skip
-    stop, seen = threading.Event(), []
-    watcher = threading.Thread(target=busy_peak, args=(client, "gh", stop, seen), daemon=True)
-    watcher.start()
+    stop, seen = peak_vms(client, "gh")
     jobs = github.queue(["self-hosted", "shoal"], count=5)
     other = github.queue(["windows"], count=1)  # no pool serves it: never taken
     try:
         wait_until(lambda: len(github.completed()) == 5, timeout=120, what="five jobs done")
         settle(cluster, "gh")
     except AssertionError as error:
-        raise AssertionError(f"{error}\n{diagnose(cluster, 'gh')}") from None
+        raise AssertionError(f"{error}\n{cluster_diagnosis(cluster, 'gh')}") from None
     finally:
         stop.set()
-        watcher.join()
     assert max(seen) == 3  # at maxRunners, never beyond
     ran = {name: ids for name, ids in github.history.items() if ids}
     assert sorted(i for ids in ran.values() for i in ids) == sorted(jobs)

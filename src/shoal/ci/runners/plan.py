@@ -129,8 +129,8 @@ def plan(
     if settings.binds_jobs:
         new += unbound_jobs
         new += [None] * max(0, settings.min_idle - len(free))
-    else:
-        new += unbound_jobs[len(free) :]
+    else:  # the CI system gives a job to whichever runner asks: runners are not bound
+        new += [None] * max(0, len(unbound_jobs) - len(free))
         new += [None] * max(0, settings.min_idle - max(0, len(free) - len(unbound_jobs)))
     room = max(0, settings.max_runners - len(vms))
     result.create = new[:room]

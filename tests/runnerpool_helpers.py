@@ -2,6 +2,9 @@
 Secret, the pool itself) and how to see what is left of a pool in shoal."""
 
 import base64
+import contextlib
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shoal.client import Client
 
-FAKES = Path(__file__).resolve().parent.parent / "fakes"
+FAKES = Path(__file__).resolve().parent / "fakes"
 POOL_LABEL = "runners.shoal.dev/pool"
 
 
@@ -93,3 +96,35 @@ def pool_secrets(client: Client, pool: str, namespace: str = "default") -> list[
         for s in items
         if (s["metadata"].get("labels") or {}).get(POOL_LABEL) == pool
     ]
+
+
+def peak_vms(client: Client, pool: str) -> tuple[threading.Event, list[int]]:
+    """Counts the pool's VMs every 0.2 s, in a thread, until the event is set (a failed count,
+    while the controller restarts, is skipped)."""
+    stop, seen = threading.Event(), [0]
+
+    def watch() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                seen.append(len(pool_vms(client, pool)))
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return stop, seen
+
+
+def diagnose(client: Client, pool: str, *extra: str) -> str:
+    """What a failure message needs: the pool's status, its VMs' phases and conditions, the
+    namespace's events, and whatever the caller adds (the fake's state, a log's end)."""
+    lines = [f"pool: {client.get('runnerpools', pool, 'default').get('status')}"]
+    for vm in pool_vms(client, pool):
+        status = vm.get("status") or {}
+        lines.append(
+            f"vm {vm['metadata']['name']}: {status.get('phase')} {status.get('conditions')}"
+        )
+    for event in client.list("events", "default")["items"]:
+        lines.append(
+            f"event {event['involvedObject']['name']}: {event['reason']} {event['message']}"
+        )
+    lines.append(f"secrets: {pool_secrets(client, pool)}")
+    return "\n".join([*lines, *extra])
