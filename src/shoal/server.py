@@ -148,6 +148,7 @@ class ControlPlane:
         )
         self.runner_pools = RunnerPools(self.store, self.ctx.objects)
         self.ctx.wake_runner_pool = self.runner_pools.wake
+        self.ctx.metric_sources.append(self.runner_pools.metrics)
         self.app = create_app(self.ctx)
         self.scheduler = Scheduler(
             self.store, self.hub, SchedulerSettings(default_profile=settings.scheduling_profile)

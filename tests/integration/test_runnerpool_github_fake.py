@@ -29,6 +29,7 @@ from runnerpool_helpers import (
     pool_vms,
 )
 from shoal.client import Client
+from shoal.errors import ApiError
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/bin/wget").exists(), reason="the stand-in runner needs wget (make deps)"
@@ -132,6 +133,15 @@ def test_github_pool_gives_each_job_its_own_vm_and_leaves_nothing_fake(cluster: 
         if e["involvedObject"]["name"] == "gh"
     ]
     assert "RunnerStarted" in reasons
+    metrics = httpx.get(
+        f"{cluster.controller.url}/metrics",
+        headers={"Authorization": f"Bearer {cluster.controller.admin_token}"},
+        verify=ssl.create_default_context(
+            cafile=str(cluster.controller.data_dir / "tls" / "ca.crt")
+        ),
+    ).text
+    assert 'shoal_runnerpool_job_wait_seconds_count{namespace="default",pool="gh"}' in metrics
+    assert 'shoal_runnerpool_runners{namespace="default",pool="gh",state="busy"} 0' in metrics
 
 
 def test_github_pool_webhooks_wake_it_and_bad_ones_are_refused_fake(cluster: Cluster) -> None:
@@ -195,3 +205,78 @@ def test_controller_killed_while_twenty_jobs_flow_runs_each_once_fake(
     ran = [job_id for ids in github.history.values() for job_id in ids]
     assert sorted(ran) == sorted(jobs)  # every job ran, none twice
     assert kills == 4
+
+
+def condition(client: Client, pool: str, type_: str) -> dict[str, str]:
+    conditions = (client.get("runnerpools", pool, "default").get("status") or {}).get(
+        "conditions"
+    ) or []
+    return next((c for c in conditions if c["type"] == type_), {})
+
+
+def test_pool_conditions_say_what_is_wrong_and_bad_pools_are_refused_fake(
+    cluster: Cluster,
+) -> None:
+    client, github = cluster.client, cluster.github
+    command = RUNNER_SCRIPT.read_text()
+    # Refused at admission, naming the field.
+    with pytest.raises(ApiError) as refused:
+        client.create("runnerpools", github_pool("x" * 53, cluster.served.url,
+                      image="example.com/runner:1", max_runners=1, command=command), "default")  # fmt: skip
+    assert refused.value.code == 422 and "metadata.name" in str(refused.value)
+    missing = github_pool("nosecret", cluster.served.url, image="example.com/r:1", max_runners=1,
+                          command=command)  # fmt: skip
+    missing["spec"]["credentialsRef"]["name"] = "no-such-secret"
+    with pytest.raises(ApiError) as refused:
+        client.create("runnerpools", missing, "default")
+    assert refused.value.code == 422 and "spec.credentialsRef.name" in str(refused.value)
+    crossed = github_pool("crossed", cluster.served.url, image="example.com/r:1", max_runners=1,
+                          command=command)  # fmt: skip
+    crossed["spec"]["jenkins"] = {"url": "http://jenkins.example", "label": "x"}
+    with pytest.raises(ApiError) as refused:
+        client.create("runnerpools", crossed, "default")
+    assert refused.value.code == 422 and "spec.jenkins" in str(refused.value)
+    assert [p["metadata"]["name"] for p in client.list("runnerpools", "default")["items"]] == []
+
+    # Wrong credentials: the condition says so, and the pool backs off instead of looping.
+    create_credentials(client, {"token": "ghp_wrong"}, name="wrong")
+    bad = github_pool("badcreds", cluster.served.url, image="example.com/r:1", max_runners=1,
+                      command=command)  # fmt: skip
+    bad["spec"]["credentialsRef"]["name"] = "wrong"
+    client.create("runnerpools", bad, "default")
+    wait_until(lambda: condition(client, "badcreds", "Synced").get("reason") == "BadCredentials",
+               what="Synced=False BadCredentials")  # fmt: skip
+    assert "401" in condition(client, "badcreds", "Synced")["message"]
+    assert "ghp_wrong" not in str(client.get("runnerpools", "badcreds", "default"))
+
+    # An unreachable CI system.
+    down = github_pool("down", "http://127.0.0.1:9", image="example.com/r:1", max_runners=1,
+                       command=command)  # fmt: skip
+    client.create("runnerpools", down, "default")
+    wait_until(lambda: condition(client, "down", "Synced").get("reason") == "Unreachable",
+               what="Synced=False Unreachable")  # fmt: skip
+
+    # A template no node can hold: the pool says why its jobs wait, in the VM admission's words.
+    huge = github_pool("huge", cluster.served.url, image="example.com/r:1", max_runners=2,
+                       command=command, cpu=64)  # fmt: skip
+    client.create("runnerpools", huge, "default")
+    github.queue(["shoal"], count=1)
+    wait_until(lambda: condition(client, "huge", "Synced").get("reason") == "TemplateInvalid",
+               what="Synced=False TemplateInvalid")  # fmt: skip
+    assert "spec.cpu" in condition(client, "huge", "Synced")["message"]
+    assert pool_vms(client, "huge") == [] and github.runner_names() == []  # nothing half-made
+    events = [e["reason"] for e in client.list("events", "default")["items"]
+              if e["involvedObject"]["name"] == "badcreds"]  # fmt: skip
+    assert "BadCredentials" in events
+
+    # Deleting the pools: their finalizer goes once nothing of theirs is left. Credentials
+    # that will never work cannot clean up later either: that pool goes (with a Warning). An
+    # unreachable CI system may still hold the pool's runners: that pool waits, until someone
+    # who knows better removes its finalizer.
+    for name in ("badcreds", "down", "huge"):
+        client.delete("runnerpools", name, "default")
+    wait_until(lambda: [p["metadata"]["name"] for p in client.list("runnerpools", "default")["items"]]
+               == ["down"], timeout=60, what="the pools but the unreachable one to go")  # fmt: skip
+    client.patch("runnerpools", "down", {"metadata": {"finalizers": []}}, "default")
+    wait_until(lambda: client.list("runnerpools", "default")["items"] == [],
+               timeout=30, what="the last pool to go")  # fmt: skip

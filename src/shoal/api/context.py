@@ -27,6 +27,8 @@ class ApiContext:
     extra: dict[str, object] = field(default_factory=dict)
     # Syncs a RunnerPool now (namespace, name): what a CI system's webhook delivery does.
     wake_runner_pool: Callable[[str, str], None] = lambda namespace, name: None
+    # More /metrics lines, from the controller's loops (runner pools).
+    metric_sources: list[Callable[[], list[str]]] = field(default_factory=list)
 
 
 def get_ctx(request: Request) -> ApiContext:

@@ -15,6 +15,36 @@ from shoal.model.registry import KINDS
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class Histogram:
+    """One Prometheus histogram with a label set per series."""
+
+    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...] = BUCKETS) -> None:
+        self.name, self.help, self.bounds = name, help_text, buckets
+        self.series: dict[tuple[tuple[str, str], ...], list[int]] = {}
+        self.sums: dict[tuple[tuple[str, str], ...], float] = defaultdict(float)
+
+    def observe(self, value: float, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        counts = self.series.setdefault(key, [0] * (len(self.bounds) + 1))
+        for index, bound in enumerate(self.bounds):
+            if value <= bound:
+                counts[index] += 1
+        counts[-1] += 1
+        self.sums[key] += value
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        for key, counts in sorted(self.series.items()):
+            labels = ",".join(f'{k}="{v}"' for k, v in key)
+            prefix = f"{labels}," if labels else ""
+            for bound, count in zip(self.bounds, counts, strict=False):
+                lines.append(f'{self.name}_bucket{{{prefix}le="{bound}"}} {count}')
+            lines.append(f'{self.name}_bucket{{{prefix}le="+Inf"}} {counts[-1]}')
+            lines.append(f"{self.name}_sum{{{labels}}} {self.sums[key]:.6f}")
+            lines.append(f"{self.name}_count{{{labels}}} {counts[-1]}")
+        return lines
+
+
 class RequestMetrics:
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str, int], int] = defaultdict(int)
@@ -121,4 +151,6 @@ def install_metrics(app: FastAPI, ctx: ApiContext) -> None:
             "# TYPE shoal_resource_version gauge",
             f"shoal_resource_version {ctx.store.current_rv()}",
         ]
+        for source in ctx.metric_sources:
+            lines += source()
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

@@ -98,11 +98,11 @@ def plan(
         if state == "finishing":
             result.finishing += 1
             continue
+        if vm.job_id is not None:  # a busy runner's job may still be listed as queued
+            bound.add(vm.job_id)
         if state == "busy":
             result.busy += 1
             continue
-        if vm.job_id is not None:
-            bound.add(vm.job_id)
         if vm.age > settings.idle_timeout:
             _retire(result, vm, runner, f"took no job in {settings.idle_timeout:.0f} s")
             result.finishing += 1

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shoal.api.metrics import Histogram
 from shoal.api.objects import Objects
 from shoal.ci.runners import runnervm
 from shoal.ci.runners.plan import (
@@ -31,7 +32,13 @@ from shoal.ci.runners.plan import (
     RunnerVM,
     plan,
 )
-from shoal.ci.runners.provider import PoolIdentity, Provider, ProviderError, QueuedJob
+from shoal.ci.runners.provider import (
+    CiRunner,
+    PoolIdentity,
+    Provider,
+    ProviderError,
+    QueuedJob,
+)
 from shoal.errors import ApiError, NotFound
 from shoal.model.kinds import VirtualMachine
 from shoal.model.meta import now_iso, parse_iso
@@ -43,6 +50,7 @@ from shoal.store.store import Obj, Store
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 300.0
+START_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 SOURCE = "runnerpool"
 # A provider that cannot be asked for these reasons will not clean up later either: a pool
 # being deleted lets its CI-side runners go (with a Warning) instead of waiting forever.
@@ -70,6 +78,10 @@ class _PoolState:
     vm_less: frozenset[str] = frozenset()
     backoff: float = 0.0
     last_problem: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    jobs_waiting: int = 0
+    # The jobs queued at the last sync and since when (for the job-wait metric).
+    queued: dict[str, float] = field(default_factory=dict)
 
 
 class RunnerPools:
@@ -87,8 +99,32 @@ class RunnerPools:
         self.discover_every = discover_every
         self._pools: dict[tuple[str, str], _PoolState] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
-        # Seconds from a runner VM's creation to its runner online, for /metrics.
-        self.start_latencies: list[float] = []
+        self.runner_start = Histogram(
+            "shoal_runnerpool_runner_start_seconds",
+            "From a runner VM's creation to its runner online in the CI system.",
+            START_BUCKETS,
+        )
+        self.job_wait = Histogram(
+            "shoal_runnerpool_job_wait_seconds",
+            "From a job queued to a runner taking it (or its cancellation), to within one sync.",
+            START_BUCKETS,
+        )
+
+    def metrics(self) -> list[str]:
+        lines = [
+            "# HELP shoal_runnerpool_runners Runners of each pool by state.",
+            "# TYPE shoal_runnerpool_runners gauge",
+        ]
+        waiting = [
+            "# HELP shoal_runnerpool_jobs_waiting Jobs queued in the CI system for each pool.",
+            "# TYPE shoal_runnerpool_jobs_waiting gauge",
+        ]
+        for (namespace, pool), state in sorted(self._pools.items()):
+            labels = f'namespace="{namespace}",pool="{pool}"'
+            for runner_state, count in state.counts.items():
+                lines.append(f'shoal_runnerpool_runners{{{labels},state="{runner_state}"}} {count}')
+            waiting.append(f"shoal_runnerpool_jobs_waiting{{{labels}}} {state.jobs_waiting}")
+        return [*lines, *waiting, *self.runner_start.render(), *self.job_wait.render()]
 
     def wake(self, namespace: str, name: str) -> None:
         """Sync the pool now (a webhook said something changed); harmless if repeated."""
@@ -197,9 +233,11 @@ class RunnerPools:
         )
         now = time.time()
         views = [_view(vm, now) for vm in vms]
+        views_by_name = {v.name: v for v in views}
         decided = plan(settings, identity, jobs, runners, views, state.vm_less)
         state.vm_less = decided.vm_less
         await self._apply(pool, provider, identity, decided, {v.name: v for v in views})
+        self._measure(identity, state, jobs, [views_by_name[n] for n in decided.seen_online])
         await self._sweep_secrets(identity, {vm["metadata"]["name"] for vm in vms}, now)
         started = 0
         try:
@@ -230,8 +268,10 @@ class RunnerPools:
         for runner in decided.claim:
             await provider.claimed(runner)
         for vm_name in decided.seen_online:
-            self.start_latencies.append(views[vm_name].age)
             await self._annotate(identity, vm_name, runnervm.SEEN_ONLINE)
+            await self._event(pool, "RunnerOnline", f"runner of VM {vm_name} is online")
+        for vm_name in decided.seen_busy:
+            await self._event(pool, "RunnerBusy", f"runner of VM {vm_name} took a job")
         for vm_name in decided.seen_busy:
             await self._annotate(identity, vm_name, runnervm.SEEN_BUSY)
         for runner, why in decided.remove_runners:
@@ -244,6 +284,26 @@ class RunnerPools:
         for vm_name, why in decided.delete_vms:
             await self._event(pool, "RunnerVMDeleted", f"VM {vm_name} deleted: {why}")
             await self._delete_vm(identity, vm_name)
+
+    def _measure(
+        self,
+        identity: PoolIdentity,
+        state: _PoolState,
+        jobs: list[QueuedJob],
+        online: list[RunnerVM],
+    ) -> None:
+        """Runner start times (creation to first seen online), and how long jobs waited: a job
+        that has left the queue since the last sync was taken (or cancelled) by now, so its wait
+        is known to within one sync interval."""
+        labels = {"namespace": identity.namespace, "pool": identity.pool}
+        now = time.time()
+        for vm in online:
+            self.runner_start.observe(vm.age, **labels)
+        current = {job.id: job.queued_at for job in jobs if job.queued_at is not None}
+        for job_id, queued_at in state.queued.items():
+            if job_id not in current:
+                self.job_wait.observe(max(0.0, now - queued_at), **labels)
+        state.queued = current
 
     async def _annotate(self, identity: PoolIdentity, vm_name: str, annotation: str) -> None:
         def change(vm: Obj) -> Obj | None:
@@ -301,9 +361,12 @@ class RunnerPools:
             await asyncio.to_thread(
                 self.objects.create, BY_KIND["VirtualMachine"], identity.namespace, model
             )
-        except ApiError as error:
+        except ApiError as error:  # nothing half-made stays: the Secret and the runner go
             with contextlib.suppress(NotFound):
                 await asyncio.to_thread(self.store.delete, "Secret", identity.namespace, vm_name)
+            runner = CiRunner(identity.runner_name(vm_name), registration.id, False, False)
+            with contextlib.suppress(ProviderError):  # else the next syncs remove it
+                await provider.remove(runner)
             raise TemplateRefused(f"the runner VM was refused: {error}") from None
         what = f" for job {job.id}" if job is not None else ""
         await self._event(pool, "RunnerStarted", f"VM {vm_name} started{what}")
@@ -375,6 +438,7 @@ class RunnerPools:
             ),
         ]
         state.last_problem = ""
+        state.counts, state.jobs_waiting = runners, decided.jobs_waiting
         status = {
             "runners": runners,
             "jobsWaiting": decided.jobs_waiting,
