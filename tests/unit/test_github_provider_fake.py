@@ -138,21 +138,8 @@ def test_errors_say_what_is_wrong_and_never_the_token_fake(
     with pytest.raises(ProviderError) as missing:
         provider(served, {"appId": b"1", "installationId": b"2"})
     assert missing.value.reason == "Invalid" and "privateKey" in missing.value.message
-    unreachable = asyncio.run(
-        fails(
-            from_pool(
-                POOL,
-                {
-                    "github": {
-                        "apiURL": "http://127.0.0.1:9",
-                        "organization": "acme",
-                        "labels": ["x"],
-                    }
-                },
-                {"token": b"t"},
-            )
-        )  # fmt: skip
-    )
+    closed_port = {"apiURL": "http://127.0.0.1:9", "organization": "acme", "labels": ["x"]}
+    unreachable = asyncio.run(fails(from_pool(POOL, {"github": closed_port}, {"token": b"t"})))
     assert unreachable.reason == "Unreachable"
 
 
