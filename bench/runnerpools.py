@@ -154,6 +154,7 @@ class RecordingGitHub(FakeGitHub):
         self.taken: dict[int, Taken] = {}
         self.syncs: list[float] = []
         self.api_requests: Counter[str] = Counter()
+        self.timeline: list[tuple[float, str]] = []  # (when, kind) of each API request
         self.acquires: Counter[str] = Counter()
         self.delivered: Counter[int] = Counter()
         self._posts = ThreadPoolExecutor(4, thread_name_prefix="webhooks")
@@ -172,9 +173,9 @@ class RecordingGitHub(FakeGitHub):
             if path.endswith("/actions/runs")
             else "list a run's jobs"
             if path.endswith("/jobs")
-            else "register a runner (JIT config)"
+            else REGISTER
             if path.endswith("/generate-jitconfig")
-            else "list runners"
+            else LIST_RUNNERS
             if path.endswith("/actions/runners")
             else f"{request.method} a runner"
             if "/actions/runners/" in path
@@ -183,6 +184,7 @@ class RecordingGitHub(FakeGitHub):
             else "other"
         )
         self.api_requests[kind] += 1
+        self.timeline.append((time.time(), kind))
         return super()._check(request)
 
     def _assign(self, runner: FakeRunner) -> FakeJob | None:
@@ -223,6 +225,38 @@ class RecordingGitHub(FakeGitHub):
             self.delivered[answer.status_code] += 1
         except httpx.HTTPError:
             self.delivered[0] += 1
+
+
+LIST_RUNNERS = "list runners"
+REGISTER = "register a runner (JIT config)"
+
+
+@dataclass
+class Sync:
+    """One sync of the pool as the fake GitHub saw its requests."""
+
+    start: float  # it listed the organization's repositories: the queue listing began
+    listed: float | None = None  # it listed the runners: the queue listing was done
+    registered: list[float] = field(default_factory=list)  # each runner it started
+
+    @property
+    def per_runner(self) -> float | None:
+        """Seconds between two runners started (register, Secret, VM, event), on average."""
+        if len(self.registered) < 2:
+            return None
+        return (self.registered[-1] - self.registered[0]) / (len(self.registered) - 1)
+
+
+def _syncs(timeline: list[tuple[float, str]], start: float, end: float) -> list[Sync]:
+    syncs: list[Sync] = []
+    for when, kind in timeline:
+        if kind == "list repositories":
+            syncs.append(Sync(when))
+        elif syncs and kind == LIST_RUNNERS and syncs[-1].listed is None:
+            syncs[-1].listed = when
+        elif syncs and kind == REGISTER:
+            syncs[-1].registered.append(when)
+    return [sync for sync in syncs if start <= sync.start <= end]
 
 
 # -- the pool's VMs, watched -------------------------------------------------------------------
@@ -462,6 +496,25 @@ def _progress(github: RecordingGitHub, watch: VMWatch, jobs: int) -> Iterator[No
         yield
 
 
+def _settle(client: Client, github: FakeGitHub, base: Path, since: float) -> dict[str, float]:
+    """Waits (at most SETTLE_TIMEOUT s) until nothing is left; for each kind of leftover, the
+    seconds from since until there was none (NaN if there still is)."""
+    cleared: dict[str, float] = {}
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ApiError, httpx.HTTPError):
+            left = _leftovers(client, github, base)
+            for what, count in left.items():
+                if count:
+                    cleared.pop(what, None)
+                else:
+                    cleared.setdefault(what, time.time() - since)
+            if len(cleared) == len(left):
+                return cleared
+        time.sleep(0.5)
+    return cleared
+
+
 def run(jobs: int = JOBS, runners: int = RUNNERS) -> list[Row]:
     if not shutil.which("wget"):
         raise RuntimeError("the runnerpools bench's stand-in runner needs wget (make system-deps)")
@@ -514,17 +567,11 @@ def run(jobs: int = JOBS, runners: int = RUNNERS) -> list[Row]:
             t_done = time.time()
             cpu_after = Cpu.now(cluster)
             requests = sum(github.api_requests.values())
-            syncs = [t for t in github.syncs if t_queued <= t <= t_done]
+            syncs = _syncs(github.timeline, t_queued, t_done)
             _say(f"{len(github.completed())} jobs done in {t_done - t_queued:.1f}s; settling")
 
             settle_started = time.time()
-            with contextlib.suppress(TimeoutError):
-                _wait(
-                    lambda: not any(_leftovers(client, github, base).values()),
-                    SETTLE_TIMEOUT,
-                    "the pool to settle",
-                    every=0.5,
-                )
+            cleared = _settle(client, github, base, settle_started)
             settled = time.time() - settle_started
             left = _leftovers(client, github, base)
     finally:
@@ -611,8 +658,17 @@ def run(jobs: int = JOBS, runners: int = RUNNERS) -> list[Row]:
     ]
     rows += [
         {"name": "runnerpools: pool syncs while jobs ran", "value": len(syncs), "unit": "syncs"},
-        {"name": "runnerpools: sync start -> next sync start p50",
-         "value": _pct([b - a for a, b in itertools.pairwise(syncs)], 50), "unit": "s"},
+        {"name": "runnerpools: sync start -> next sync start, mean",
+         "value": _mean([b.start - a.start for a, b in itertools.pairwise(syncs)]), "unit": "s"},
+        {"name": "runnerpools: sync: listing the queued jobs (GitHub API), mean",
+         "value": _mean([x.listed - x.start for x in syncs if x.listed]), "unit": "s"},
+        {"name": "runnerpools: sync: queue listed -> first runner started, mean",
+         "value": _mean([x.registered[0] - x.listed for x in syncs if x.listed and x.registered]),
+         "unit": "s"},
+        {"name": "runnerpools: sync: runners started per sync, mean",
+         "value": _mean([len(x.registered) for x in syncs]), "unit": "runners"},
+        {"name": "runnerpools: sync: one runner started (register, Secret, VM), mean",
+         "value": _mean([x.per_runner for x in syncs if x.per_runner is not None]), "unit": "s"},
         {"name": "runnerpools: fake GitHub API requests (pool) per second",
          "value": requests / (t_done - t_queued), "unit": "req/s",
          "by_kind": dict(github.api_requests)},
@@ -630,6 +686,11 @@ def run(jobs: int = JOBS, runners: int = RUNNERS) -> list[Row]:
     rows.append(
         {"name": "runnerpools: last job completed -> nothing left", "value": settled, "unit": "s"}
     )
+    rows += [
+        {"name": f"runnerpools: last job completed -> no {what} left",
+         "value": cleared.get(what, float("nan")), "unit": "s"}
+        for what in left
+    ]  # fmt: skip
     rows += [ok(f"left after settling: {what}", n, n == 0) for what, n in left.items()]
     rows.append(ok("jobs not completed", jobs - len(done), len(done) == jobs))
     twice = sum(1 for n in ran.values() if n > 1)

@@ -401,6 +401,9 @@ class FakeGitHub:
         if self.down:
             return PlainTextResponse("down", status_code=503)
         verb = request.path_params["verb"]
+        # Read before taking the lock: awaiting the body with it held would block this event
+        # loop on the next request that wants the lock, and the body would never arrive.
+        form = (await request.body()).decode()
         with self.lock:
             runner = self.runners.get(request.path_params["runner_id"])
             secret = request.headers.get("authorization", "").removeprefix("RunnerSecret ")
@@ -416,7 +419,6 @@ class FakeGitHub:
                 job = self._assign(runner)
                 return PlainTextResponse(f"{job.id}\n" if job else "")
             if verb == "complete":
-                form = (await request.body()).decode()
                 job_id = int(form.partition("=")[2] or 0)
                 job = self.jobs.get(job_id)
                 if job is None or job.runner_id != runner.id:

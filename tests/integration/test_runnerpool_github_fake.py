@@ -121,6 +121,15 @@ def test_github_pool_gives_each_job_its_own_vm_and_leaves_nothing_fake(cluster: 
     assert sorted(i for ids in ran.values() for i in ids) == sorted(jobs)
     assert all(len(ids) == 1 for ids in ran.values())  # one job per runner, so per VM
     assert github.jobs[other[0]].status == "queued"
+    github.queue(["self-hosted", "gpu"], count=1)  # a label no pool serves: the pool says so
+    wait_until(
+        lambda: (
+            "1 queued job asks for labels this pool's runners lack: [self-hosted, gpu]"
+            in (client.get("runnerpools", "gh", "default").get("status") or {}).get("message", "")
+        ),
+        timeout=30,
+        what="the pool to name the unserved job",
+    )
     pool = client.get("runnerpools", "gh", "default")
     status = pool["status"]
     assert status["jobsWaiting"] == 0

@@ -97,6 +97,8 @@ class GitHubProvider:
         self._token_expires = 0.0
         self._group_id: int | None = None
         self._queued: set[str] = set()
+        # Queued self-hosted jobs asking for labels this pool's runners lack, at the last sync.
+        self.unserved: list[list[str]] = []
         self.http = httpx.AsyncClient(timeout=15.0)
 
     @property
@@ -167,6 +169,7 @@ class GitHubProvider:
 
     async def queued_jobs(self) -> list[QueuedJob]:
         jobs: list[QueuedJob] = []
+        unserved: list[list[str]] = []
         for repository in await self._repositories():
             runs = []
             for status in ("queued", "in_progress"):
@@ -178,15 +181,17 @@ class GitHubProvider:
                 for job in await self._pages(
                     f"{self.api}/repos/{repository}/actions/runs/{run['id']}/jobs", "jobs"
                 ):
-                    if job.get("status") == "queued" and self.takes(job.get("labels") or []):
-                        jobs.append(
-                            QueuedJob(
-                                str(job["id"]),
-                                frozenset(job.get("labels") or []),
-                                _epoch(job["created_at"]) if job.get("created_at") else None,
-                            )
-                        )
+                    if job.get("status") != "queued":
+                        continue
+                    labels = [str(label) for label in job.get("labels") or []]
+                    if not self.takes(labels):
+                        if DEFAULT_LABEL in (label.lower() for label in labels):
+                            unserved.append(labels)
+                        continue
+                    queued_at = _epoch(job["created_at"]) if job.get("created_at") else None
+                    jobs.append(QueuedJob(str(job["id"]), frozenset(labels), queued_at))
         self._queued = {job.id for job in jobs}
+        self.unserved = unserved
         return jobs
 
     def takes(self, labels: list[str]) -> bool:

@@ -235,6 +235,13 @@ class RunnerPools:
         views = [_view(vm, now) for vm in vms]
         views_by_name = {v.name: v for v in views}
         decided = plan(settings, identity, jobs, runners, views, state.vm_less)
+        unserved: list[list[str]] = getattr(provider, "unserved", [])
+        if unserved:  # GitHub: self-hosted jobs asking for labels no runner of the pool has
+            noun = "job asks" if len(unserved) == 1 else "jobs ask"
+            said = f"{len(unserved)} queued {noun} for labels this pool's runners lack: " + (
+                ", ".join(f"[{', '.join(labels)}]" for labels in unserved[:3])
+            )
+            decided.message = f"{decided.message}; {said}" if decided.message else said
         state.vm_less = decided.vm_less
         await self._apply(pool, provider, identity, decided, {v.name: v for v in views})
         self._measure(identity, state, jobs, [views_by_name[n] for n in decided.seen_online])
