@@ -39,7 +39,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from shoal.ci.runners.provider import CiRunner, PoolIdentity, ProviderError, QueuedJob, Registration
+from shoal.ci.runners.provider import (
+    CiRunner,
+    PoolIdentity,
+    ProviderError,
+    QueuedJob,
+    Registration,
+    credential,
+)
 
 TIMEOUT_SECONDS = 10.0
 PER_PAGE = 100
@@ -70,21 +77,9 @@ def from_pool(
         api_url=str(section.get("apiURL") or "https://api.buildkite.com").rstrip("/"),
         agent_api_url=str(section.get("agentAPIURL") or "https://agent.buildkite.com").rstrip("/"),
     )
-    agent_token = _credential(credentials, "agentToken")
-    api_token = _credential(credentials, "apiToken")
+    agent_token = credential(credentials, "agentToken")
+    api_token = credential(credentials, "apiToken")
     return BuildkiteProvider(identity, target, agent_token, api_token)
-
-
-def _credential(credentials: Mapping[str, bytes], key: str) -> str:
-    if key not in credentials:
-        raise ProviderError("Invalid", f"credentials Secret has no key {key!r}")
-    try:
-        value = credentials[key].decode().strip()
-    except UnicodeDecodeError:
-        raise ProviderError("Invalid", f"credentials Secret key {key!r} is not UTF-8") from None
-    if not value:
-        raise ProviderError("Invalid", f"credentials Secret key {key!r} is empty")
-    return value
 
 
 def _synthetic_index(job_id: str, queue: str) -> int | None:

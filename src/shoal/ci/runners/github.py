@@ -34,6 +34,7 @@ from shoal.ci.runners.provider import (
     ProviderError,
     QueuedJob,
     Registration,
+    credential,
 )
 
 API_VERSION = "2022-11-28"
@@ -42,12 +43,6 @@ JITCONFIG_ENV = "ACTIONS_RUNNER_INPUT_JITCONFIG"
 DEFAULT_COMMAND = 'cd "${ACTIONS_RUNNER_DIR:-$HOME/actions-runner}" && exec ./run.sh\n'
 PAGE = 100
 TOKEN_RENEW_BEFORE = 300.0  # seconds before an installation token expires
-
-
-def _key(credentials: Mapping[str, bytes], name: str) -> str:
-    if name not in credentials:
-        raise ProviderError("Invalid", f"credentials Secret has no key {name!r}")
-    return credentials[name].decode().strip()
 
 
 def _b64url(data: bytes) -> str:
@@ -83,10 +78,10 @@ class GitHubProvider:
         self.labels = [str(label) for label in target["labels"]]
         self.runner_labels = {DEFAULT_LABEL, *(label.lower() for label in self.labels)}
         if "token" in credentials:
-            self._static_token: str | None = _key(credentials, "token")
+            self._static_token: str | None = credential(credentials, "token")
             self._app: tuple[str, str, bytes] | None = None
         else:
-            app = (_key(credentials, "appId"), _key(credentials, "installationId"))
+            app = (credential(credentials, "appId"), credential(credentials, "installationId"))
             if "privateKey" not in credentials:
                 raise ProviderError(
                     "Invalid", "credentials Secret has neither 'token' nor 'privateKey'"

@@ -42,6 +42,7 @@ from shoal.ci.runners.provider import (
     ProviderError,
     QueuedJob,
     Registration,
+    credential,
 )
 
 TIMEOUT = 10.0
@@ -95,12 +96,6 @@ def agent_secret(jnlp: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _key(credentials: Mapping[str, bytes], name: str) -> str:
-    if name not in credentials:
-        raise ProviderError("Invalid", f"credentials Secret has no key {name!r}")
-    return credentials[name].decode().strip()
-
-
 def _without_userinfo(url: str) -> str:
     """The URL to show in messages: any user:password@ in it dropped."""
     parts = urlsplit(url)
@@ -136,7 +131,7 @@ class JenkinsProvider:
         self.shown_url = _without_userinfo(self.url)
         self.label = str(target["label"])
         self.label_node = f"{identity.namespace}.{identity.pool}.label"
-        auth = (_key(credentials, "username"), _key(credentials, "apiToken"))
+        auth = (credential(credentials, "username"), credential(credentials, "apiToken"))
         self.http = httpx.AsyncClient(auth=auth, timeout=TIMEOUT, headers={"Accept-Language": "en"})
 
     async def close(self) -> None:

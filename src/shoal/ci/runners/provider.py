@@ -50,6 +50,20 @@ class ProviderError(Exception):
         self.message = message
 
 
+def credential(credentials: Mapping[str, bytes], key: str) -> str:
+    """One key of a pool's credentials Secret as text; ProviderError("Invalid") naming the key
+    (never the value) when it is missing, empty or not UTF-8."""
+    if key not in credentials:
+        raise ProviderError("Invalid", f"credentials Secret has no key {key!r}")
+    try:
+        value = credentials[key].decode().strip()
+    except UnicodeDecodeError:
+        raise ProviderError("Invalid", f"credentials Secret key {key!r} is not UTF-8") from None
+    if not value:
+        raise ProviderError("Invalid", f"credentials Secret key {key!r} is empty")
+    return value
+
+
 @dataclass(frozen=True)
 class QueuedJob:
     """A job waiting in the CI system for a runner of this pool."""
