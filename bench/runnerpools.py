@@ -2,11 +2,12 @@
 RUNNERS runners, with only GitHub fake.
 
 A real `shoal controller` (plain HTTP, so the fake GitHub can deliver webhooks to it) and a real
-`shoal agent` simulating NODES sim nodes of VMS_PER_NODE VMs each, booting in BOOT_DELAY s, with
-`--sim-guest-shell`: a runner VM's startup script runs as a local `sh -c` process. The pool's
-runnerCommand is tests/fakes/github_runner.sh, a stand-in for the Actions runner (sh + wget):
-it connects to the fake with the JIT config the pool registered, takes one job, "runs" it for
-JOB_SECONDS, reports it done and exits, and the VM deletes itself. The fake GitHub is
+`shoal agent` simulating ceil(RUNNERS / VMS_PER_NODE) + 1 sim nodes (a node to spare) of
+VMS_PER_NODE VMs each, booting in BOOT_DELAY s, with `--sim-guest-shell`: a runner VM's startup
+script runs as a local `sh -c` process. The pool's runnerCommand is tests/fakes/github_runner.sh,
+a stand-in for the Actions runner (sh + wget): it connects to the fake with the JIT config the
+pool registered, takes one job, "runs" it for JOB_SECONDS, reports it done and exits, and the VM
+deletes itself. The fake GitHub is
 tests/fakes/github.py served on loopback, which also delivers signed `workflow_job` webhooks to
 the pool (its sync still runs every SYNC_SECONDS).
 
@@ -23,6 +24,8 @@ the pool's VMs (when each was made, bound to a node, Running, its script ended, 
 - one runner VM's life, step by step (means), and how full the pool was (time-weighted mean of
   its VMs next to RUNNERS): where a slot's time goes;
 - peak concurrent runner VMs (at most RUNNERS; with JOBS >> RUNNERS it should reach it);
+- the pool's syncs as the fake GitHub sees them: how often, how long listing the queue takes,
+  how many runners each starts and how long one start takes (they start one after another);
 - CPU of each process over the run (controller, agent, the runners' sh/wget processes, this
   process: the fake GitHub and the watch), as a share of one core;
 - leftovers once every job is done and the pool settled (at most SETTLE_TIMEOUT s): VMs of
@@ -46,6 +49,7 @@ import resource
 import secrets
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -363,8 +367,6 @@ class VMWatch:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -5,6 +5,7 @@ only when its signature matches the pool's webhook secret."""
 
 import asyncio
 import base64
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
@@ -63,7 +64,14 @@ def webhooks_router() -> APIRouter:
         if not signature_matches(base64.b64decode(encoded), body, x_hub_signature_256):
             raise Unauthorized("X-Hub-Signature-256 does not match the pool's webhook secret")
         if x_github_event == "workflow_job":
-            ctx.wake_runner_pool(namespace, name)
+            try:
+                action = json.loads(body).get("action")
+            except (ValueError, AttributeError):
+                raise BadRequest("a workflow_job delivery's body is a JSON object") from None
+            # queued: a job may need a runner; completed: one may be cancelled, its runner not
+            # needed. in_progress and waiting change nothing the pool acts on.
+            if action in ("queued", "completed"):
+                ctx.wake_runner_pool(namespace, name)
             return JSONResponse({"accepted": True, "event": x_github_event}, status_code=202)
         return JSONResponse({"accepted": False, "event": x_github_event})
 

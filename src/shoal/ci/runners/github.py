@@ -142,7 +142,9 @@ class GitHubProvider:
         try:
             answer = await self.http.request(method, url, headers=headers, json=body)
         except httpx.HTTPError as error:
-            raise ProviderError("Unreachable", f"GitHub at {self.api}: {error}") from None
+            raise ProviderError(
+                "Unreachable", f"GitHub at {self.api}: {type(error).__name__}: {error}"
+            ) from None
         if answer.status_code in ok:
             return answer
         raise _error(answer, method, url)

@@ -26,7 +26,6 @@ from shoal.api.metrics import Histogram
 from shoal.api.objects import Objects
 from shoal.ci.runners import runnervm
 from shoal.ci.runners.plan import (
-    REGISTRATION_GRACE_SECONDS,
     Plan,
     PoolSettings,
     RunnerVM,
@@ -50,6 +49,11 @@ from shoal.store.store import Obj, Store
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 300.0
+# Runners registered and made at once in one sync (each is a call to the CI system, then two
+# writes): enough to fill a large pool quickly, few enough not to flood the CI system.
+STARTS_AT_ONCE = 8
+# A webhook wakes a sync at most this often: a burst of deliveries makes one sync, not many.
+MIN_WAKE_GAP = 1.0
 START_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 SOURCE = "runnerpool"
 # A provider that cannot be asked for these reasons will not clean up later either: a pool
@@ -189,6 +193,8 @@ class RunnerPools:
                 state.backoff = min(MAX_BACKOFF, max(interval, state.backoff * 2))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.wake.wait(), state.backoff or interval)
+            if state.wake.is_set():
+                await asyncio.sleep(MIN_WAKE_GAP)  # let a burst of deliveries gather
             state.wake.clear()
 
     # --- one sync ---
@@ -245,12 +251,23 @@ class RunnerPools:
         state.vm_less = decided.vm_less
         await self._apply(pool, provider, identity, decided, {v.name: v for v in views})
         self._measure(identity, state, jobs, [views_by_name[n] for n in decided.seen_online])
-        await self._sweep_secrets(identity, {vm["metadata"]["name"] for vm in vms}, now)
+        await self._sweep_secrets(identity)
         started = 0
-        try:
-            for job in decided.create:
+        gate = asyncio.Semaphore(STARTS_AT_ONCE)
+
+        async def start(job: QueuedJob | None) -> None:
+            nonlocal started
+            async with gate:
                 await self._start_runner(pool, provider, identity, job)
                 started += 1
+
+        try:
+            outcomes = await asyncio.gather(
+                *(start(job) for job in decided.create), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
         finally:
             await self._write_status(pool, decided, started, state)
 
@@ -332,16 +349,21 @@ class RunnerPools:
         with contextlib.suppress(NotFound):
             await asyncio.to_thread(self.store.delete, "Secret", identity.namespace, vm_name)
 
-    async def _sweep_secrets(self, identity: PoolIdentity, vm_names: set[str], now: float) -> None:
+    async def _sweep_secrets(self, identity: PoolIdentity) -> None:
         """Runner Secrets whose VM is gone (it deleted itself, or a crash came between the
-        Secret and the VM)."""
+        Secret and the VM). The Secrets are listed before the VMs, and this loop makes a
+        runner's Secret and VM one after the other, so a Secret without a VM here has lost it."""
         secrets, _ = await asyncio.to_thread(self.store.list_objects, "Secret", identity.namespace)
-        for secret in secrets:
-            meta = secret["metadata"]
-            if (meta.get("labels") or {}).get(runnervm.POOL_LABEL) != identity.pool:
-                continue
-            age = now - parse_iso(meta["creationTimestamp"]).timestamp()
-            if meta["name"] not in vm_names and age > REGISTRATION_GRACE_SECONDS:
+        ours = [
+            s["metadata"]
+            for s in secrets
+            if (s["metadata"].get("labels") or {}).get(runnervm.POOL_LABEL) == identity.pool
+        ]
+        if not ours:
+            return
+        vm_names = {vm["metadata"]["name"] for vm in await self._vms(identity)}
+        for meta in ours:
+            if meta["name"] not in vm_names:
                 with contextlib.suppress(NotFound):
                     await asyncio.to_thread(
                         self.store.delete,
@@ -387,7 +409,7 @@ class RunnerPools:
         for vm in vms:
             if not vm["metadata"].get("deletionTimestamp"):
                 await self._delete_vm(identity, vm["metadata"]["name"])
-        await self._sweep_secrets(identity, set(), time.time() + REGISTRATION_GRACE_SECONDS)
+        await self._sweep_secrets(identity)
         left = 0
         try:
             provider = await self._provider(pool, state)
