@@ -71,11 +71,10 @@ from shoal.client import Client, resource_path
 from shoal.errors import ApiError
 
 # The fake GitHub, its runner script and the runner-pool test helpers live with the tests: put
-# tests/ (fakes) and tests/integration/ (runnerpool_helpers) on sys.path, as pytest does.
+# tests/ on sys.path, as pytest does.
 TESTS = Path(__file__).resolve().parent.parent / "tests"
-for _path in (TESTS / "integration", TESTS):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
 
 from fakes.github import RUNNER_SCRIPT, FakeGitHub, FakeJob, FakeRunner  # noqa: E402
 from fakes.serving import serve  # noqa: E402
@@ -85,6 +84,7 @@ from runnerpool_helpers import (  # noqa: E402
     github_pool,
     pool_secrets,
     pool_vms,
+    processes_working_under,
 )
 
 SHOAL = str(Path(sys.executable).parent / "shoal")
@@ -381,19 +381,6 @@ def _cpu_seconds(pid: int) -> tuple[float, float]:
     return own, children
 
 
-def _under(base: Path) -> list[int]:
-    """Pids of processes working in a directory under base: the runners in the sim guests
-    (each guest's shell runs in a session of its own, so not in the agent's process group)."""
-    found = []
-    prefix = str(base) + "/"
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError):
-                if os.readlink(proc / "cwd").startswith(prefix):
-                    found.append(int(proc.name))
-    return found
-
-
 class Cluster:
     """`shoal controller --no-tls` and one `shoal agent` running `nodes` sim nodes."""
 
@@ -443,7 +430,7 @@ class Cluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        for pid in _under(self.base):
+        for pid in processes_working_under(self.base):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -481,7 +468,7 @@ def _leftovers(client: Client, github: FakeGitHub, base: Path) -> dict[str, int]
         "VMs of the pool": len(pool_vms(client, POOL)),
         "runner Secrets": len(pool_secrets(client, POOL)),
         "runners registered at the fake GitHub": len(github.runner_names()),
-        "runner processes": len(_under(base)),
+        "runner processes": len(processes_working_under(base)),
     }
 
 

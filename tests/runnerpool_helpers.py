@@ -3,6 +3,8 @@ Secret, the pool itself) and how to see what is left of a pool in shoal."""
 
 import base64
 import contextlib
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -128,3 +130,22 @@ def diagnose(client: Client, pool: str, *extra: str) -> str:
         )
     lines.append(f"secrets: {pool_secrets(client, pool)}")
     return "\n".join([*lines, *extra])
+
+
+def processes_working_under(base: Path) -> list[int]:
+    """Pids of processes working in a directory under base: the runners in sim guests (each
+    guest command runs in a session of its own, so not in the agent's process group)."""
+    found = []
+    prefix = str(base) + "/"
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(proc / "cwd").startswith(prefix):
+                    found.append(int(proc.name))
+    return found
+
+
+def kill_processes_working_under(base: Path) -> None:
+    for pid in processes_working_under(base):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

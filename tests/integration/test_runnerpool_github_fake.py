@@ -24,6 +24,7 @@ from runnerpool_helpers import (
     create_credentials,
     diagnose,
     github_pool,
+    kill_processes_working_under,
     peak_vms,
     pool_secrets,
     pool_vms,
@@ -61,15 +62,18 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             controller.url, token, "sim", tmp_path / "agent", replicas=2,
             extra_args=["--sim-guest-shell", "--sim-vms", "4", "--sim-boot-delay", "0.3"],
         )  # fmt: skip
-        with processes(agent, controller):
-            agent.start()
-            client = controller.client()
-            wait_until(lambda: len(client.list("nodes")["items"]) == 2, what="two sim nodes")
-            create_access_secret(client)
-            create_credentials(
-                client, {"token": github.token, "webhookSecret": github.webhook_secret}
-            )
-            yield Cluster(controller, agent, github, served)
+        try:
+            with processes(agent, controller):
+                agent.start()
+                client = controller.client()
+                wait_until(lambda: len(client.list("nodes")["items"]) == 2, what="two sim nodes")
+                create_access_secret(client)
+                create_credentials(
+                    client, {"token": github.token, "webhookSecret": github.webhook_secret}
+                )
+                yield Cluster(controller, agent, github, served)
+        finally:  # runners a killed agent left in its sim guests
+            kill_processes_working_under(tmp_path / "agent")
 
 
 def cluster_diagnosis(cluster: Cluster, pool: str) -> str:

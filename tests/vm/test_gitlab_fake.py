@@ -22,7 +22,7 @@ from fakes.gitlab_runner import (
     FakeGitlabRunner,
     Job,
 )
-from helpers import SHOAL, free_port, wait_until
+from helpers import SHOAL, free_port, kill_group, wait_until
 from shoal.client import Client
 from shoal.testguest import TestGuest
 from shoal.testguest.build import GATEWAY
@@ -74,13 +74,13 @@ def served_repository(tmp_path: Path) -> Iterator[Repository]:
          f"--port={port}", "--reuseaddr", str(served)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # `git daemon` runs git-daemon as its child: kill them both
     )  # fmt: skip
     try:
         wait_until(lambda: port_open(port), timeout=30, what="git daemon to listen")
         yield Repository(f"git://{GATEWAY}:{port}/group/project.git", git("rev-parse", "HEAD"))
     finally:
-        daemon.kill()
-        daemon.wait()
+        kill_group(daemon)
 
 
 def port_open(port: int) -> bool:
