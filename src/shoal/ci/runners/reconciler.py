@@ -15,6 +15,7 @@ CI-side runners are gone.
 import asyncio
 import base64
 import contextlib
+import functools
 import importlib
 import logging
 import time
@@ -32,6 +33,7 @@ from shoal.ci.runners.plan import (
     plan,
 )
 from shoal.ci.runners.provider import (
+    SUFFIX_LENGTH,
     CiRunner,
     PoolIdentity,
     Provider,
@@ -44,7 +46,7 @@ from shoal.model.meta import now_iso, parse_iso
 from shoal.model.registry import BY_KIND
 from shoal.model.runnerpool import RUNNER_POOL_FINALIZER as FINALIZER
 from shoal.store import events
-from shoal.store.store import Obj, Store
+from shoal.store.store import Change, Obj, Store
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,18 @@ class RunnerPools:
         if state is not None:
             state.wake.set()
 
+    def _on_changes(self, loop: asyncio.AbstractEventLoop, changes: list[Change]) -> None:
+        """A runner VM gone frees a slot: its pool syncs now rather than at its interval. Called
+        from the writer's thread; a runner VM's name is <pool>-<SUFFIX_LENGTH characters>."""
+        for change in changes:
+            if change.kind == "VirtualMachine" and change.type == "DELETED":
+                key = (change.namespace, change.name[: -SUFFIX_LENGTH - 1])
+                if key in self._pools:
+                    loop.call_soon_threadsafe(self.wake, *key)
+
     async def run(self) -> None:
+        listener = functools.partial(self._on_changes, asyncio.get_running_loop())
+        self.store.add_change_listener(listener)
         try:
             while True:
                 try:
@@ -154,6 +167,7 @@ class RunnerPools:
                         )
                 await asyncio.sleep(self.discover_every)
         finally:
+            self.store.remove_change_listener(listener)
             for task in self._tasks.values():
                 task.cancel()
             for task in self._tasks.values():
