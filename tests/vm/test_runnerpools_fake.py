@@ -159,7 +159,7 @@ def jenkins_flow(client: Client, log: Path) -> None:
 
         peak = run_pool(
             client, pool,
-            lambda: queued.extend(jenkins.queue_build("shoal", seconds=3) for _ in range(JOBS)),
+            lambda: queued.extend(jenkins.queue_build("shoal", seconds=6) for _ in range(JOBS)),
             finished,
             lambda: len([n for n in jenkins.nodes() if not n["name"].endswith(".label")]),
             log,

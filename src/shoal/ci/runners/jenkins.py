@@ -122,6 +122,9 @@ class JenkinsProvider:
     registers_ahead = True
     binds_jobs = False
     default_command = DEFAULT_COMMAND
+    # Jenkins gives an idle node the next build of its label: while a node of the pool has not
+    # taken its build, the pool looks every second, to mark it offline once it has.
+    claim_interval = 1.0
 
     def __init__(
         self, identity: PoolIdentity, target: Mapping[str, Any], credentials: Mapping[str, bytes]

@@ -104,6 +104,8 @@ class Provider(Protocol):
     binds_jobs: bool
     # The shell command a runner VM's startup script runs when the pool gives none.
     default_command: str
+    # Optional (a class attribute, read with getattr): seconds between syncs while a runner is
+    # starting or idle, for CI systems that would hand a runner a second job (Jenkins).
 
     async def queued_jobs(self) -> list[QueuedJob]:
         """Jobs waiting that a runner of this pool can take (labels, queue)."""

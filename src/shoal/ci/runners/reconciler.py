@@ -206,7 +206,9 @@ class RunnerPools:
                 log.exception("runner pool %s/%s failed; retrying", namespace, name)
                 state.backoff = min(MAX_BACKOFF, max(interval, state.backoff * 2))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.wake.wait(), state.backoff or interval)
+                await asyncio.wait_for(
+                    state.wake.wait(), state.backoff or _next_sync(state, interval)
+                )
             if state.wake.is_set():
                 await asyncio.sleep(MIN_WAKE_GAP)  # let a burst of deliveries gather
             state.wake.clear()
@@ -532,6 +534,17 @@ class RunnerPools:
             type_="Warning" if warning else "Normal",
             source=SOURCE,
         )
+
+
+def _next_sync(state: _PoolState, interval: float) -> float:
+    """Seconds to the next sync: the pool's interval, or the provider's claim interval while a
+    runner is starting or idle (a CI system that would give a runner a second job must be told
+    not to as soon as it takes its first)."""
+    claim = getattr(state.provider, "claim_interval", None)
+    waiting = state.counts.get("starting", 0) + state.counts.get("idle", 0)
+    if claim and waiting:
+        return min(interval, float(claim))
+    return interval
 
 
 def _view(vm: Obj, now: float) -> RunnerVM:
