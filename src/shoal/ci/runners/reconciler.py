@@ -184,7 +184,10 @@ class RunnerPools:
         while True:
             try:
                 pool = await asyncio.to_thread(self.store.get, "RunnerPool", namespace, name)
-            except NotFound:
+            except NotFound:  # gone (its finalizer removed by hand): let its HTTP client go
+                if state.provider is not None:
+                    await state.provider.close()
+                    state.provider = None
                 return
             interval = float(pool["spec"].get("syncIntervalSeconds") or 30)
             try:
