@@ -23,15 +23,20 @@ def b64(value: str | bytes) -> str:
     return base64.b64encode(value.encode() if isinstance(value, str) else value).decode()
 
 
+def private_key_pem() -> bytes:
+    """A fresh ed25519 key in OpenSSH format (a sim guest takes any login)."""
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+
+
 def create_access_secret(client: Client, namespace: str = "default", *, key: bytes | None = None,
                          user: str = "root", name: str = "guest-key") -> None:  # fmt: skip
-    """An ssh-auth Secret; a fresh key when none is given (a sim guest takes any login)."""
+    """An ssh-auth Secret; a fresh key when none is given."""
     if key is None:
-        key = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
+        key = private_key_pem()
     client.create(
         "secrets",
         {
