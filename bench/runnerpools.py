@@ -49,7 +49,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -78,6 +77,7 @@ if str(TESTS) not in sys.path:
 
 from fakes.github import RUNNER_SCRIPT, FakeGitHub, FakeJob, FakeRunner  # noqa: E402
 from fakes.serving import serve  # noqa: E402
+from helpers import free_port  # noqa: E402
 from runnerpool_helpers import (  # noqa: E402
     create_access_secret,
     create_credentials,
@@ -366,12 +366,6 @@ class VMWatch:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _cpu_seconds(pid: int) -> tuple[float, float]:
     """CPU seconds (user + system) of a process, and of its children it has waited for."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -387,7 +381,7 @@ class Cluster:
     def __init__(self, base: Path, nodes: int) -> None:
         self.base = base
         self.nodes = nodes
-        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.url = f"http://127.0.0.1:{free_port()}"
         self.controller: subprocess.Popen[bytes] | None = None
         self.agent: subprocess.Popen[bytes] | None = None
 

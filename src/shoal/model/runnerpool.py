@@ -44,6 +44,11 @@ class GitHubTarget(StrictModel):
     def _one_scope(self) -> "GitHubTarget":
         if (self.organization is None) == (self.repository is None):
             raise ValueError("give exactly one of organization or repository")
+        if self.repository is not None and self.runnerGroup != "Default":
+            raise ValueError(
+                "runnerGroup: runner groups are an organization's; a repository's runners are "
+                "in its Default group"
+            )
         return self
 
 

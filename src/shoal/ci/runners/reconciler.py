@@ -248,6 +248,7 @@ class RunnerPools:
         provider = await self._provider(pool, state)
         jobs = await provider.queued_jobs()  # before the runners: see plan.py
         runners = await provider.runners()
+        secrets = await self._runner_secrets(identity)  # before the VMs: see _sweep_secrets
         vms = await self._vms(identity)
         settings = PoolSettings(
             max_runners=int(spec.get("maxRunners", 10)),
@@ -270,7 +271,7 @@ class RunnerPools:
         state.vm_less = decided.vm_less
         await self._apply(pool, provider, identity, decided, {v.name: v for v in views})
         self._measure(identity, state, jobs, [views_by_name[n] for n in decided.seen_online])
-        await self._sweep_secrets(identity)
+        await self._sweep_secrets(identity, secrets, {vm["metadata"]["name"] for vm in vms})
         started = 0
         gate = asyncio.Semaphore(STARTS_AT_ONCE)
 
@@ -368,20 +369,23 @@ class RunnerPools:
         with contextlib.suppress(NotFound):
             await asyncio.to_thread(self.store.delete, "Secret", identity.namespace, vm_name)
 
-    async def _sweep_secrets(self, identity: PoolIdentity) -> None:
-        """Runner Secrets whose VM is gone (it deleted itself, or a crash came between the
-        Secret and the VM). The Secrets are listed before the VMs, and this loop makes a
-        runner's Secret and VM one after the other, so a Secret without a VM here has lost it."""
+    async def _runner_secrets(self, identity: PoolIdentity) -> list[Obj]:
         secrets, _ = await asyncio.to_thread(self.store.list_objects, "Secret", identity.namespace)
-        ours = [
-            s["metadata"]
+        return [
+            s
             for s in secrets
             if (s["metadata"].get("labels") or {}).get(runnervm.POOL_LABEL) == identity.pool
         ]
-        if not ours:
-            return
-        vm_names = {vm["metadata"]["name"] for vm in await self._vms(identity)}
-        for meta in ours:
+
+    async def _sweep_secrets(
+        self, identity: PoolIdentity, secrets: list[Obj], vm_names: set[str]
+    ) -> None:
+        """Runner Secrets whose VM is gone (it deleted itself, or a crash came between the
+        Secret and the VM). secrets must be listed before the VMs named: this loop makes a
+        runner's Secret and then its VM, so a Secret listed first whose VM was not there after
+        has lost it."""
+        for secret in secrets:
+            meta = secret["metadata"]
             if meta["name"] not in vm_names:
                 with contextlib.suppress(NotFound):
                     await asyncio.to_thread(
@@ -428,7 +432,7 @@ class RunnerPools:
         for vm in vms:
             if not vm["metadata"].get("deletionTimestamp"):
                 await self._delete_vm(identity, vm["metadata"]["name"])
-        await self._sweep_secrets(identity)
+        await self._sweep_secrets(identity, await self._runner_secrets(identity), set())
         left = 0
         try:
             provider = await self._provider(pool, state)
