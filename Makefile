@@ -12,9 +12,9 @@ LISTEN ?= 127.0.0.1:8420
 NODES ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lint fmt deps system-deps clean
+.PHONY: run test bench lint fmt deps system-deps web-deps clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || $(MAKE) --no-print-directory apt-python-venv
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -47,6 +47,7 @@ system-deps:
 	command -v wget >/dev/null || missing="$$missing wget"; \
 	command -v busybox >/dev/null || missing="$$missing busybox"; \
 	command -v git >/dev/null || missing="$$missing git"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
@@ -54,14 +55,23 @@ system-deps:
 	  systemctl disable --now docker-registry >/dev/null 2>&1 || true; \
 	fi
 
-run: deps system-deps
+# The web UI's front-end packages, from npm through web/package-lock.json, copied into
+# src/shoal/web/static/vendor/ (npm ci runs only when web/node_modules is older than the lock file).
+web-deps: deps
+	@command -v npm >/dev/null || { \
+	  echo "installing: nodejs npm"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; \
+	}
+	$(PY) -m shoal.web.vendor
+
+run: deps system-deps web-deps
 	$(PY) -m shoal.testguest build >/dev/null
 	$(SHOAL) dev --data-dir $(DATA_DIR) --listen $(LISTEN) --backend auto --nodes $(NODES)
 
-test: deps system-deps
+test: deps system-deps web-deps
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: deps
+bench: deps web-deps
 	$(PY) -m bench
 
 lint: deps
@@ -74,4 +84,5 @@ fmt: deps
 	$(VENV)/bin/ruff check --fix src tests bench
 
 clean:
-	rm -rf $(VENV) $(DATA_DIR) bench/results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DATA_DIR) bench/results .pytest_cache .mypy_cache .ruff_cache \
+	  web/node_modules src/shoal/web/static/vendor

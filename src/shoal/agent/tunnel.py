@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from shoal.agent.consoleshare import ConsoleShares
 from shoal.agent.execstream import serve_exec
 from shoal.agent.push import PushRefused, serve_push
 from shoal.backends.base import Backend, BackendError, HasConsole, HasDisplay, HasSerialLog
@@ -51,6 +52,7 @@ class TunnelClient:
         self.connected = asyncio.Event()
         self._streams: set[asyncio.Task[None]] = set()
         self._by_vm: dict[str, set[Any]] = {}
+        self._consoles = ConsoleShares()
 
     async def run(self) -> None:
         """Keep the control channel up, reconnecting with backoff, until cancelled."""
@@ -107,6 +109,10 @@ class TunnelClient:
                 try:
                     if kind == "log":
                         source = self._log_file(request)
+                    elif kind == "console":
+                        console = await self._consoles.open(
+                            str(request.get("vm")), lambda: self._connect(kind, request)
+                        )
                     else:
                         reader, writer = await self._connect(kind, request)
                 except Refused as refusal:
@@ -118,6 +124,8 @@ class TunnelClient:
                 try:
                     if kind == "log":
                         await self._send_log(stream, source, request)
+                    elif kind == "console":
+                        await console(stream)
                     else:
                         await relay(stream, reader, writer, _peer(kind, request))
                 finally:

@@ -8,13 +8,14 @@ from fastapi import APIRouter, Body, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from shoal.api.auth import Principal, authorize, bearer
+from shoal.api.auth import Principal, allowed_verbs, authorize, bearer
 from shoal.api.docs import ERRORS
 from shoal.api.routes import PREFIX, Caller, Ctx, NameParam, NamespaceParam, audit
 from shoal.errors import Forbidden, NotFound, Unauthorized
 from shoal.events import involved_stub
 from shoal.jointoken import format_join_token
 from shoal.model.meta import API_VERSION, StrictModel
+from shoal.model.registry import KINDS
 from shoal.store import events
 from shoal.store.store import Obj
 from shoal.store.tokens import TokenRecord
@@ -30,6 +31,16 @@ class TokenRequest(StrictModel):
     apiVersion: str = API_VERSION
     kind: str = "TokenRequest"
     spec: TokenRequestSpec = Field(default_factory=TokenRequestSpec)
+
+
+class RulesReviewSpec(StrictModel):
+    namespace: Annotated[str, Field(max_length=63)] | None = None
+
+
+class RulesReview(StrictModel):
+    apiVersion: str = API_VERSION
+    kind: str = "SelfSubjectRulesReview"
+    spec: RulesReviewSpec = Field(default_factory=RulesReviewSpec)
 
 
 class JoinTokenSpec(StrictModel):
@@ -65,6 +76,13 @@ def issued(kind: str, token: str, record: TokenRecord) -> dict[str, Any]:
 Listed = {
     200: {
         "description": "a list or a revocation",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+    **ERRORS,
+}
+Reviewed = {
+    201: {
+        "description": "the review: who the caller is and what it may do",
         "content": {"application/json": {"schema": {"type": "object"}}},
     },
     **ERRORS,
@@ -138,6 +156,39 @@ def access_router() -> APIRouter:
         audit(ctx, caller, ctx.store.get("ServiceAccount", namespace, name), "TokenRevoked")
         return JSONResponse(
             {"apiVersion": API_VERSION, "kind": "TokenRevocation", "status": {"id": token_id}}
+        )
+
+    @router.post(
+        f"{PREFIX}/selfsubjectrulesreviews",
+        responses=Reviewed,
+        summary="What the caller may do in a namespace (or at cluster scope)",
+    )
+    def review_rules(
+        ctx: Ctx, caller: Caller, body: Annotated[RulesReview | None, Body()] = None
+    ) -> JSONResponse:
+        """Who the token is and, per resource, the verbs it may use there: what a client (the
+        web UI) reads to offer only what may be done. Decided by the rules every route
+        enforces; the route enforces them anyway."""
+        namespace = body.spec.namespace if body else None
+        plurals = {info.kind: info.plural for info in KINDS}
+        rules = [
+            {"resources": ["*" if kind == "*" else plurals[kind]], "verbs": sorted(verbs)}
+            for kind, verbs in sorted(allowed_verbs(ctx.store, caller, namespace).items())
+        ]
+        user = {"kind": caller.kind, "name": caller.name, "namespace": caller.namespace}
+        return JSONResponse(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "SelfSubjectRulesReview",
+                "spec": {"namespace": namespace},
+                "status": {
+                    "user": user,
+                    "display": str(caller),
+                    "clusterAdmin": caller.cluster_admin,
+                    "resourceRules": rules,
+                },
+            },
+            status_code=201,
         )
 
     @router.post(f"{PREFIX}/jointokens", responses=IssuedToken, summary="Create a node join token")

@@ -15,10 +15,13 @@ from shoal.api.actions import actions_router
 from shoal.api.context import ApiContext
 from shoal.api.docs import ERRORS
 from shoal.api.metrics import install_metrics
+from shoal.api.origin import OriginCheck
 from shoal.api.routes import add_all_kind_routes
 from shoal.api.streams import streams_router
+from shoal.api.watchmux import watch_mux_router
 from shoal.api.webhooks import webhooks_router
 from shoal.errors import ApiError, BadRequest, Invalid, MethodNotAllowed, NotFound
+from shoal.web.site import install_site
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +126,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(access_router())
     app.include_router(webhooks_router())
     streams = streams_router()
+    streams.routes.extend(watch_mux_router().routes)
     app.include_router(streams)
     _document_websockets(app, streams)
+    install_site(app)
+    app.add_middleware(OriginCheck)
     return app
 
 

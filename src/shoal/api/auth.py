@@ -7,6 +7,8 @@ is read (for a node and a Secret: the VMs bound to the node are), so a 403 never
 object exists.
 """
 
+import base64
+import binascii
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,12 +76,44 @@ class Principal:
         return f"{self.kind.lower()} {self.name}"
 
 
+# Browsers cannot set headers on a WebSocket: they offer the token as a subprotocol,
+# `bearer.shoal.dev.<base64url of the token, unpadded>`, next to WEBSOCKET_PROTOCOL, which the
+# server then picks (a browser refuses a handshake that picks none of what it offered).
+WEBSOCKET_PROTOCOL = "shoal.dev"
+TOKEN_PROTOCOL_PREFIX = "bearer.shoal.dev."
+
+
+def offered_protocols(request: HTTPConnection) -> list[str]:
+    header = request.headers.get("sec-websocket-protocol", "")
+    return [part.strip() for part in header.split(",") if part.strip()]
+
+
+def websocket_protocol(request: HTTPConnection) -> str | None:
+    """The subprotocol to accept a WebSocket with: shoal.dev when the client offered it."""
+    return WEBSOCKET_PROTOCOL if WEBSOCKET_PROTOCOL in offered_protocols(request) else None
+
+
+def _protocol_token(request: HTTPConnection) -> str | None:
+    for protocol in offered_protocols(request):
+        if protocol.startswith(TOKEN_PROTOCOL_PREFIX):
+            encoded = protocol.removeprefix(TOKEN_PROTOCOL_PREFIX)
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                raise Unauthorized("the bearer subprotocol does not hold base64url text") from None
+    return None
+
+
 def bearer(request: HTTPConnection) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    return token.strip()
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    if request.scope["type"] == "websocket":
+        offered = _protocol_token(request)
+        if offered and offered.strip():
+            return offered.strip()
+    raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
 
 
 def authenticate(request: HTTPConnection) -> Principal:
@@ -151,6 +185,21 @@ def authorize(
         if verb in ROLES[role].get(kind, frozenset()):
             return
     raise denied
+
+
+def allowed_verbs(store: Store, principal: Principal, namespace: str | None) -> dict[str, set[str]]:
+    """Kind -> the verbs principal may use on it in namespace (None: at cluster scope), decided
+    by the same tables as authorize(), for clients that offer only what may be done.
+    A cluster admin gets {"*": {"*"}}."""
+    if principal.cluster_admin:
+        return {"*": {"*"}}
+    allowed: dict[str, set[str]] = {kind: set(READ) for kind in CLUSTER_READABLE}
+    if principal.kind == "Node" or namespace is None:
+        return allowed
+    for role in roles_in(store, principal, namespace):
+        for kind, verbs in ROLES[role].items():
+            allowed.setdefault(kind, set()).update(verbs)
+    return allowed
 
 
 def node_needs_secret(store: Store, node: str, namespace: str, name: str) -> bool:

@@ -3,7 +3,7 @@
 Every handler authorizes first, then does its store work in one transaction (objects.Objects).
 """
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Annotated, Any
@@ -174,18 +174,28 @@ class KindHandlers:
                 await run_in_threadpool(self._list, ctx, caller, namespace, query, limit, cont)
             )
         start = await run_in_threadpool(
-            self._watch_start, ctx, caller, namespace, query, resource_version
+            self.start_watch, ctx, caller, namespace, query, resource_version
         )
+        stream = self.watch(ctx, query, start, float(timeout_seconds) if timeout_seconds else None)
+        return StreamingResponse(stream, media_type="application/x-ndjson")
+
+    def watch(
+        self,
+        ctx: ApiContext,
+        query: listing.Query,
+        start: listing.Page | int,
+        timeout: float | None = None,
+    ) -> AsyncIterator[bytes]:
+        """The watch events (newline-terminated JSON) from start, which start_watch gave."""
         kind = self.info.kind
-        stream = watch(
+        return watch(
             ctx.hub,
             query,
             start,
-            timeout=float(timeout_seconds) if timeout_seconds else None,
+            timeout=timeout,
             bookmark_interval=ctx.bookmark_interval,
             reveal=(lambda text: ctx.store.open_text(kind, text)) if self.sealed else None,
         )
-        return StreamingResponse(stream, media_type="application/x-ndjson")
 
     def _list(
         self,
@@ -205,7 +215,7 @@ class KindHandlers:
             return page
         return replace(page, bodies=[ctx.store.open_text(self.info.kind, b) for b in page.bodies])
 
-    def _watch_start(
+    def start_watch(
         self,
         ctx: ApiContext,
         caller: Principal,

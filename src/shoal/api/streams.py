@@ -21,7 +21,7 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from shoal.api.auth import Principal, authenticate, authorize
+from shoal.api.auth import Principal, authenticate, authorize, websocket_protocol
 from shoal.api.context import ApiContext
 from shoal.api.docs import ERRORS
 from shoal.api.routes import PREFIX, Caller, Ctx, NameParam, NamespaceParam
@@ -123,7 +123,7 @@ async def _serve_tunnel(
         await socket.send_denial_response(JSONResponse(error.status(), status_code=error.code))
         return
     try:
-        await socket.accept()
+        await socket.accept(subprotocol=websocket_protocol(socket))
         await socket.send_text(READY)
         await splice(socket, source, node=node, idle_timeout=_ctx(socket).tunnel_idle_timeout)
     finally:
