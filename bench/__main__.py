@@ -2,7 +2,8 @@
 
 `python -m bench [NAME...] [--jobs N] [--runners M]`: the named benchmarks only; --jobs and
 --runners size the runnerpools bench (a quick run: `python -m bench runnerpools --jobs 100
---runners 20`). Exits 1 when a row says it failed ("ok": false, e.g. leftovers after a run)."""
+--runners 20`). The ui bench churns VMs for SHOAL_BENCH_UI_CHURN_SECONDS (default 600; 60 for a
+quick run). Exits 1 when a row says it failed ("ok": false, e.g. leftovers after a run)."""
 
 import argparse
 import json
@@ -11,7 +12,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import foundation, heartbeats, images, jobs, qemu, runnerpools, scheduler, tunnels
+from bench import foundation, heartbeats, images, jobs, qemu, runnerpools, scheduler, tunnels, ui
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -33,7 +34,14 @@ def main() -> int:
     )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
-    wanted = set(args.names) or {"foundation", "scheduler", "heartbeats", "tunnels", "runnerpools"}
+    wanted = set(args.names) or {
+        "foundation",
+        "scheduler",
+        "heartbeats",
+        "tunnels",
+        "runnerpools",
+        "ui",
+    }
     rows = []
     if "foundation" in wanted:
         rows += foundation.run()
@@ -51,6 +59,8 @@ def main() -> int:
         rows += jobs.run()
     if "runnerpools" in wanted:
         rows += runnerpools.run(args.jobs, args.runners)
+    if "ui" in wanted:  # SHOAL_BENCH_UI_CHURN_SECONDS=60 for a quick run (default 600)
+        rows += ui.run()
     width = max(len(r["name"]) for r in rows)
     print(f"{'benchmark':<{width}}  {'value':>12}  unit")
     for row in rows:
@@ -67,6 +77,8 @@ def main() -> int:
         runnerpools.RUNNERS,
     ):  # a quick run does not overwrite the full one's figures
         stem += f"-{args.jobs}x{args.runners}"
+    if "ui" in wanted and ui.churn_seconds() != ui.CHURN_SECONDS:
+        stem += f"-churn{ui.churn_seconds():g}s"  # a quick run, as above
     path = RESULTS / f"{stem}.json"
     path.write_text(json.dumps(report, indent=2))
     print(f"\nwritten: {path}")

@@ -81,6 +81,7 @@ def test_linux_kernel_boot_command() -> None:
     )
     assert "virtio-net-pci,netdev=n0,romfile=" in devices(argv)
     assert "virtio-rng-pci" in devices(argv)
+    assert "VGA" in devices(argv)  # a screen for VNC and the web UI
 
     # Daemonized, with its pid where the backend looks for it.
     assert "-daemonize" in argv

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from conftest import TEST_IMAGE, QemuDev
 from helpers import SHOAL, wait_until
+from qemu_dev import TEST_IMAGE, QemuDev
 from shoal.testguest import TestGuest
 from shoal.tunnel.client import Endpoint
 from shoal.tunnel.execclient import execute

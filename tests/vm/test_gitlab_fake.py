@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TEST_IMAGE, QemuDev
 from fakes.gitlab_runner import (
     BUILD_FAILURE_EXIT_CODE,
     SYSTEM_FAILURE_EXIT_CODE,
@@ -23,6 +22,7 @@ from fakes.gitlab_runner import (
     Job,
 )
 from helpers import SHOAL, free_port, kill_group, wait_until
+from qemu_dev import TEST_IMAGE, QemuDev
 from shoal.client import Client
 from shoal.testguest import TestGuest
 from shoal.testguest.build import GATEWAY

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from conftest import TEST_IMAGE, QemuDev, qemu_processes_under
 from helpers import Cli, free_port, wait_until
+from qemu_dev import TEST_IMAGE, QemuDev, qemu_processes_under
 from shoal.testguest import TestGuest
 
 pytestmark = pytest.mark.skipif(

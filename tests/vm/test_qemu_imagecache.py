@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from test_qemu_images import push_small_image
 
-from conftest import QemuDev
 from images.image_helpers import Registry
 from images.registry_fixtures import isolated_credentials, registry
+from qemu_dev import QemuDev
 
 __all__ = ["isolated_credentials", "registry"]
 

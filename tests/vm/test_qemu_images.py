@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import TEST_IMAGE, QemuDev
 from helpers import Fatal, wait_until
 from images.image_helpers import PASSWORD, USER, CutProxy, Registry, write_disk
 from images.registry_fixtures import htpasswd_registry, isolated_credentials, registry
+from qemu_dev import TEST_IMAGE, QemuDev
 from shoal.backends.base import Actual, BackendError
 from shoal.backends.qemu import QemuBackend, QemuSettings
 from shoal.backends.qemu.images import PULL_FAILED, NodeImages

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from conftest import TEST_IMAGE, QemuDev
 from helpers import wait_until
 from images.image_helpers import Registry
 from images.registry_fixtures import isolated_credentials, registry
+from qemu_dev import TEST_IMAGE, QemuDev
 from shoal.testguest import TestGuest
 
 __all__ = ["isolated_credentials", "registry"]

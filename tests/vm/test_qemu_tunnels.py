@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_IMAGE, QemuDev
 from helpers import SHOAL, kill_group
+from qemu_dev import TEST_IMAGE, QemuDev
 from shoal.testguest import TestGuest
 
 pytestmark = pytest.mark.skipif(

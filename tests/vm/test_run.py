@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_IMAGE, QemuDev
 from helpers import SHOAL, wait_until
+from qemu_dev import TEST_IMAGE, QemuDev
 from shoal.testguest import TestGuest
 
 pytestmark = pytest.mark.skipif(

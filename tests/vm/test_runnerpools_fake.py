@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from conftest import TEST_IMAGE, QemuDev
 from fakes.buildkite import BuildkiteFake
 from fakes.github import RUNNER_SCRIPT, FakeGitHub
 from fakes.jenkins import FakeJenkins
 from fakes.serving import serve
 from helpers import Cli, free_port, wait_until
+from qemu_dev import TEST_IMAGE, QemuDev
 from runnerpool_helpers import (
     FAKES,
     create_access_secret,

@@ -82,7 +82,15 @@ class Session:
         writer = asyncio.create_task(self._write())
         try:
             while True:
-                await self._handle(await self.socket.receive_text())
+                message = await self.socket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:  # a binary frame: answered like any malformed one
+                    binary = BadRequest("bad request: frames are JSON text, not binary")
+                    await self.outbox.put(_error_frame(None, binary))
+                    continue
+                await self._handle(text)
         except WebSocketDisconnect:
             pass
         finally:

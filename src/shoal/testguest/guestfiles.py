@@ -61,12 +61,13 @@ exec switch_root /newroot /sbin/init
 # busybox init's table on the root disk. dropbear runs in the foreground under init (respawned
 # if it dies, its log on the console); `announce` prints the ready line once it listens. The
 # console shell starts when Enter is pressed on ttyS0 (askfirst, respawned on exit), which keeps
-# it from competing with sshd for the one vCPU at boot.
+# it from competing with sshd for the one vCPU at boot; so does the one on the screen (tty1).
 INITTAB = """\
 ::sysinit:/etc/init.d/rcS
 ::once:/etc/init.d/announce
 ::respawn:/usr/sbin/dropbear -F -E -s -p 22 -r /etc/dropbear/dropbear_ed25519_host_key -P /run/dropbear.pid
 ttyS0::askfirst:-/bin/sh
+tty1::askfirst:-/bin/sh
 ::shutdown:/etc/init.d/rcK
 """
 

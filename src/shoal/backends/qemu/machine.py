@@ -167,6 +167,9 @@ def linux_command(machine: Machine, paths: Paths, host: HostSetup) -> list[str]:
     argv += ["-drive", f"file={_opt(str(paths.disk))},if=virtio,format=qcow2,discard=unmap"]
     argv += _network(machine, "virtio-net-pci")
     argv += ["-device", "virtio-rng-pci"]
+    # A display for `shoal vnc` and the web UI's screen (-nodefaults leaves none): the
+    # standard VGA, whose text mode any guest and firmware draw on.
+    argv += ["-device", "VGA"]
     return argv
 
 

@@ -36,13 +36,14 @@ const routes = [
 
 let current = null; // the page shown: {stop()}
 let namespaces = null;
+let signedIn = false; // past the sign-in form: a 401 now means the token stopped working
 
 function showBanner(text) {
   if (text) { banner.textContent = text; banner.hidden = false; } else { banner.hidden = true; }
 }
 
 mux.onStatus((up) => showBanner(up ? "" : "Connection to the controller lost: reconnecting…"));
-onUnauthorized(() => { if (session.token) signOut("Your token is no longer valid: sign in again."); });
+onUnauthorized((error) => { if (signedIn) signOut(`Signed out: ${error.message}`); });
 
 function stopPage() {
   if (current && current.stop) current.stop();
@@ -50,6 +51,7 @@ function stopPage() {
 }
 
 function signOut(message = "") {
+  signedIn = false;
   session.token = null;
   forget();
   stopPage();
@@ -91,6 +93,7 @@ function showSignIn(message = "") {
 }
 
 async function start() {
+  signedIn = true;
   header.hidden = false;
   try {
     const who = await review("");
