@@ -100,14 +100,27 @@ PAGE_TIMEOUT_MS = 120_000.0
 
 Row = dict[str, Any]
 
-# Long tasks (main thread busy >= 50 ms) of each page, kept for the progress lines.
-LONG_TASKS = """
+# Run in every page before the app: long tasks (the main thread busy >= 50 ms), kept for the
+# progress lines; and when a watch event naming a live-update VM first reaches the page's socket
+# (a listener added as the socket is made runs before the app's onmessage).
+INIT_SCRIPT = """
 window.__longTasks = [];
 try {
   new PerformanceObserver((list) => {
     for (const e of list.getEntries()) window.__longTasks.push([e.startTime, e.duration]);
   }).observe({ type: "longtask", buffered: true });
 } catch (error) { /* no long task timing */ }
+window.__socketSeen = {};
+const NativeWebSocket = window.WebSocket;
+window.WebSocket = class extends NativeWebSocket {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("message", (event) => {
+      const found = typeof event.data === "string" && /"name":"(ui-live-\\d+)"/.exec(event.data);
+      if (found && !(found[1] in window.__socketSeen)) window.__socketSeen[found[1]] = Date.now();
+    });
+  }
+};
 """
 FIRST_PAINT = """() => {
   const e = performance.getEntriesByType("paint").find((p) => p.name === "first-contentful-paint");
@@ -397,7 +410,7 @@ def _heap(page: Page) -> dict[str, float]:
 
 def _fresh(browser: Browser) -> tuple[BrowserContext, Page]:
     context = browser.new_context()
-    context.add_init_script(LONG_TASKS)
+    context.add_init_script(INIT_SCRIPT)
     page = context.new_page()
     page.set_default_timeout(PAGE_TIMEOUT_MS)
     return context, page
@@ -439,9 +452,10 @@ def _sign_ins(browser: Browser, url: str, token: str, vms: int | None) -> list[f
     return times
 
 
-def _list_loads(page: Page, n: int) -> tuple[list[float], float]:
-    """ms from asking for #/vms to n rows drawn, LOADS times; and the longest task meanwhile."""
-    times = []
+def _list_loads(page: Page, n: int) -> tuple[list[float], list[float]]:
+    """ms from asking for #/vms to n rows drawn, LOADS times; and the longest main-thread task
+    of each load."""
+    times, longest = [], []
     for _ in range(LOADS):
         page.evaluate("() => { location.hash = '#/images'; }")
         page.wait_for_selector("#view h1:has-text('Images')")
@@ -449,23 +463,33 @@ def _list_loads(page: Page, n: int) -> tuple[list[float], float]:
         asked = float(page.evaluate(GO_TO_LIST))
         drawn = page.wait_for_function(LIST_DRAWN, arg=n, polling="raf")
         times.append(float(drawn.json_value()) - asked)
-    return times, float(page.evaluate(LONGEST_TASK))
+        longest.append(float(page.evaluate(LONGEST_TASK)))
+    return times, longest
 
 
-def _live_updates(page: Page, http: httpx.Client) -> tuple[list[float], list[float]]:
-    """Latency of UPDATES changes made through the API to their rows in the open list, and the
-    create request's round trip, ms.
+@dataclass
+class Update:
+    """One live update, ms after the create request was sent."""
+
+    answered: float  # the create's answer is back here
+    socket: float  # its watch event reached the page's socket
+    row: float  # its row is in the DOM
+
+
+def _live_updates(page: Page, http: httpx.Client) -> list[Update]:
+    """UPDATES VMs made through the API while the list is open, and when each showed.
 
     The method: a thread makes the VM through the API (after a short pause, so the page is
     already looking), noting time.time() just before it sends the POST and when the answer
     is back. Meanwhile this thread has the page poll for the VM's row once per animation frame
     (page.wait_for_function, polling "raf"), which answers Date.now() the first frame the row
-    (its link, by name, so the page can look before the VM exists) is in the DOM. Both clocks
-    are this machine's wall clock, read in ms. The change is committed somewhere inside the
-    request, and its watch event may reach the page before the answer reaches this process, so
-    the clock starts just before the request is sent: the figure includes the create's round
-    trip (given as its own row) and up to one frame (~17 ms) of polling."""
-    latencies, trips = [], []
+    (its link, by name, so the page can look before the VM exists) is in the DOM; the init
+    script notes Date.now() when the watch event first reaches the page's socket. All are this
+    machine's wall clock, in ms. The change is committed somewhere inside the request, and its
+    watch event may reach the page before the answer reaches this process, so the clock starts
+    just before the request is sent: the latency includes the create's round trip (given as its
+    own row) and up to one frame (~17 ms) of polling."""
+    updates = []
     for i in range(UPDATES):
         name = f"ui-live-{i:02d}"
         times: dict[str, float] = {}
@@ -487,22 +511,22 @@ def _live_updates(page: Page, http: httpx.Client) -> tuple[list[float], list[flo
         maker = threading.Thread(target=create, daemon=True)
         maker.start()
         try:
-            seen = float(
-                page.wait_for_function(
-                    ROW_SHOWN, arg=name, polling="raf", timeout=60_000
-                ).json_value()
-            )
+            seen = page.wait_for_function(ROW_SHOWN, arg=name, polling="raf", timeout=60_000)
+            row = float(seen.json_value())
         finally:
             maker.join(60)
         if failed:
             raise failed[0]
-        latencies.append(seen - times["sent"])
-        trips.append(times["answered"] - times["sent"])
+        socket = float(page.evaluate("(name) => window.__socketSeen[name]", name))
+        sent = times["sent"]
+        update = Update(times["answered"] - sent, socket - sent, row - sent)
+        updates.append(update)
         _say(
-            f"  {name}: row after {latencies[-1]:.0f} ms (create answered after {trips[-1]:.0f} ms)"
+            f"  {name}: row after {update.row:.0f} ms (create answered after "
+            f"{update.answered:.0f} ms, event at the page's socket after {update.socket:.0f} ms)"
         )
         time.sleep(0.5)
-    return latencies, trips
+    return updates
 
 
 def _churn(page: Page, http: httpx.Client, seconds: float) -> None:
@@ -574,15 +598,36 @@ def run() -> list[Row]:
             signal.signal(sig, handler)
 
 
+def _page_memory(page: Page, browser_pid: int, when: str) -> tuple[dict[str, float], Memory]:
+    heap = _heap(page)
+    memory = _memory(browser_pid)
+    _say(
+        f"{when}: JS heap {heap['JSHeapUsedSize'] / MB:.1f} MB, DOM nodes {heap['Nodes']:.0f}, "
+        f"listeners {heap['JSEventListeners']:.0f}; browser {memory}"
+    )
+    return heap, memory
+
+
+def _ms(values: list[float]) -> str:
+    return ", ".join(f"{t:.0f}" for t in values)
+
+
 def _measure(
     browser: Browser, browser_pid: int, url: str, token: str, http: httpx.Client, churn: float
 ) -> list[Row]:
     rows: list[Row] = []
 
+    # 0. What the browser itself holds: one context, one blank page.
+    context, page = _fresh(browser)
+    page.goto("about:blank")
+    time.sleep(1)
+    blank = _memory(browser_pid)
+    _say(f"one blank page: browser {blank}")
+    context.close()
+
     # 1. Cold loads and sign-in, no VM yet.
     paints, forms = _cold_loads(browser, url)
-    _say(f"first paint, ms: {', '.join(f'{t:.0f}' for t in paints)}")
-    _say(f"sign-in form shown, ms: {', '.join(f'{t:.0f}' for t in forms)}")
+    _say(f"first paint, ms: {_ms(paints)}; sign-in form shown, ms: {_ms(forms)}")
     first_paint = _median(paints)
     rows.append(
         {
@@ -594,7 +639,7 @@ def _measure(
     )
     rows.append({"name": "ui sign-in form shown", "value": _median(forms), "unit": "ms"})
     signins = _sign_ins(browser, url, token, None)
-    _say(f"signed in -> overview, ms: {', '.join(f'{t:.0f}' for t in signins)}")
+    _say(f"signed in -> overview, ms: {_ms(signins)}")
     rows.append({"name": "ui signed in overview", "value": _median(signins), "unit": "ms"})
 
     # 2. 1,000 VMs: the list, and live updates to it.
@@ -605,7 +650,7 @@ def _measure(
     _running(http, names)
     _say(f"... and all Running {time.monotonic() - made:.1f}s after the first create")
     signins = _sign_ins(browser, url, token, VMS)
-    _say(f"signed in -> overview with {VMS} VMs, ms: {', '.join(f'{t:.0f}' for t in signins)}")
+    _say(f"signed in -> overview with {VMS} VMs, ms: {_ms(signins)}")
     rows.append(
         {"name": f"ui signed in overview, {VMS} VMs", "value": _median(signins), "unit": "ms"}
     )
@@ -613,37 +658,45 @@ def _measure(
     context, page = _fresh(browser)
     _sign_in(page, url, token, VMS)
     loads, longest = _list_loads(page, VMS)
-    _say(
-        f"#/vms -> {VMS} rows, ms: {', '.join(f'{t:.0f}' for t in loads)} (longest main-thread "
-        f"task in the last: {longest:.0f} ms)"
-    )
+    _say(f"#/vms -> {VMS} rows, ms: {_ms(loads)}; longest main-thread task of each: {_ms(longest)}")
     rows.append({"name": f"ui {VMS}-VM live list", "value": _median(loads), "unit": "ms"})
-    latencies, trips = _live_updates(page, http)
-    rows.append({"name": "ui live update latency", "value": _median(latencies), "unit": "ms"})
+    page.evaluate("() => { window.__longTasks = []; }")
+    updates = _live_updates(page, http)
+    _say(f"longest main-thread task during the live updates: {page.evaluate(LONGEST_TASK):.0f} ms")
     rows.append(
-        {"name": "  of which the create's round trip", "value": _median(trips), "unit": "ms"}
+        {"name": "ui live update latency", "value": _median([u.row for u in updates]), "unit": "ms"}
+    )
+    rows.append(
+        {
+            "name": "  of which the create's round trip",
+            "value": _median([u.answered for u in updates]),
+            "unit": "ms",
+        }
+    )
+    rows.append(
+        {
+            "name": "  of which to the page's socket",
+            "value": _median([u.socket for u in updates]),
+            "unit": "ms",
+        }
     )
 
     # 3. Memory before and after a churn of VMs, the list open all along.
     for other in browser.contexts:
         if other is not context:
             other.close()
-    before = _heap(page)
-    procs, rss, pss = _memory(browser_pid)
-    _say(
-        f"before the churn: JS heap {before['JSHeapUsedSize'] / MB:.1f} MB, DOM nodes "
-        f"{before['Nodes']:.0f}, listeners {before['JSEventListeners']:.0f}; browser RSS "
-        f"{rss / MB:.1f} MB, PSS {pss / MB:.1f} MB over {procs} processes"
-    )
+    heap, memory = _page_memory(page, browser_pid, "before the churn")
     rows.append(
-        {"name": "ui JS heap before churn", "value": before["JSHeapUsedSize"] / MB, "unit": "MB"}
+        {"name": "ui JS heap before churn", "value": heap["JSHeapUsedSize"] / MB, "unit": "MB"}
     )
-    rows.append({"name": "ui browser RSS before churn", "value": rss / MB, "unit": "MB"})
+    rows.append({"name": "ui browser RSS before churn", "value": memory.rss / MB, "unit": "MB"})
     _say(
         f"churn: {CHURN_TOTAL} VMs, {CHURN_BATCH} at a time, over {churn:.0f}s "
         "(SHOAL_BENCH_UI_CHURN_SECONDS)"
     )
+    page.evaluate("() => { window.__longTasks = []; }")
     _churn(page, http, churn)
+    _say(f"longest main-thread task during the churn: {page.evaluate(LONGEST_TASK):.0f} ms")
     expected = len(_all_vms(http))
     try:
         page.wait_for_function(f"() => ({ROWS})() === {expected}", polling=250, timeout=30_000)
@@ -663,25 +716,20 @@ def _measure(
         }
     )
     rows.append({"name": "  VMs the API lists", "value": float(expected), "unit": "VMs"})
-    after = _heap(page)
-    procs, rss, pss = _memory(browser_pid)
-    _say(
-        f"after the churn: JS heap {after['JSHeapUsedSize'] / MB:.1f} MB, DOM nodes "
-        f"{after['Nodes']:.0f}, listeners {after['JSEventListeners']:.0f}; browser RSS "
-        f"{rss / MB:.1f} MB, PSS {pss / MB:.1f} MB over {procs} processes (the browser, pid "
-        f"{browser_pid}, and every process below it in /proc)"
-    )
+    heap, memory = _page_memory(page, browser_pid, "after the churn")
     rows.append(
-        {"name": "ui JS heap after churn", "value": after["JSHeapUsedSize"] / MB, "unit": "MB"}
+        {"name": "ui JS heap after churn", "value": heap["JSHeapUsedSize"] / MB, "unit": "MB"}
     )
     rows.append(
         {
             "name": "ui browser RSS after churn",
-            "value": rss / MB,
+            "value": memory.rss / MB,
             "unit": "MB",
-            "ok": rss / MB < RSS_TARGET_MB,
+            "ok": memory.rss / MB < RSS_TARGET_MB,
         }
     )
-    rows.append({"name": "ui browser PSS after churn", "value": pss / MB, "unit": "MB"})
+    rows.append({"name": "ui browser PSS after churn", "value": memory.pss / MB, "unit": "MB"})
+    rows.append({"name": "  browser RSS, one blank page", "value": blank.rss / MB, "unit": "MB"})
+    rows.append({"name": "  browser PSS, one blank page", "value": blank.pss / MB, "unit": "MB"})
     context.close()
     return rows

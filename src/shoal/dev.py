@@ -88,6 +88,7 @@ async def run_dev(settings: DevSettings, announce: Callable[[str], None]) -> Non
         contexts.save()
         announce(
             f"shoal dev is serving {url}\n"
+            f"  web UI: {url}/  (sign in with the admin token)\n"
             f"  backend: {choice.reason}, {settings.nodes} node(s)\n"
             f"  data dir: {settings.data_dir}  (admin token in {settings.data_dir / 'admin.token'})\n"
             f"  CLI context '{DEV_CONTEXT}' is now current: try `shoal vm deploy --image {image_hint} --wait`"
