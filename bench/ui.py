@@ -22,10 +22,15 @@ Rows:
   same with the VMs Running (and the overview's "All VMs" figure saying so).
 - `ui 1000-VM list`: signed in, `#/vms` (all namespaces) asked for -> `#vm-count` says "1000 of
   1000 VMs" and 1000 rows are in the table; median of LOADS (between two, the page goes to the
-  light `#/images`, so every one lists and draws the 1000 VMs afresh).
+  light `#/images`, so every one lists and draws the 1000 VMs afresh); and the page's main
+  thread's time in layout meanwhile (CDP Performance.getMetrics, class MainThread).
 - `ui live update latency`: with that list open, one more VM created through the API -> its row
-  in the DOM, median of UPDATES (method at _live_updates); and the create request's own round
-  trip, which the latency includes.
+  in the DOM, median of UPDATES (method at _live_updates); the create request's own round trip,
+  which the latency includes, and when the VM's watch event reached the page's WebSocket (the
+  rest is the page's own work). `ui main thread per live-update VM`: the main thread's busy time
+  over the live updates (each VM's create and the status changes that follow it), per VM, and
+  its layout share. The progress lines give the main thread's split (script, layout, style) and
+  its longest task (Long Tasks API) for the loads, the updates and the churn.
 - `ui rows after churn`, `ui JS heap after churn`, `ui browser RSS after churn`: the same page
   stays open while CHURN_TOTAL VMs come and go, CHURN_BATCH at a time (made, Running, deleted,
   gone), paced over SHOAL_BENCH_UI_CHURN_SECONDS (default 600). Then the page's rows must equal
@@ -40,8 +45,10 @@ Rows:
   (~4 MB each). The sum of RSS counts shared pages (libraries, shared memory) once per process,
   so it overstates; `ui browser PSS after churn` (Pss of /proc/PID/smaps_rollup, shared pages
   split between their users) is the fairer figure. The heap and RSS before the churn, with the
-  same page open, are rows too, so growth shows. Before measuring, every other context (and so
-  its renderer) is closed.
+  same page open, are rows too, so growth shows; so are the browser's RSS and PSS with one
+  blank page (one context, about:blank, measured first), what Chromium costs with no UI at all,
+  and the RSS after the churn less that. Before measuring, every other context (and so its
+  renderer) is closed; the progress lines split RSS by process kind (--type).
 
 MB = 10^6 bytes. Progress goes to stderr. shoal dev (its own process group, and killed should
 this process die), the browser and the temp dir are removed in `finally`, also on
@@ -405,6 +412,42 @@ def _heap(page: Page) -> dict[str, float]:
         cdp.detach()
 
 
+class MainThread:
+    """The page's main thread, from CDP Performance.getMetrics: the time it spent in tasks, and
+    in script, layout and style recalculation, between two readings (ms)."""
+
+    KINDS = {
+        "busy": "TaskDuration",
+        "script": "ScriptDuration",
+        "layout": "LayoutDuration",
+        "style": "RecalcStyleDuration",
+    }
+
+    def __init__(self, page: Page) -> None:
+        self.cdp = page.context.new_cdp_session(page)
+        self.cdp.send("Performance.enable")
+        self.last = self._read()
+
+    def _read(self) -> dict[str, float]:
+        metrics = self.cdp.send("Performance.getMetrics")["metrics"]
+        found = {m["name"]: float(m["value"]) for m in metrics}
+        return {kind: found[name] * 1000 for kind, name in self.KINDS.items()}
+
+    def spent(self) -> dict[str, float]:
+        """ms spent since the last call (or since made)."""
+        now = self._read()
+        spent = {kind: now[kind] - self.last[kind] for kind in now}
+        self.last = now
+        return spent
+
+    def close(self) -> None:
+        self.cdp.detach()
+
+
+def _split(spent: dict[str, float], per: int = 1) -> str:
+    return ", ".join(f"{kind} {ms / per:.0f}" for kind, ms in spent.items())
+
+
 # -- the page --------------------------------------------------------------------------------
 
 
@@ -452,19 +495,26 @@ def _sign_ins(browser: Browser, url: str, token: str, vms: int | None) -> list[f
     return times
 
 
-def _list_loads(page: Page, n: int) -> tuple[list[float], list[float]]:
-    """ms from asking for #/vms to n rows drawn, LOADS times; and the longest main-thread task
-    of each load."""
-    times, longest = [], []
-    for _ in range(LOADS):
-        page.evaluate("() => { location.hash = '#/images'; }")
-        page.wait_for_selector("#view h1:has-text('Images')")
-        page.evaluate("() => { window.__longTasks = []; }")
-        asked = float(page.evaluate(GO_TO_LIST))
-        drawn = page.wait_for_function(LIST_DRAWN, arg=n, polling="raf")
-        times.append(float(drawn.json_value()) - asked)
-        longest.append(float(page.evaluate(LONGEST_TASK)))
-    return times, longest
+def _list_loads(page: Page, n: int) -> tuple[list[float], list[float], list[dict[str, float]]]:
+    """ms from asking for #/vms to n rows drawn, LOADS times; the longest main-thread task of
+    each load, and where the main thread's time went in each (MainThread)."""
+    times, longest, spent = [], [], []
+    main = MainThread(page)
+    try:
+        for _ in range(LOADS):
+            page.evaluate("() => { location.hash = '#/images'; }")
+            page.wait_for_selector("#view h1:has-text('Images')")
+            page.wait_for_timeout(500)  # the light page drawn and settled
+            page.evaluate("() => { window.__longTasks = []; }")
+            main.spent()
+            asked = float(page.evaluate(GO_TO_LIST))
+            drawn = page.wait_for_function(LIST_DRAWN, arg=n, polling="raf")
+            times.append(float(drawn.json_value()) - asked)
+            spent.append(main.spent())
+            longest.append(float(page.evaluate(LONGEST_TASK)))
+    finally:
+        main.close()
+    return times, longest, spent
 
 
 @dataclass
@@ -657,12 +707,28 @@ def _measure(
 
     context, page = _fresh(browser)
     _sign_in(page, url, token, VMS)
-    loads, longest = _list_loads(page, VMS)
+    loads, longest, spent = _list_loads(page, VMS)
     _say(f"#/vms -> {VMS} rows, ms: {_ms(loads)}; longest main-thread task of each: {_ms(longest)}")
+    for i, each in enumerate(spent):
+        _say(f"  load {i + 1}, the page's main thread, ms: {_split(each)}")
     rows.append({"name": f"ui {VMS}-VM live list", "value": _median(loads), "unit": "ms"})
+    rows.append(
+        {
+            "name": "  of which layout (main thread)",
+            "value": _median([each["layout"] for each in spent]),
+            "unit": "ms",
+        }
+    )
     page.evaluate("() => { window.__longTasks = []; }")
+    main = MainThread(page)
     updates = _live_updates(page, http)
-    _say(f"longest main-thread task during the live updates: {page.evaluate(LONGEST_TASK):.0f} ms")
+    spent_updates = main.spent()
+    main.close()
+    _say(
+        f"during the live updates: longest main-thread task {page.evaluate(LONGEST_TASK):.0f} ms; "
+        f"the main thread per live-update VM (its create and status changes), ms: "
+        f"{_split(spent_updates, UPDATES)}"
+    )
     rows.append(
         {"name": "ui live update latency", "value": _median([u.row for u in updates]), "unit": "ms"}
     )
@@ -677,6 +743,20 @@ def _measure(
         {
             "name": "  of which to the page's socket",
             "value": _median([u.socket for u in updates]),
+            "unit": "ms",
+        }
+    )
+    rows.append(
+        {
+            "name": "ui main thread per live-update VM",
+            "value": spent_updates["busy"] / UPDATES,
+            "unit": "ms",
+        }
+    )
+    rows.append(
+        {
+            "name": "  of which layout",
+            "value": spent_updates["layout"] / UPDATES,
             "unit": "ms",
         }
     )
@@ -695,8 +775,14 @@ def _measure(
         "(SHOAL_BENCH_UI_CHURN_SECONDS)"
     )
     page.evaluate("() => { window.__longTasks = []; }")
+    main = MainThread(page)
     _churn(page, http, churn)
-    _say(f"longest main-thread task during the churn: {page.evaluate(LONGEST_TASK):.0f} ms")
+    spent_churn = main.spent()
+    main.close()
+    _say(
+        f"during the churn: longest main-thread task {page.evaluate(LONGEST_TASK):.0f} ms; the "
+        f"page's main thread, ms: {_split(spent_churn)}"
+    )
     expected = len(_all_vms(http))
     try:
         page.wait_for_function(f"() => ({ROWS})() === {expected}", polling=250, timeout=30_000)
@@ -731,5 +817,12 @@ def _measure(
     rows.append({"name": "ui browser PSS after churn", "value": memory.pss / MB, "unit": "MB"})
     rows.append({"name": "  browser RSS, one blank page", "value": blank.rss / MB, "unit": "MB"})
     rows.append({"name": "  browser PSS, one blank page", "value": blank.pss / MB, "unit": "MB"})
+    rows.append(
+        {
+            "name": "  browser RSS after churn less a blank page's",
+            "value": (memory.rss - blank.rss) / MB,
+            "unit": "MB",
+        }
+    )
     context.close()
     return rows

@@ -137,6 +137,25 @@ def test_a_person_runs_a_vm_from_the_browser(
     row = page.locator("tbody tr", has_text="web1")
     expect(row.locator(".phase")).to_have_text("Running")
     shoot(page, artifacts, "vms")
+    page.click("nav >> text=Overview")
+    expect(page.locator("[data-phase=Running]")).to_have_text("1")
+
+    # On a phone's screen the pages fit its width (wide tables scroll inside themselves), and
+    # the keyboard reaches the navigation.
+    page.set_viewport_size({"width": 390, "height": 844})
+    for route, name in (("#/", "overview-phone"), ("#/vms", "vms-phone")):
+        page.goto(f"{base}/{route}")
+        page.wait_for_selector("main h1")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), route
+        shoot(page, artifacts, name)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.reload()
+    page.wait_for_selector("main h1")
+    focused = []
+    for _ in range(3):
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.textContent"))
+    assert focused == ["Skip to content", "shoal", "Overview"], focused
 
     # Cordon the node, see it, uncordon it.
     page.click("nav >> text=Nodes")
@@ -148,6 +167,19 @@ def test_a_person_runs_a_vm_from_the_browser(
     shoot(page, artifacts, "nodes-cordoned")
     page.locator("tbody tr[data-key]").first.locator("[data-action=uncordon]").click()
     expect(page.locator("tbody tr[data-key]").first.locator(".phase")).to_have_text("Ready")
+    page.locator("tbody tr[data-key]").first.locator("[data-action=label]").click()
+    page.fill("#node-labels", "pool=ci, disk=ssd")
+    page.click("dialog button[type=submit]")
+    expect(page.locator("tbody tr[data-key]").first).to_contain_text("pool=ci, disk=ssd")
+    labels = dev.cli.json("node", "get", node_name)["metadata"]["labels"]
+    assert labels["pool"] == "ci" and labels["disk"] == "ssd"
+    page.locator("tbody tr[data-key]").first.locator("[data-action=label]").click()
+    page.fill("#node-labels", "disk=ssd, bad key=x")
+    page.click("dialog button[type=submit]")
+    expect(page.locator("dialog .error")).not_to_be_empty()  # the API's words about the key
+    page.fill("#node-labels", "disk=ssd")
+    page.click("dialog button[type=submit]")
+    expect(page.locator("tbody tr[data-key]").first.locator("td").nth(2)).to_have_text("disk=ssd")
 
     page.click("nav >> text=Images")
     expect(page.locator("tbody tr", has_text=TEST_IMAGE)).to_have_count(1)
@@ -197,5 +229,10 @@ def test_a_person_runs_a_vm_from_the_browser(
     expect(page.locator("tbody tr[data-key]")).to_have_count(1)
     expect(page.locator("[data-action=cordon]")).to_have_count(0)
     assert dev.cli.json("vm", "list", "-o", "json")["items"] == []
+
+    # Signing out forgets the token: the sign-in form again, and nothing left in the session.
+    page.click("#signout")
+    expect(page.locator("#token")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0
     assert not errors, errors
     viewer.close()

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from shoal.api.auth import Principal, authenticate, websocket_protocol
 from shoal.api.context import ApiContext
 from shoal.api.listing import make_query
-from shoal.api.routes import PREFIX, KindHandlers
+from shoal.api.routes import NAME_PATTERN, PREFIX, KindHandlers
 from shoal.errors import ApiError, BadRequest
 from shoal.model.registry import KINDS
 
@@ -41,7 +41,7 @@ class WatchRequest(BaseModel):
     op: Literal["watch"]
     id: WatchId
     resource: Annotated[str, Field(max_length=63)]
-    namespace: Annotated[str, Field(max_length=63)] | None = None
+    namespace: Annotated[str, Field(max_length=63, pattern=NAME_PATTERN)] | None = None
     labelSelector: Annotated[str, Field(max_length=4096)] | None = None
     fieldSelector: Annotated[str, Field(max_length=4096)] | None = None
     resourceVersion: Annotated[str, Field(max_length=32)] | None = None

@@ -53,6 +53,7 @@ function stopPage() {
 function signOut(message = "") {
   signedIn = false;
   session.token = null;
+  sessionStorage.clear(); // the namespace chosen goes too: the next person starts afresh
   forget();
   stopPage();
   if (namespaces) { namespaces.stop(); namespaces = null; }

@@ -54,27 +54,27 @@ export function overviewPage(view, { namespace }) {
     fill(capacity, nodeCards.length ? nodeCards : h("p", { class: "muted" }, "No nodes have joined."));
 
     const waiting = allVMs.filter((vm) => phaseOf(vm) === "Pending");
-    fill(pending, waiting.length ? h("table", { "aria-label": "Pending VMs" },
+    fill(pending, waiting.length ? h("div", { class: "table-wrap" }, h("table", { "aria-label": "Pending VMs" },
       h("thead", {}, h("tr", {}, h("th", {}, "VM"), h("th", {}, "Waiting for"), h("th", {}, "Age"))),
       h("tbody", {}, waiting.map((vm) => h("tr", {},
         h("td", {}, h("a", { href: `#/vms/${vm.metadata.namespace}/${vm.metadata.name}` },
           `${vm.metadata.namespace}/${vm.metadata.name}`)),
         h("td", {}, waitReason(vm) || "the scheduler"),
-        h("td", {}, age(vm.metadata.creationTimestamp))))))
+        h("td", {}, age(vm.metadata.creationTimestamp)))))))
       : h("p", { class: "muted" }, "No VM is waiting."));
 
     const recent = eventList.list()
       .sort((a, b) => String(b.lastTimestamp || b.metadata.creationTimestamp)
         .localeCompare(String(a.lastTimestamp || a.metadata.creationTimestamp)))
       .slice(0, RECENT_EVENTS);
-    fill(events, recent.length ? h("table", { "aria-label": "Recent events" },
+    fill(events, recent.length ? h("div", { class: "table-wrap" }, h("table", { "aria-label": "Recent events" },
       h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Object"), h("th", {}, "Reason"),
         h("th", {}, "Message"))),
       h("tbody", {}, recent.map((event) => h("tr", {},
         h("td", {}, age(event.lastTimestamp || event.metadata.creationTimestamp)),
         h("td", {}, `${event.involvedObject.kind} ${event.involvedObject.name}`),
         h("td", { class: event.type === "Warning" ? "error" : "" }, event.reason),
-        h("td", {}, event.message)))))
+        h("td", {}, event.message))))))
       : h("p", { class: "muted" }, "No events."));
   }
   render();
