@@ -31,7 +31,7 @@ Rows:
   over the live updates (each VM's create and the status changes that follow it), per VM, and
   its layout share. The progress lines give the main thread's split (script, layout, style) and
   its longest task (Long Tasks API) for the loads, the updates and the churn.
-- `ui rows after churn`, `ui JS heap after churn`, `ui browser RSS after churn`: the same page
+- `ui rows after churn`, `ui memory after churn, JS heap` and `..., browser RSS`: the same page
   stays open while CHURN_TOTAL VMs come and go, CHURN_BATCH at a time (made, Running, deleted,
   gone), paced over SHOAL_BENCH_UI_CHURN_SECONDS (default 600). Then the page's rows must equal
   the API's VM count ("ok": false otherwise); the JS heap in use after a forced GC (CDP
@@ -43,8 +43,8 @@ Rows:
   RSS_TARGET_MB ("ok": false over it). Chromium's two crashpad handlers are not counted: they
   detach (their parent is init), so nothing ties them to this browser rather than another
   (~4 MB each). The sum of RSS counts shared pages (libraries, shared memory) once per process,
-  so it overstates; `ui browser PSS after churn` (Pss of /proc/PID/smaps_rollup, shared pages
-  split between their users) is the fairer figure. The heap and RSS before the churn, with the
+  so it overstates; `ui memory after churn, browser PSS` (Pss of /proc/PID/smaps_rollup, shared
+  pages split between their users) is the fairer figure. The heap and RSS before the churn, with the
   same page open, are rows too, so growth shows; so are the browser's RSS and PSS with one
   blank page (one context, about:blank, measured first), what Chromium costs with no UI at all,
   and the RSS after the churn less that. Before measuring, every other context (and so its
@@ -636,10 +636,12 @@ def run() -> list[Row]:
             finally:
                 browser.close()
     finally:
-        if browser_pid is not None:  # anything the browser left behind
-            for pid in _descendants(_processes(), browser_pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        if browser_pid is not None:  # any chromium process the browser left behind
+            table = _processes()
+            for pid in _descendants(table, browser_pid):
+                if pid in table and _is_chromium(table[pid][1]):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
         if http is not None:
             http.close()
         dev.kill()
@@ -767,9 +769,15 @@ def _measure(
             other.close()
     heap, memory = _page_memory(page, browser_pid, "before the churn")
     rows.append(
-        {"name": "ui JS heap before churn", "value": heap["JSHeapUsedSize"] / MB, "unit": "MB"}
+        {
+            "name": "ui memory before churn, JS heap",
+            "value": heap["JSHeapUsedSize"] / MB,
+            "unit": "MB",
+        }
     )
-    rows.append({"name": "ui browser RSS before churn", "value": memory.rss / MB, "unit": "MB"})
+    rows.append(
+        {"name": "ui memory before churn, browser RSS", "value": memory.rss / MB, "unit": "MB"}
+    )
     _say(
         f"churn: {CHURN_TOTAL} VMs, {CHURN_BATCH} at a time, over {churn:.0f}s "
         "(SHOAL_BENCH_UI_CHURN_SECONDS)"
@@ -804,17 +812,23 @@ def _measure(
     rows.append({"name": "  VMs the API lists", "value": float(expected), "unit": "VMs"})
     heap, memory = _page_memory(page, browser_pid, "after the churn")
     rows.append(
-        {"name": "ui JS heap after churn", "value": heap["JSHeapUsedSize"] / MB, "unit": "MB"}
+        {
+            "name": "ui memory after churn, JS heap",
+            "value": heap["JSHeapUsedSize"] / MB,
+            "unit": "MB",
+        }
     )
     rows.append(
         {
-            "name": "ui browser RSS after churn",
+            "name": "ui memory after churn, browser RSS",
             "value": memory.rss / MB,
             "unit": "MB",
             "ok": memory.rss / MB < RSS_TARGET_MB,
         }
     )
-    rows.append({"name": "ui browser PSS after churn", "value": memory.pss / MB, "unit": "MB"})
+    rows.append(
+        {"name": "ui memory after churn, browser PSS", "value": memory.pss / MB, "unit": "MB"}
+    )
     rows.append({"name": "  browser RSS, one blank page", "value": blank.rss / MB, "unit": "MB"})
     rows.append({"name": "  browser PSS, one blank page", "value": blank.pss / MB, "unit": "MB"})
     rows.append(

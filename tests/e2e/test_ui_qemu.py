@@ -12,9 +12,13 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from helpers import Cli, free_port, wait_until
+from images.image_helpers import Registry, push_small_image
+from images.registry_fixtures import isolated_credentials, registry
 from qemu_dev import TEST_IMAGE, QemuDev, import_test_image
 from shoal.testguest import build_test_guest
 from ui_helpers import shoot, sign_in, watch_errors
+
+__all__ = ["isolated_credentials", "registry"]
 
 SECONDS = 1000  # Playwright counts milliseconds
 BOOT = 120 * SECONDS
@@ -72,7 +76,7 @@ def canvas_has_picture(page: Page) -> bool:
 
 
 def test_a_person_runs_a_vm_from_the_browser(
-    dev: QemuDev, browser: Browser, artifacts: Path
+    dev: QemuDev, browser: Browser, artifacts: Path, registry: Registry, tmp_path: Path
 ) -> None:
     base = base_url(dev)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -181,8 +185,20 @@ def test_a_person_runs_a_vm_from_the_browser(
     page.click("dialog button[type=submit]")
     expect(page.locator("tbody tr[data-key]").first.locator("td").nth(2)).to_have_text("disk=ssd")
 
+    # Images: pull one from a real registry onto the node, following the node's progress.
     page.click("nav >> text=Images")
     expect(page.locator("tbody tr", has_text=TEST_IMAGE)).to_have_count(1)
+    reference, _ = push_small_image(registry, tmp_path)
+    page.fill("#pull-reference", reference)
+    page.fill("#pull-name", "small")
+    page.click("form:has(#pull-reference) button[type=submit]")
+    card = page.locator("[data-cache=small]")
+    expect(card).to_contain_text("1/1 nodes ready", timeout=120 * SECONDS)
+    expect(card).to_contain_text("Ready")
+    assert reference in dev.cli.json("node", "get", node_name)["status"]["cachedImages"]
+    page.fill("#pull-reference", "Not A Reference")
+    page.click("form:has(#pull-reference) button[type=submit]")
+    expect(page.locator("[data-error-for='spec.image']")).not_to_be_empty()
     shoot(page, artifacts, "images")
 
     # Admin: a service account, a view binding, a token shown once.

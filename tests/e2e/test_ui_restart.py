@@ -55,9 +55,11 @@ def test_the_overview_stays_live_across_a_controller_restart(
 
         page.on(
             "request",
-            lambda request: lists_after_restart.append(request.url)
-            if "/virtualmachines" in request.url
-            else None,
+            lambda request: (
+                lists_after_restart.append(request.url)
+                if "/virtualmachines" in request.url
+                else None
+            ),
         )
         controller.start()
         expect(page.locator("#banner")).to_be_hidden(timeout=30 * SECONDS)

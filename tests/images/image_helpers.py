@@ -32,6 +32,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from shoal.images.layout import Metadata
+from shoal.images.push import push_image
+from shoal.images.reference import parse
 from shoal.images.registry import RegistryClient
 
 REGISTRY = shutil.which("docker-registry")
@@ -378,3 +381,15 @@ def disk_digest(path: Path) -> str:
         while block := file.read(4 * 2**20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def push_small_image(registry: Registry, tmp_path: Path, tag: str = "1") -> tuple[str, str]:
+    """A 4 MiB raw disk-boot image with two stored chunks; returns (reference, digest)."""
+    disk = tmp_path / f"small-{tag}.raw"
+    write_disk(disk, 4 * 2**20, [(0, 100_000), (3 * 2**20, 50_000)])
+    reference = f"{registry.host}/small:{tag}"
+    with registry.client() as client:
+        result = push_image(
+            client, parse(reference), disk, Metadata(sshUser="builder"), chunk_size=2**20
+        )
+    return reference, result.digest

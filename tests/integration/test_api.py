@@ -356,3 +356,23 @@ def test_image_must_name_an_image_or_be_an_oci_reference(http: httpx.Client) -> 
     assert message.startswith("spec.image (from VMConfig 'c'): no Image named 'ubuntu-24'")
     assert http.get(resource_path("virtualmachines", "default", "from-c")).status_code == 404
     http.delete(config_path)
+
+
+def test_an_image_cache_of_an_image_that_names_nothing_is_refused(http: httpx.Client) -> None:
+    """As for a VM: neither an Image's name nor an OCI reference would only fail on the nodes."""
+    path = resource_path("imagecaches")
+    body = {"metadata": {"name": "nothing"}, "spec": {"image": "Not A Reference", "allNodes": True}}
+    refused = http.post(path, json=body)
+    assert refused.status_code == 422
+    assert status_of(refused)["details"]["field"] == "spec.image"
+    assert "no Image named 'Not A Reference'" in status_of(refused)["message"]
+    assert http.get(resource_path("imagecaches", None, "nothing")).status_code == 404
+    body["spec"]["image"] = "registry.example:5000/team/base:1"
+    assert http.post(path, json=body).status_code == 201
+    patched = http.patch(
+        resource_path("imagecaches", None, "nothing"),
+        json={"spec": {"image": "nope nope"}},
+        headers={"content-type": "application/merge-patch+json"},
+    )
+    assert patched.status_code == 422
+    assert http.delete(resource_path("imagecaches", None, "nothing")).status_code == 200

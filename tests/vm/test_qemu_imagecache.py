@@ -6,9 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_qemu_images import push_small_image
 
-from images.image_helpers import Registry
+from images.image_helpers import Registry, push_small_image
 from images.registry_fixtures import isolated_credentials, registry
 from qemu_dev import QemuDev
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from helpers import Fatal, wait_until
-from images.image_helpers import PASSWORD, USER, CutProxy, Registry, write_disk
+from images.image_helpers import PASSWORD, USER, CutProxy, Registry, push_small_image
 from images.registry_fixtures import htpasswd_registry, isolated_credentials, registry
 from qemu_dev import TEST_IMAGE, QemuDev
 from shoal.backends.base import Actual, BackendError
@@ -31,10 +31,7 @@ from shoal.backends.qemu import QemuBackend, QemuSettings
 from shoal.backends.qemu.images import PULL_FAILED, NodeImages
 from shoal.backends.qemu.machine import Machine
 from shoal.client import Client
-from shoal.images.layout import Metadata
 from shoal.images.oci import OCI_CONFIG, OCI_MANIFEST
-from shoal.images.push import push_image
-from shoal.images.reference import parse
 from shoal.testguest import TestGuest
 
 __all__ = ["htpasswd_registry", "isolated_credentials", "registry"]
@@ -50,18 +47,6 @@ VM_FLAGS = ["--cpu", "1", "--memory", "256Mi", "--disk", "1Gi"]
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def push_small_image(registry: Registry, tmp_path: Path, tag: str = "1") -> tuple[str, str]:
-    """A 4 MiB raw disk-boot image with two stored chunks; returns (reference, digest)."""
-    disk = tmp_path / f"small-{tag}.raw"
-    write_disk(disk, 4 * MI, [(0, 100_000), (3 * MI, 50_000)])
-    reference = f"{registry.host}/small:{tag}"
-    with registry.client() as client:
-        result = push_image(
-            client, parse(reference), disk, Metadata(sshUser="builder"), chunk_size=MI
-        )
-    return reference, result.digest
 
 
 def blob_gets(registry: Registry, repository: str) -> int:

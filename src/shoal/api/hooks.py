@@ -221,6 +221,15 @@ def _check_image(store: Store, image: str, origin: str = "") -> None:
         ) from None
 
 
+def _image_cache(store: Store, obj: Obj, model: BaseModel) -> None:
+    _check_image(store, obj["spec"]["image"])
+
+
+def _image_cache_update(store: Store, current: Obj, updated: Obj) -> None:
+    if updated["spec"]["image"] != current["spec"]["image"]:
+        _check_image(store, updated["spec"]["image"])
+
+
 def _template_update(store: Store, current: Obj, updated: Obj) -> None:
     """A replace or patch may not bring in an image that names nothing, a reference to a Secret
     that is not there, or a startup script that cannot run; what the object already holds (a
@@ -303,6 +312,7 @@ CREATE_HOOKS: dict[str, CreateHook] = {
     "VMConfig": _vm_config,
     "Secret": _secret,
     "RunnerPool": _runner_pool,
+    "ImageCache": _image_cache,
 }
 
 UPDATE_HOOKS: dict[str, UpdateHook] = {
@@ -310,4 +320,5 @@ UPDATE_HOOKS: dict[str, UpdateHook] = {
     "VMConfig": _template_update,
     "Secret": _secret_update,
     "RunnerPool": _runner_pool_update,
+    "ImageCache": _image_cache_update,
 }

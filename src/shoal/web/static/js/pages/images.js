@@ -1,5 +1,5 @@
-// Images and caches: the Images nodes can run, pulling a registry image onto nodes with
-// progress per node (ImageCache), and pre-caching an existing Image.
+// Images and caches: the Images nodes can run, pulling a registry image onto the nodes with
+// progress per node (an ImageCache), and pre-caching an existing Image the same way.
 
 import { api } from "../api.js";
 import { can } from "../access.js";
@@ -25,9 +25,9 @@ export function imagesPage(view) {
 
   const page = livePage({ images: ["images"], caches: ["imagecaches"] }, render);
   images.onSort = render;
-  Promise.all([can("create", "images"), can("create", "imagecaches")]).then(([pull, cache]) => {
+  can("create", "imagecaches").then((cache) => {
     mayCache = cache;
-    if (pull && cache) fill(pullArea, pullForm());
+    if (cache) fill(pullArea, pullForm());
     render();
   });
 
@@ -59,7 +59,7 @@ export function imagesPage(view) {
 
 function pullForm() {
   const reference = h("input", { id: "pull-reference", spellcheck: "false", placeholder: "registry.example:5000/images/ubuntu:24.04" });
-  reference.dataset.field = "spec.source.oci";
+  reference.dataset.field = "spec.image";
   const name = h("input", { id: "pull-name", spellcheck: "false" });
   name.dataset.field = "metadata.name";
   const error = h("p", { class: "error form-error", role: "alert", tabindex: "-1" });
@@ -67,15 +67,12 @@ function pullForm() {
   const form = h("form", { class: "stack", novalidate: true, onsubmit: async (event) => {
     event.preventDefault();
     showErrors(form, null);
-    const ref = reference.value.trim();
-    const last = ref.split("/").pop() || "";
-    const imageName = name.value.trim() || last.replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 63);
+    const metadata = name.value.trim() ? { name: name.value.trim() } : { generateName: "pull-" };
     submit.disabled = true;
     try {
-      await api.create("images", null, { apiVersion: "shoal.dev/v1", kind: "Image",
-        metadata: { name: imageName }, spec: { source: { oci: ref } } });
+      // The nodes pull it (an ImageCache); a VM may then name the reference as its image.
       await api.create("imagecaches", null, { apiVersion: "shoal.dev/v1", kind: "ImageCache",
-        metadata: { name: imageName }, spec: { image: imageName, allNodes: true } });
+        metadata, spec: { image: reference.value.trim(), allNodes: true } });
       reference.value = "";
       name.value = "";
     } catch (failure) {
@@ -84,10 +81,10 @@ function pullForm() {
       submit.disabled = false;
     }
   } },
-  h("h2", {}, "Pull an image"),
-  h("label", { for: "pull-reference" }, "Registry reference", reference,
-    h("span", { class: "field-error", dataset: { errorFor: "spec.source.oci" } })),
-  h("label", { for: "pull-name" }, "Image name", h("span", { class: "hint" }, "Empty: from the reference."), name,
+  h("h2", {}, "Pull an image onto the nodes"),
+  h("label", { for: "pull-reference" }, "Image or registry reference", reference,
+    h("span", { class: "field-error", dataset: { errorFor: "spec.image" } })),
+  h("label", { for: "pull-name" }, "Cache name", h("span", { class: "hint" }, "Empty: generated."), name,
     h("span", { class: "field-error", dataset: { errorFor: "metadata.name" } })),
   error, h("div", {}, submit));
   return form;
