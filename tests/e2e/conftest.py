@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("SHOAL_TEST_ARTIFACTS", REPO / "build" / "test-artifacts")) / "ui"
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while Playwright's sync API is open, the thread counts as running
+# an event loop, and the tests after these ones call asyncio.run().
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     assert shutil.which(CHROMIUM), f"{CHROMIUM} is missing: `make test` installs Debian's chromium"
     with sync_playwright() as playwright:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conftest import build_node
+from builders import build_node
 from shoal.agent.agent import next_beat
 from shoal.controllers.nodelifecycle import NodeLifecycle, iso
 from shoal.store.store import Obj, Store, heartbeat_of

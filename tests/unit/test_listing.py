@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from conftest import build_node, build_vm
+from builders import build_node, build_vm
 from shoal import jsoncodec
 from shoal.api.listing import (
     Page,

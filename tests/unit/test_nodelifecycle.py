@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from conftest import build_node, build_vm
+from builders import build_node, build_vm
 from shoal.agent.reconcile import lost_with_node
 from shoal.controllers.gc import GarbageCollector
 from shoal.controllers.nodelifecycle import NodeLifecycle, iso

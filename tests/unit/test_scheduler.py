@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conftest import build_node, build_vm
+from builders import build_node, build_vm
 from shoal.model.meta import now_iso
 from shoal.scheduler import placement as p
 from shoal.scheduler.loop import Scheduler, SchedulerSettings

@@ -3,7 +3,7 @@
 
 import { api, onUnauthorized, session } from "./api.js";
 import { forget, review } from "./access.js";
-import { h, fill } from "./dom.js";
+import { ages, h, fill } from "./dom.js";
 import { mux, Collection } from "./live.js";
 import { overviewPage } from "./pages/overview.js";
 import { nodesPage } from "./pages/nodes.js";
@@ -147,6 +147,7 @@ function route() {
 }
 
 window.addEventListener("hashchange", () => { if (session.token) route(); });
+setInterval(ages, 5000);
 if (session.token) start(); else showSignIn();
 // For tests and tools: the app's API client, e.g. to check the UI uses the same routes.
 export { api };

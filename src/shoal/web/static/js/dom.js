@@ -77,14 +77,35 @@ export function meter(label, used, total, format = String) {
       h("div", { class: share >= 1 ? "fill full" : "fill", style: `width:${(share * 100).toFixed(1)}%` })));
 }
 
-/** A function that runs fn at most once per animation frame, however often it is called. */
-export function coalesced(fn) {
+/** A function that runs fn at most once per animation frame and once per `gap` ms, however
+ * often it is called: a burst of watch events (a fleet changing at once) costs one render, and
+ * a long list is not laid out again sixty times a second. */
+export function coalesced(fn, gap = 150) {
   let queued = false;
+  let last = 0;
   return () => {
     if (queued) return;
     queued = true;
-    requestAnimationFrame(() => { queued = false; fn(); });
+    const wait = Math.max(0, last + gap - performance.now());
+    setTimeout(() => requestAnimationFrame(() => {
+      queued = false;
+      last = performance.now();
+      fn();
+    }), wait);
   };
+}
+
+/** How long ago, kept current: the shell refreshes every element made here (ages()). */
+export function since(timestamp) {
+  return h("time", { datetime: timestamp || "", dataset: { since: timestamp || "" } }, age(timestamp));
+}
+
+/** Refresh every since() element on the page. */
+export function ages() {
+  for (const el of document.querySelectorAll("time[data-since]")) {
+    const text = age(el.dataset.since);
+    if (el.textContent !== text) el.textContent = text;
+  }
 }
 
 export function labelsText(labels) {

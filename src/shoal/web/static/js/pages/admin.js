@@ -3,7 +3,7 @@
 
 import { api, path, request } from "../api.js";
 import { can } from "../access.js";
-import { age, fill, h, showErrors } from "../dom.js";
+import { age, fill, h, showErrors, since } from "../dom.js";
 import { KeyedTable, act, collectionError, livePage } from "./common.js";
 
 const ROLES = ["view", "connect", "edit", "admin"];
@@ -18,7 +18,7 @@ export function adminPage(view, { namespace }) {
   const namespaces = new KeyedTable([
     { title: "Name", cell: (n) => n.metadata.name, sort: (n) => n.metadata.name },
     { title: "Phase", cell: (n) => n.status?.phase || "Active" },
-    { title: "Age", cell: (n) => age(n.metadata.creationTimestamp) },
+    { title: "Age", cell: (n) => since(n.metadata.creationTimestamp) },
     { title: "Actions", cell: (n) => rights.deleteNamespace ? removeButton("namespaces", null, n.metadata.name) : "—" },
   ], { label: "Namespaces", version: (n) => `${n.metadata.resourceVersion}:${rights.deleteNamespace}` });
   const accounts = new KeyedTable([

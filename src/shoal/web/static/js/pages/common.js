@@ -72,7 +72,7 @@ export function collectionError(collection) {
  */
 export class KeyedTable {
   constructor(columns, { key = (o) => o.metadata.uid, version = (o) => o.metadata.resourceVersion,
-    label = "", sortBy = 0, empty = "Nothing here yet." } = {}) {
+    label = "", sortBy = 0, empty = "Nothing here yet.", fixed = false } = {}) {
     this.columns = columns;
     this.key = key;
     this.version = version;
@@ -84,11 +84,14 @@ export class KeyedTable {
     this.placeholder = null;
     this.onSort = () => {};
     this.head = h("tr", {}, columns.map((column, index) => h("th", { scope: "col",
-      "aria-sort": index === sortBy ? "ascending" : undefined },
+      "aria-sort": index === sortBy ? "ascending" : undefined,
+      style: column.width ? `width:${column.width}` : undefined },
     column.sort ? h("button", { class: "sort", type: "button", onclick: () => this.sort(index) },
       column.title) : column.title)));
+    // A long list lays out with fixed column widths: a changed row then costs a row's layout,
+    // not a measure of every cell of the table.
     this.element = h("div", { class: "table-wrap" },
-      h("table", { "aria-label": label }, h("thead", {}, this.head), this.body));
+      h("table", { "aria-label": label, class: fixed ? "fixed" : "" }, h("thead", {}, this.head), this.body));
   }
 
   sort(index) {

@@ -1,7 +1,7 @@
 // Overview: capacity and use per node, VMs by phase, pending VMs with the scheduler's reason,
 // and recent events; live through the tab's one watch socket.
 
-import { age, bytes, fill, h, meter, phaseBadge } from "../dom.js";
+import { bytes, fill, h, meter, phaseBadge, since } from "../dom.js";
 import { collectionError, livePage, nodeState, nodeUse, phaseOf, waitReason } from "./common.js";
 
 const PHASES = ["Pending", "Scheduled", "Starting", "Running", "Suspended", "Stopping", "Stopped",
@@ -60,7 +60,7 @@ export function overviewPage(view, { namespace }) {
         h("td", {}, h("a", { href: `#/vms/${vm.metadata.namespace}/${vm.metadata.name}` },
           `${vm.metadata.namespace}/${vm.metadata.name}`)),
         h("td", {}, waitReason(vm) || "the scheduler"),
-        h("td", {}, age(vm.metadata.creationTimestamp)))))))
+        h("td", {}, since(vm.metadata.creationTimestamp)))))))
       : h("p", { class: "muted" }, "No VM is waiting."));
 
     const recent = eventList.list()
@@ -71,7 +71,7 @@ export function overviewPage(view, { namespace }) {
       h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Object"), h("th", {}, "Reason"),
         h("th", {}, "Message"))),
       h("tbody", {}, recent.map((event) => h("tr", {},
-        h("td", {}, age(event.lastTimestamp || event.metadata.creationTimestamp)),
+        h("td", {}, since(event.lastTimestamp || event.metadata.creationTimestamp)),
         h("td", {}, `${event.involvedObject.kind} ${event.involvedObject.name}`),
         h("td", { class: event.type === "Warning" ? "error" : "" }, event.reason),
         h("td", {}, event.message))))))

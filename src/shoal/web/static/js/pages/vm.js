@@ -3,7 +3,7 @@
 
 import { path, stream } from "../api.js";
 import { can } from "../access.js";
-import { age, fill, h, phaseBadge, showErrors } from "../dom.js";
+import { fill, h, phaseBadge, showErrors, since } from "../dom.js";
 import { serialConsole, screenConsole } from "../consoles.js";
 import { collectionError, livePage, phaseOf, waitReason } from "./common.js";
 import { vmActions } from "./vmactions.js";
@@ -88,11 +88,11 @@ export function vmPage(view, { params: [namespace, name] }) {
       ["Addresses", (status.addresses || []).join(", ") || "—"],
       ["Boot time", status.bootTime || "—"],
       ["Restarts", String(status.restartCount || 0)],
-      ["Age", age(current.metadata.creationTimestamp)],
+      ["Age", since(current.metadata.creationTimestamp)],
     ].flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
     const conds = status.conditions || [];
     fill(conditions, conds.length ? table(["Type", "Status", "Reason", "Message", "Since"],
-      conds.map((c) => [c.type, c.status, c.reason, c.message, age(c.lastTransitionTime)]), "Conditions")
+      conds.map((c) => [c.type, c.status, c.reason, c.message, since(c.lastTransitionTime)]), "Conditions")
       : h("p", { class: "muted" }, "None yet."));
     const mapped = status.ports || [];
     fill(ports, mapped.length ? table(["Guest port", "Node address"],
@@ -100,7 +100,7 @@ export function vmPage(view, { params: [namespace, name] }) {
       : h("p", { class: "muted" }, "No mapped ports."));
     const evs = eventList.list().sort((a, b) => String(b.lastTimestamp).localeCompare(String(a.lastTimestamp)));
     fill(events, evs.length ? table(["When", "Type", "Reason", "Message"],
-      evs.map((e) => [age(e.lastTimestamp || e.metadata.creationTimestamp), e.type, e.reason, e.message]), "Events")
+      evs.map((e) => [since(e.lastTimestamp || e.metadata.creationTimestamp), e.type, e.reason, e.message]), "Events")
       : h("p", { class: "muted" }, "No events."));
     followLog(spec.nodeName && !["Pending", "Scheduled"].includes(phase) ? spec.nodeName : null);
   }

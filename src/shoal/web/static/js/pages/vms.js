@@ -2,7 +2,7 @@
 // actions on each VM, and the way to the deploy form.
 
 import { can } from "../access.js";
-import { age, fill, h, phaseBadge } from "../dom.js";
+import { fill, h, phaseBadge, since } from "../dom.js";
 import { KeyedTable, collectionError, livePage, phaseOf, waitReason } from "./common.js";
 import { vmActions } from "./vmactions.js";
 
@@ -20,21 +20,21 @@ export function vmsPage(view, { namespace }) {
   const rights = new Map(); // namespace -> {action, delete}
 
   const table = new KeyedTable([
-    { title: "Name", cell: (vm) => h("a", { href: `#/vms/${vm.metadata.namespace}/${vm.metadata.name}` }, vm.metadata.name),
+    { title: "Name", width: "17%", cell: (vm) => h("a", { href: `#/vms/${vm.metadata.namespace}/${vm.metadata.name}` }, vm.metadata.name),
       sort: (vm) => vm.metadata.name },
-    { title: "Namespace", cell: (vm) => vm.metadata.namespace, sort: (vm) => vm.metadata.namespace },
-    { title: "Phase", cell: (vm) => h("span", {}, phaseBadge(phaseOf(vm)),
+    { title: "Namespace", width: "10%", cell: (vm) => vm.metadata.namespace, sort: (vm) => vm.metadata.namespace },
+    { title: "Phase", width: "16%", cell: (vm) => h("span", {}, phaseBadge(phaseOf(vm)),
       phaseOf(vm) === "Pending" && waitReason(vm) ? h("div", { class: "muted" }, waitReason(vm)) : null),
     sort: phaseOf },
-    { title: "Image", cell: (vm) => vm.spec.config ? `config ${vm.spec.config}` : vm.spec.image,
+    { title: "Image", width: "15%", cell: (vm) => vm.spec.config ? `config ${vm.spec.config}` : vm.spec.image,
       sort: (vm) => vm.spec.image || "" },
-    { title: "CPU", cell: (vm) => vm.spec.cpu, sort: (vm) => vm.spec.cpu },
-    { title: "Memory", cell: (vm) => vm.spec.memory },
-    { title: "Node", cell: (vm) => vm.spec.nodeName || "—", sort: (vm) => vm.spec.nodeName || "" },
-    { title: "Age", cell: (vm) => age(vm.metadata.creationTimestamp),
+    { title: "CPU", width: "5%", cell: (vm) => vm.spec.cpu, sort: (vm) => vm.spec.cpu },
+    { title: "Memory", width: "7%", cell: (vm) => vm.spec.memory },
+    { title: "Node", width: "9%", cell: (vm) => vm.spec.nodeName || "—", sort: (vm) => vm.spec.nodeName || "" },
+    { title: "Age", width: "5%", cell: (vm) => since(vm.metadata.creationTimestamp),
       sort: (vm) => vm.metadata.creationTimestamp },
-    { title: "Actions", cell: (vm) => vmActions(vm, rights.get(vm.metadata.namespace) || {}, problem) },
-  ], { label: "Virtual machines", empty: "No VMs.",
+    { title: "Actions", width: "16%", cell: (vm) => vmActions(vm, rights.get(vm.metadata.namespace) || {}, problem) },
+  ], { label: "Virtual machines", empty: "No VMs.", fixed: true,
     version: (vm) => `${vm.metadata.resourceVersion}:${JSON.stringify(rights.get(vm.metadata.namespace) || {})}` });
 
   fill(view, h("h1", {}, "Virtual machines"), errors,
