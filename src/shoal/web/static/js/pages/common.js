@@ -65,10 +65,14 @@ export function collectionError(collection) {
     ? h("p", { class: "notice error", role: "alert" }, collection.error.message) : null;
 }
 
+const PAGE_SIZES = [50, 100, 250, 500, 1000];
+
 /**
  * A table whose rows are kept by key: a row is rebuilt only when its object changed, and rows
  * move only when the order changed, so a focused button stays focused while the list updates.
- * columns: [{title, cell(obj) -> node|string, sort?(obj) -> value}]
+ * It shows one page of rows (100 by default) with a pager under it when there are more: a
+ * thousand live rows would cost the browser a layout of the whole table on every change.
+ * columns: [{title, cell(obj) -> node|string, sort?(obj) -> value, width?}]
  */
 export class KeyedTable {
   constructor(columns, { key = (o) => o.metadata.uid, version = (o) => o.metadata.resourceVersion,
@@ -88,10 +92,28 @@ export class KeyedTable {
       style: column.width ? `width:${column.width}` : undefined },
     column.sort ? h("button", { class: "sort", type: "button", onclick: () => this.sort(index) },
       column.title) : column.title)));
-    // A long list lays out with fixed column widths: a changed row then costs a row's layout,
-    // not a measure of every cell of the table.
-    this.element = h("div", { class: "table-wrap" },
-      h("table", { "aria-label": label, class: fixed ? "fixed" : "" }, h("thead", {}, this.head), this.body));
+    this.page = 0;
+    this.pageSize = 100;
+    this.range = h("span", { "aria-live": "polite" });
+    this.previous = h("button", { type: "button", onclick: () => this.turn(-1) }, "Previous");
+    this.next = h("button", { type: "button", onclick: () => this.turn(1) }, "Next");
+    const sizes = h("select", { "aria-label": "Rows per page", onchange: () => {
+      this.pageSize = Number(sizes.value);
+      this.page = 0;
+      this.onSort();
+    } }, PAGE_SIZES.map((n) => h("option", { value: String(n), selected: n === this.pageSize }, `${n} rows`)));
+    this.pager = h("nav", { class: "pager", "aria-label": `Pages of ${label || "rows"}`, hidden: true },
+      this.previous, this.range, this.next, sizes);
+    // fixed: the columns' widths are set, not measured from every cell on each change.
+    this.element = h("div", {},
+      h("div", { class: "table-wrap" },
+        h("table", { "aria-label": label, class: fixed ? "fixed" : "" }, h("thead", {}, this.head), this.body)),
+      this.pager);
+  }
+
+  turn(step) {
+    this.page += step;
+    this.onSort();
   }
 
   sort(index) {
@@ -107,11 +129,19 @@ export class KeyedTable {
   update(objects) {
     const column = this.columns[this.sortBy];
     const value = column && column.sort ? column.sort : null;
-    const sorted = value ? [...objects].sort((a, b) => {
+    const all = value ? [...objects].sort((a, b) => {
       const x = value(a); const y = value(b);
       const order = x < y ? -1 : x > y ? 1 : 0;
       return this.descending ? -order : order;
     }) : objects;
+    const pages = Math.max(1, Math.ceil(all.length / this.pageSize));
+    this.page = Math.min(Math.max(0, this.page), pages - 1);
+    const first = this.page * this.pageSize;
+    const sorted = all.slice(first, first + this.pageSize);
+    this.pager.hidden = pages === 1;
+    this.range.textContent = `${first + 1}–${first + sorted.length} of ${all.length}`;
+    this.previous.disabled = this.page === 0;
+    this.next.disabled = this.page === pages - 1;
     const seen = new Set();
     let previous = null;
     for (const obj of sorted) {
