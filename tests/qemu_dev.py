@@ -18,18 +18,25 @@ from shoal.testguest import TestGuest
 TEST_IMAGE = "test-guest"
 
 
-def qemu_processes_under(data_dir: Path) -> list[int]:
-    """Pids of QEMUs started for VMs whose state lives under data_dir."""
-    vm_ids = {path.parent.name for path in data_dir.glob("agents/*/qemu/vms/*/machine.json")}
+def qemu_pids(vm_ids: list[str]) -> list[int]:
+    """Pids of QEMUs running for any of vm_ids."""
+    marks = [f"shoal-{vm_id}".encode() for vm_id in vm_ids]
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         with contextlib.suppress(OSError):
             cmdline = (proc / "cmdline").read_bytes()
-            if b"qemu-system" in cmdline and any(f"shoal-{v}".encode() in cmdline for v in vm_ids):
+            if b"qemu-system" in cmdline and any(mark in cmdline for mark in marks):
                 pids.append(int(proc.name))
     return pids
+
+
+def qemu_processes_under(data_dir: Path) -> list[int]:
+    """Pids of QEMUs started for VMs whose state lives under data_dir."""
+    return qemu_pids(
+        [path.parent.name for path in data_dir.glob("agents/*/qemu/vms/*/machine.json")]
+    )
 
 
 @dataclass

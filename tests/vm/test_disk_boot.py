@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from helpers import wait_until
+from qemu_dev import qemu_pids
 from shoal.backends.base import Actual, VMState
 from shoal.backends.qemu import QemuBackend, QemuSettings
 from shoal.backends.qemu import backend as qemu_backend
@@ -66,19 +67,6 @@ def _firmware(name: Firmware) -> Any:
 
 
 # -- what a test leaves behind (the pattern of test_qemu_backend.py) ----------------------------
-
-
-def qemu_pids(vm_ids: list[str]) -> list[int]:
-    marks = [f"shoal-{vm_id}".encode() for vm_id in vm_ids]
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            cmdline = (proc / "cmdline").read_bytes()
-            if b"qemu-system" in cmdline and any(mark in cmdline for mark in marks):
-                pids.append(int(proc.name))
-    return pids
 
 
 @dataclass

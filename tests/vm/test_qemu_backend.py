@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from helpers import wait_until
+from qemu_dev import qemu_pids
 from shoal.backends.base import Actual, BackendError, VMState
 from shoal.backends.qemu import QemuBackend, QemuSettings, qmp
 from shoal.backends.qemu import backend as qemu_backend
@@ -94,20 +95,6 @@ def vm_spec(image: dict[str, Any] | None, **fields: Any) -> dict[str, Any]:
 
 
 # -- what a test leaves behind -----------------------------------------------------------------
-
-
-def qemu_pids(vm_ids: list[str]) -> list[int]:
-    """Pids of QEMUs running for any of vm_ids."""
-    marks = [f"shoal-{vm_id}".encode() for vm_id in vm_ids]
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            cmdline = (proc / "cmdline").read_bytes()
-            if b"qemu-system" in cmdline and any(mark in cmdline for mark in marks):
-                pids.append(int(proc.name))
-    return pids
 
 
 @dataclass

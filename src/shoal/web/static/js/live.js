@@ -46,6 +46,9 @@ class Mux {
       this.ws = null;
       this.open = false;
       if (wasOpen || !this.everUp) this.setStatus(false);
+      // A refused handshake does not say why; a request does (a revoked token answers 401,
+      // which signs out).
+      if (!wasOpen) api.list("namespaces", null, { limit: 1 }).catch(() => {});
       if (!this.watches.size) return;
       this.timer = setTimeout(() => { this.timer = null; this.connect(); }, this.retry);
       this.retry = Math.min(RETRY_MAX, this.retry * 2);
