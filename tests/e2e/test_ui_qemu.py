@@ -130,6 +130,17 @@ def test_a_person_runs_a_vm_from_the_browser(
     shoot(page, artifacts, "vm-serial-console")
     second.context.close()
 
+    # Push the VM's disk to a registry from its page, with progress to the end.
+    pushed = f"{registry.host}/web1:1"
+    page.fill("#push-reference", pushed)
+    page.check("#push-insecure")
+    page.click("form:has(#push-reference) button[type=submit]")
+    expect(page.locator("#push-status")).to_contain_text(f"pushed {pushed}", timeout=BOOT)
+    assert page.locator("#push-progress").evaluate("p => p.value") == 1
+    page.fill("#push-reference", "not a reference")
+    page.click("form:has(#push-reference) button[type=submit]")
+    expect(page.locator("[data-error-for=reference]")).not_to_be_empty()
+
     # The screen: noVNC draws the guest's framebuffer.
     page.click("#tab-screen")
     wait_until(lambda: canvas_has_picture(page), timeout=60, what="the VNC framebuffer")

@@ -19,13 +19,15 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shoal.api.auth import Principal, authenticate, authorize, websocket_protocol
 from shoal.api.context import ApiContext
 from shoal.api.docs import ERRORS
 from shoal.api.routes import PREFIX, Caller, Ctx, NameParam, NamespaceParam
 from shoal.errors import ApiError, BadRequest, Conflict, Forbidden, Unavailable
+from shoal.images.errors import InvalidReference
+from shoal.images.reference import parse
 from shoal.tunnel.protocol import READY, REFUSED
 from shoal.tunnel.splice import splice
 
@@ -36,6 +38,17 @@ class PushRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reference: Annotated[str, Field(min_length=1, max_length=512)]
+
+    @field_validator("reference")
+    @classmethod
+    def _a_reference(cls, value: str) -> str:
+        """Refused here, before the node pauses the guest and reads its disk."""
+        try:
+            parse(value)
+        except InvalidReference as error:
+            raise ValueError(str(error)) from None
+        return value
+
     # Registry credentials for the node to use; without them it uses its own logins.
     username: Annotated[str, Field(max_length=256)] | None = None
     password: Annotated[str, Field(max_length=4096)] | None = None
