@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -15,11 +14,14 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.devserver import free_port
+from bench.waiting import wait
 from shoal.client import Client, resource_path
 
 SHOAL = str(Path(sys.executable).parent / "shoal")
@@ -27,33 +29,18 @@ NODES, VMS_PER_NODE, DEPLOYS = 50, 10, 500
 LATENCY_SAMPLES = 300
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _wait(predicate: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except Exception:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(str(predicate))
+_wait = partial(wait, every=0.05)  # any error counts as not yet
 
 
 class Cluster:
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -80,7 +67,11 @@ class Cluster:
                 start_new_session=True,
             )
         )
-        _wait(lambda: httpx.get(self.url + "/readyz", verify=False).status_code == 200, 60)
+        _wait(
+            lambda: httpx.get(self.url + "/readyz", verify=False).status_code == 200,
+            60,
+            "the controller",
+        )
         self.token = (self.base / "ctl" / "admin.token").read_text().strip()
         self.ca = (self.base / "ctl" / "tls" / "ca.crt").read_text()
         self.client = Client(self.url, self.token, ca_pem=self.ca)
@@ -121,7 +112,7 @@ class Cluster:
         )
         if agent_niceness:
             os.setpriority(os.PRIO_PROCESS, self.procs[-1].pid, agent_niceness)
-        _wait(lambda: len(self.client.list("nodes")["items"]) == agents, 600)
+        _wait(lambda: len(self.client.list("nodes")["items"]) == agents, 600, f"{agents} nodes")
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -223,7 +214,7 @@ def _deploy(cluster: Cluster) -> list[dict[str, Any]]:
         vms = cluster.client.list_all("virtualmachines", "default")
         return sum(vm["status"]["phase"] == "Running" for vm in vms) == DEPLOYS
 
-    _wait(all_running, 600)
+    _wait(all_running, 600, f"{DEPLOYS} VMs to be Running")
     total = time.perf_counter() - t0
     return [
         {"name": f"create {DEPLOYS} VMs (50 concurrent clients)", "value": created, "unit": "s"},

@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -39,6 +38,7 @@ from typing import Any
 
 import httpx
 
+from bench.devserver import free_port
 from shoal.images.layout import Metadata
 from shoal.images.pull import pull_image
 from shoal.images.push import known_chunks, push_image
@@ -54,16 +54,10 @@ CLONES = 10
 REPO = "bench/disk"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _registry(base: Path) -> Iterator[tuple[str, Path]]:
     """A docker-registry on loopback; yields (host:port, access log)."""
-    port = _free_port()
+    port = free_port()
     config = base / "registry.yml"
     config.write_text(
         "version: 0.1\n"

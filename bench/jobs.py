@@ -39,15 +39,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from bench.devserver import SHOAL
 from bench.qemu import (
     BOOT_TIMEOUT,
     IMAGE,
     NAMESPACE,
     PLURAL,
     QEMU,
-    SHOAL,
     Dev,
     _cleanup,
     _delete,
@@ -57,11 +55,12 @@ from bench.qemu import (
     _wait,
     ready_node,
 )
+from bench.stats import percentile
 from shoal.cli import vmspec
 from shoal.cli.common import Target
 from shoal.cli.run import LeaseKeeper, _deploy, _run_command
 from shoal.cli.vm import wait_phase
-from shoal.client import Client, Context, resource_path
+from shoal.client import Client, resource_path
 from shoal.testguest import TestGuest, build_test_guest
 from shoal.tunnel.client import Endpoint
 from shoal.tunnel.execclient import execute
@@ -91,12 +90,6 @@ def _say(text: str) -> None:
     print(f"[jobs] {text}", file=sys.stderr, flush=True)
 
 
-def _p(values: list[float], q: int) -> float:
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
 def _pcts(name: str, values: list[float], unit: str = "ms", scale: float = 1000.0) -> list[Row]:
     scaled = [v * scale for v in values]
     return [
@@ -106,7 +99,7 @@ def _pcts(name: str, values: list[float], unit: str = "ms", scale: float = 1000.
             "unit": unit,
             "samples": [round(v, 4) for v in scaled],
         },
-        {"name": f"{name} p99", "value": _p(scaled, 99), "unit": unit},
+        {"name": f"{name} p99", "value": percentile(scaled, 99), "unit": unit},
     ]
 
 
@@ -142,8 +135,8 @@ def _cli(dev: Dev, argv: list[str], expect: int = 0) -> tuple[float, str]:
 class Jobs:
     def __init__(self, base: Path, dev: Dev, client: Client, guest: TestGuest) -> None:
         self.base, self.dev, self.client, self.guest = base, dev, client, guest
-        config = yaml.safe_load(Path(dev.env["SHOAL_CONFIG"]).read_text())
-        self.context = Context(**config["contexts"]["dev"])
+        assert dev.context is not None  # set by dev.start(), which made client
+        self.context = dev.context
         self.target = Target(client, NAMESPACE, "dev")
         self.stuck: list[str] = []
         self.gone: list[float] = []

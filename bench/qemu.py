@@ -31,11 +31,9 @@ socket links shoal made in /tmp are killed or removed in `finally`, also on SIGT
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,18 +46,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import httpx
-import yaml
-
+from bench import devserver
+from bench.devserver import SHOAL, die_with_parent, free_port, kill_group
+from bench.stats import median
+from bench.waiting import wait
 from shoal.backends.qemu.backend import QemuSettings, ssh_banner
 from shoal.backends.qemu.machine import Forward, HostSetup, Machine, Paths, linux_command
-from shoal.client import Client, Context
+from shoal.client import Client
 from shoal.errors import NotFound
 from shoal.model.meta import parse_iso
 from shoal.testguest import TestGuest, build_test_guest
 from shoal.testguest.build import READY_LINE
 
-SHOAL = str(Path(sys.executable).parent / "shoal")
 QEMU = "qemu-system-x86_64"
 RUNS = 10
 MEMORY_VMS = 3
@@ -74,25 +72,11 @@ SPEC = {"image": IMAGE, "cpu": 1, "memory": "256Mi", "disk": "128Mi"}
 READY = READY_LINE.encode()
 LINE_POLL = 0.02
 NUDGE_AFTER = 2.0  # a delete unfinished this long is nudged (see _delete)
-PR_SET_PDEATHSIG = 1
 
 Row = dict[str, Any]
 
 
 # -- processes -------------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it if the bench dies without running its finally.
-    (Children are only started from the main thread while no other thread runs.)"""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _cmdlines() -> Iterator[tuple[int, bytes]]:
@@ -140,14 +124,7 @@ def _rss_sampled(pid: int, samples: int = 5) -> float:
     return statistics.median(values)
 
 
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if value := predicate():
-                return value
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+_wait = partial(wait, every=0.05)  # any error counts as not yet
 
 
 class _ReadyLine(threading.Thread):
@@ -238,7 +215,7 @@ class Bare:
         root = self.base / f"bare-{index}"
         root.mkdir()
         self.guest.create_overlay(root / "disk.qcow2")
-        port = _free_port()
+        port = free_port()
         argv = self.argv(f"bench-bare-{index}", root, port, accel)
         line = None
         try:
@@ -250,7 +227,7 @@ class Bare:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
             line = _ReadyLine(lambda: root / "serial.log")
             banner, stalled = asyncio.run(_banner_poll(port, t0 + BOOT_TIMEOUT))
@@ -276,7 +253,7 @@ class Bare:
             root = self.base / f"daemon-{i}"
             root.mkdir()
             self.guest.create_overlay(root / "disk.qcow2")
-            argv = self.argv(f"bench-daemon-{i}", root, _free_port(), accel, daemonize=True)
+            argv = self.argv(f"bench-daemon-{i}", root, free_port(), accel, daemonize=True)
             t0 = time.perf_counter()
             subprocess.run(argv, check=True, capture_output=True, timeout=60)
             times.append(time.perf_counter() - t0)
@@ -289,75 +266,22 @@ class Bare:
         return times, forks
 
     def kill(self) -> None:
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(10)
-            self.process = None
+        kill_group(self.process)
+        self.process = None
 
 
 # -- shoal dev -------------------------------------------------------------------------------
 
 
-class Dev:
-    """`shoal dev --backend qemu` in its own process group, with its own SHOAL_CONFIG."""
+class Dev(devserver.Dev):
+    """`shoal dev --backend qemu` (see devserver.Dev), its node offering four vCPUs."""
 
     def __init__(self, base: Path, accel: str | None = None) -> None:
-        self.base = base
+        args = ["--backend", "qemu", "--node-cpu", "4"]  # four one-vCPU guests on two cores
+        if accel is not None:
+            args += ["--accel", accel]
+        super().__init__(base, args)
         self.accel = accel  # --accel for shoal dev (kvm, hvf, tcg); None: its own choice (auto)
-        self.data_dir = base / "data"
-        self.port = _free_port()
-        self.env = {**os.environ, "SHOAL_CONFIG": str(base / "config.yaml")}
-        self.process: subprocess.Popen[bytes] | None = None
-        self.client: Client | None = None
-
-    @property
-    def log(self) -> Path:
-        return self.base / "dev.log"
-
-    def start(self) -> Client:
-        argv = [
-            SHOAL, "dev",
-            "--data-dir", str(self.data_dir),
-            "--listen", f"127.0.0.1:{self.port}",
-            "--backend", "qemu",
-            "--node-cpu", "4",  # four one-vCPU guests on two cores
-        ]  # fmt: skip
-        if self.accel is not None:
-            argv += ["--accel", self.accel]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                argv,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        url = f"http://127.0.0.1:{self.port}"
-
-        def serving() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"shoal dev exited:\n{self.log.read_text()[-3000:]}")
-            # The dev context is written once it serves, maybe just after /readyz answers.
-            config = Path(self.env["SHOAL_CONFIG"])
-            return httpx.get(url + "/readyz").status_code == 200 and config.exists()
-
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if serving():
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"shoal dev did not serve:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        config = yaml.safe_load(Path(self.env["SHOAL_CONFIG"]).read_text())
-        self.client = Client.from_context(Context(**config["contexts"]["dev"]))
-        return self.client
 
     def import_image(self, guest: TestGuest) -> None:
         """`shoal image import` the test guest, unless shoal dev registered it itself (it does
@@ -393,17 +317,6 @@ class Dev:
 
     def vm_dir(self, uid: str) -> Path | None:
         return next(iter(self.data_dir.glob(f"agents/*/qemu/vms/{uid}")), None)
-
-    def kill(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(10)
-            self.process = None
 
 
 def ready_node(client: Any) -> dict[str, Any]:
@@ -558,7 +471,7 @@ def _p50(name: str, values: list[float], unit: str = "ms", scale: float = 1000.0
     scaled = [v * scale for v in values]
     return {
         "name": name,
-        "value": statistics.median(scaled) if scaled else float("nan"),
+        "value": median(scaled),
         "unit": unit,
         "samples": [round(v, 4) for v in scaled],
     }

@@ -56,9 +56,10 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ import httpx
 from starlette.requests import Request
 
 from bench.qemu import _interrupt
+from bench.stats import percentile
+from bench.waiting import wait
 from shoal.client import Client, resource_path
 from shoal.errors import ApiError
 
@@ -108,27 +111,12 @@ def _say(text: str) -> None:
     print(f"[runnerpools] {text}", file=sys.stderr, flush=True)
 
 
-def _pct(values: list[float], q: int) -> float:
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
 def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
-def _wait(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if value := predicate():
-                return value
-        except (ApiError, httpx.HTTPError) as error:  # not answering yet
-            last = error
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})")
+# An API or HTTP error: the controller is not answering yet.
+_wait = partial(wait, every=0.2, errors=(ApiError, httpx.HTTPError))
 
 
 # -- the fake GitHub, recording ----------------------------------------------------------------
@@ -618,18 +606,18 @@ def run(jobs: int = JOBS, runners: int = RUNNERS) -> list[Row]:
         {"name": f"runnerpools: jobs/s ({size})", "value": len(done) / wall, "unit": "jobs/s"},
         {"name": "runnerpools: first job queued -> last job completed", "value": wall,
          "unit": "s"},
-        {"name": "runnerpools: queued -> runner online p50", "value": _pct(to_online, 50),
+        {"name": "runnerpools: queued -> runner online p50", "value": percentile(to_online, 50),
          "unit": "s"},
-        {"name": "runnerpools: queued -> runner online p99", "value": _pct(to_online, 99),
+        {"name": "runnerpools: queued -> runner online p99", "value": percentile(to_online, 99),
          "unit": "s"},
-        {"name": "runnerpools: queued -> job started p50", "value": _pct(to_start, 50),
+        {"name": "runnerpools: queued -> job started p50", "value": percentile(to_start, 50),
          "unit": "s"},
-        {"name": "runnerpools: queued -> job started p99", "value": _pct(to_start, 99),
+        {"name": "runnerpools: queued -> job started p99", "value": percentile(to_start, 99),
          "unit": "s"},
         {"name": "runnerpools: runner registered -> online p50",
-         "value": _pct(register_online, 50), "unit": "s"},
+         "value": percentile(register_online, 50), "unit": "s"},
         {"name": "runnerpools: runner registered -> online p99",
-         "value": _pct(register_online, 99), "unit": "s"},
+         "value": percentile(register_online, 99), "unit": "s"},
         ok("peak concurrent runner VMs", watch.peak, watch.peak <= runners, f"of {runners}"),
         {"name": "runnerpools: runner VMs, time-weighted mean while jobs ran", "value": fill,
          "unit": f"of {runners}"},

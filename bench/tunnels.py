@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 
-from bench.foundation import SHOAL, _free_port, _percentile, _wait
+from bench.devserver import free_port
+from bench.foundation import SHOAL, _percentile, _wait
 from shoal.client import Client, resource_path
 from shoal.tls import fingerprint_of
 
@@ -83,7 +84,7 @@ def run() -> list[dict[str, Any]]:
             procs.append(peer)
             assert peer.stdout is not None
             peer_port = int(peer.stdout.readline())
-            port = _free_port()
+            port = free_port()
             url = f"https://127.0.0.1:{port}"
             procs.append(
                 _start(
@@ -92,7 +93,11 @@ def run() -> list[dict[str, Any]]:
                     base / "controller.log",
                 )
             )  # fmt: skip
-            _wait(lambda: httpx.get(url + "/readyz", verify=False).status_code == 200, 60)
+            _wait(
+                lambda: httpx.get(url + "/readyz", verify=False).status_code == 200,
+                60,
+                "the controller",
+            )
             token_file = base / "ctl" / "admin.token"
             ca = (base / "ctl" / "tls" / "ca.crt").read_text()
             client = Client(url, token_file.read_text().strip(), ca_pem=ca)
@@ -107,7 +112,7 @@ def run() -> list[dict[str, Any]]:
                     base / "agent.log",
                 )
             )  # fmt: skip
-            _wait(lambda: client.list("nodes")["items"], 60)
+            _wait(lambda: client.list("nodes")["items"], 60, "a node")
             client.create(
                 "virtualmachines",
                 {"metadata": {"name": "sink"}, "spec": {"image": "sim:1", "cpu": 1}},
@@ -118,6 +123,7 @@ def run() -> list[dict[str, Any]]:
                     client.get("virtualmachines", "sink", "default")["status"]["phase"] == "Running"
                 ),
                 60,
+                "the sink VM to be Running",
             )
             env_config = base / "config.yaml"
             env = {"SHOAL_CONFIG": str(env_config), "PATH": "/usr/bin:/bin"}

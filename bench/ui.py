@@ -35,11 +35,11 @@ Rows:
 - `ui VMs listed after churn`, `ui memory after churn, JS heap`, `..., the tab`: the same page stays
   open while CHURN_TOTAL VMs come and go, CHURN_BATCH at a time (made, Running, deleted, gone),
   paced over SHOAL_BENCH_UI_CHURN_SECONDS (default 600). Then the page's rows must equal the API's
-  VM count, with a full first page ("ok": false otherwise); the JS heap in use after a forced GC (CDP
-  HeapProfiler.collectGarbage, then Performance.getMetrics JSHeapUsedSize); and the tab's memory:
-  the private memory (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) of the browser's
-  renderer processes, what Chromium's task manager calls a tab's memory footprint, with every
-  other context closed so the page's renderer is the only one (a spare one, if Chromium keeps
+  VM count, with a full first page ("ok": false otherwise); the JS heap in use after a forced GC
+  (CDP HeapProfiler.collectGarbage, then Performance.getMetrics JSHeapUsedSize); and the tab's
+  memory: the private memory (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) of the
+  browser's renderer processes, what Chromium's task manager calls a tab's memory footprint, with
+  every other context closed so the page's renderer is the only one (a spare one, if Chromium keeps
   it, is counted too). Target: under TAB_TARGET_MB ("ok": false over it).
   The whole browser is reported beside it, without a target: the sum of VmRSS over the browser
   process and every process below it (zygotes, GPU, network and storage services, renderers),
@@ -62,8 +62,6 @@ import contextlib
 import os
 import shutil
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -72,21 +70,18 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from bench.qemu import _die_with_parent, _interrupt
+from bench.devserver import Dev
+from bench.qemu import _interrupt
+from bench.stats import median
+from bench.waiting import wait
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-from helpers import free_port  # noqa: E402
-
-SHOAL = str(Path(sys.executable).parent / "shoal")
 CHROMIUM = "/usr/bin/chromium"
 API = "/apis/shoal.dev/v1"
 NAMESPACE = "default"
@@ -171,80 +166,25 @@ def _say(text: str) -> None:
     print(f"[ui {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if value := predicate():
-                return value
-        except httpx.HTTPError as error:  # not answering yet
-            last = error
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})")
+# ui waits on its own HTTP requests, which fail while shoal dev is not answering yet.
+_wait = partial(wait, every=0.5, errors=(httpx.HTTPError,))
 
 
 # -- shoal dev and its API -------------------------------------------------------------------
 
 
-class Dev:
-    """`shoal dev --backend sim` in its own process group, with its own SHOAL_CONFIG."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.data_dir = base / "data"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def log(self) -> Path:
-        return self.base / "dev.log"
-
-    def start(self) -> str:
-        """Start it; its admin token once it serves."""
-        argv = [
-            SHOAL, "dev",
-            "--data-dir", str(self.data_dir),
-            "--listen", f"127.0.0.1:{self.port}",
+def _dev(base: Path) -> Dev:
+    """`shoal dev --backend sim` of NODES nodes."""
+    return Dev(
+        base,
+        [
             "--backend", "sim",
             "--nodes", str(NODES),
             "--sim-cpu", str(SIM_CPU),
             "--sim-memory", SIM_MEMORY,
             "--sim-vms", str(SIM_VMS),
-        ]  # fmt: skip
-        env = {**os.environ, "SHOAL_CONFIG": str(self.base / "config.yaml")}
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                argv,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        token = self.data_dir / "admin.token"
-
-        def serving() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"shoal dev exited:\n{self.log.read_text()[-3000:]}")
-            return httpx.get(self.url + "/readyz").status_code == 200 and token.exists()
-
-        _wait(serving, 90, "shoal dev to serve", every=0.1)
-        return token.read_text().strip()
-
-    def kill(self) -> None:
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(10)
-            self.process = None
+        ],
+    )  # fmt: skip
 
 
 def _vms_path(namespace: str | None = NAMESPACE, name: str = "") -> str:
@@ -629,12 +569,13 @@ def churn_seconds() -> float:
 def run() -> list[Row]:
     base = Path(tempfile.mkdtemp(prefix="shoal-bench-ui-"))
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    dev = Dev(base)
+    dev = _dev(base)
     http: httpx.Client | None = None
     browser_pid: int | None = None
     try:
         started = time.monotonic()
-        token = dev.start()
+        dev.start()
+        token = dev.token
         http = httpx.Client(
             base_url=dev.url,
             headers={"Authorization": f"Bearer {token}"},
@@ -698,7 +639,7 @@ def _measure(
     # 1. Cold loads and sign-in, no VM yet.
     paints, forms = _cold_loads(browser, url)
     _say(f"first paint, ms: {_ms(paints)}; sign-in form shown, ms: {_ms(forms)}")
-    first_paint = _median(paints)
+    first_paint = median(paints)
     rows.append(
         {
             "name": "ui first paint",
@@ -707,10 +648,10 @@ def _measure(
             "ok": first_paint < FIRST_PAINT_TARGET_MS,
         }
     )
-    rows.append({"name": "ui sign-in form shown", "value": _median(forms), "unit": "ms"})
+    rows.append({"name": "ui sign-in form shown", "value": median(forms), "unit": "ms"})
     signins = _sign_ins(browser, url, token, None)
     _say(f"signed in -> overview, ms: {_ms(signins)}")
-    rows.append({"name": "ui signed in overview", "value": _median(signins), "unit": "ms"})
+    rows.append({"name": "ui signed in overview", "value": median(signins), "unit": "ms"})
 
     # 2. 1,000 VMs: the list, and live updates to it.
     names = [f"ui-vm-{i:04d}" for i in range(VMS)]
@@ -722,7 +663,7 @@ def _measure(
     signins = _sign_ins(browser, url, token, VMS)
     _say(f"signed in -> overview with {VMS} VMs, ms: {_ms(signins)}")
     rows.append(
-        {"name": f"ui signed in overview, {VMS} VMs", "value": _median(signins), "unit": "ms"}
+        {"name": f"ui signed in overview, {VMS} VMs", "value": median(signins), "unit": "ms"}
     )
 
     context, page = _fresh(browser)
@@ -731,11 +672,11 @@ def _measure(
     _say(f"#/vms -> {VMS} rows, ms: {_ms(loads)}; longest main-thread task of each: {_ms(longest)}")
     for i, each in enumerate(spent):
         _say(f"  load {i + 1}, the page's main thread, ms: {_split(each)}")
-    rows.append({"name": f"ui {VMS}-VM live list", "value": _median(loads), "unit": "ms"})
+    rows.append({"name": f"ui {VMS}-VM live list", "value": median(loads), "unit": "ms"})
     rows.append(
         {
             "name": "  of which layout (main thread)",
-            "value": _median([each["layout"] for each in spent]),
+            "value": median([each["layout"] for each in spent]),
             "unit": "ms",
         }
     )
@@ -753,19 +694,19 @@ def _measure(
         f"{_split(spent_updates, UPDATES)}"
     )
     rows.append(
-        {"name": "ui live update latency", "value": _median([u.row for u in updates]), "unit": "ms"}
+        {"name": "ui live update latency", "value": median([u.row for u in updates]), "unit": "ms"}
     )
     rows.append(
         {
             "name": "  of which the create's round trip",
-            "value": _median([u.answered for u in updates]),
+            "value": median([u.answered for u in updates]),
             "unit": "ms",
         }
     )
     rows.append(
         {
             "name": "  of which to the page's socket",
-            "value": _median([u.socket for u in updates]),
+            "value": median([u.socket for u in updates]),
             "unit": "ms",
         }
     )
