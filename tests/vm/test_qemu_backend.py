@@ -664,3 +664,85 @@ def test_delete_of_a_running_vm_raises_nothing_else(lab: Lab, blank_disk: Path) 
 
     asyncio.run(scenario())
     assert lab.leftovers() == {}
+
+
+# -- saved state: a VM started from its memory instead of a boot ------------------------------
+
+
+def guest_ssh(guest: TestGuest, port: int, command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ssh", *guest.ssh_options(), "-p", str(port), f"{guest.ssh_user}@127.0.0.1", command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_saved_vm_comes_back_from_its_memory_and_a_bad_state_boots_cold(
+    lab: Lab, guest_image: TestGuest, tmp_path: Path
+) -> None:
+    """Saved: the guest's memory goes to a file with its disk; a new VM made from the pair runs
+    the same guest (what it wrote to its tmpfs is still there) on its own host ports. A state
+    file corrupted or truncated never runs: the VM boots cold and says why."""
+    spec = vm_spec(guest_image_spec(guest_image))
+    entries = tmp_path / "entries"
+
+    async def running(backend: QemuBackend, vm_id: str, saved: Path | None = None) -> VMState:
+        await backend.create(vm_id, {**spec, **({"savedState": str(saved)} if saved else {})})
+        await backend.start(vm_id)
+        return await wait_for(backend, vm_id, Actual.RUNNING)
+
+    async def scenario() -> None:
+        backend = QemuBackend(lab.settings())
+        made = [lab.new_id() for _ in range(4)]
+        try:
+            first = await running(backend, made[0])
+            port = first.ports[22][1]
+            assert guest_ssh(guest_image, port, "echo warm-42 > /run/mark").returncode == 0
+            saved = await backend.save_state(made[0], entries / "a")
+            assert (await backend.status(made[0])).actual == Actual.ABSENT
+            assert sorted(p.name for p in (entries / "a").iterdir()) == [
+                "disk.qcow2", "entry.json", "machine.json", "state",
+            ]  # fmt: skip
+            assert saved.size == (entries / "a" / "state").stat().st_size > 0
+
+            # Restored: the same guest, still holding what it wrote, on other host ports.
+            second = await running(backend, made[1], entries / "a")
+            assert not (entries / "a").exists(), "an entry is used once"
+            assert second.message == ""
+            assert second.ports[22][1] != port
+            mark = guest_ssh(guest_image, second.ports[22][1], "cat /run/mark")
+            assert mark.stdout.strip() == "warm-42", mark.stderr
+            assert "restoring its saved state" in backend.serial_log(made[1]).read_text()
+
+            # Corrupted in the middle: checked while QEMU reads it, so the guest never runs.
+            await backend.save_state(made[1], entries / "b")
+            state = entries / "b" / "state"
+            with state.open("r+b") as file:
+                file.seek(state.stat().st_size // 2)
+                file.write(bytes(64))
+            third = await running(backend, made[2], entries / "b")
+            assert (await backend.status(made[2])).actual == Actual.RUNNING
+            cold = guest_ssh(guest_image, third.ports[22][1], "cat /run/mark 2>&1; uptime")
+            assert "warm-42" not in cold.stdout, "a corrupted state must not run"
+            assert "booting" in backend.serial_log(made[2]).read_text()
+
+            # Truncated: refused before QEMU starts.
+            await backend.save_state(made[2], entries / "c")
+            state = entries / "c" / "state"
+            os.truncate(state, state.stat().st_size // 3)
+            await backend.create(made[3], {**spec, "savedState": str(entries / "c")})
+            await backend.start(made[3])
+            starting = await backend.status(made[3])
+            assert "the saved state was not used" in starting.message
+            assert "truncated" in starting.message
+            fourth = await wait_for(backend, made[3], Actual.RUNNING)
+            assert (
+                "warm-42" not in guest_ssh(guest_image, fourth.ports[22][1], "cat /run/mark").stdout
+            )
+        finally:
+            await delete_all(backend, made)
+
+    asyncio.run(scenario())
+    assert lab.leftovers() == {}
+    assert not entries.exists() or list(entries.iterdir()) == []

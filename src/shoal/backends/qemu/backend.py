@@ -38,7 +38,7 @@ from shoal.backends.base import (
     connect_tcp,
 )
 from shoal.backends.qemu import accel as accelerators
-from shoal.backends.qemu import qmp
+from shoal.backends.qemu import qmp, savedstate
 from shoal.backends.qemu.images import (
     PULL_FAILED,
     BaseImage,
@@ -67,6 +67,12 @@ START_MARK = "--- shoal: starting"
 ACCEL_RETRY_SECONDS = 60.0  # QEMU ran no guest at all: decide again after this long
 ACCEL_RECHECK_SECONDS = 60.0  # the chosen accelerator stopped working: see if it is back
 FAILURE_FILE = "failed.json"  # why the VM failed, until it is started again
+# A VM made from a saved state holds it here until its first start loads it.
+INCOMING_STATE = "incoming.state"
+INCOMING_ENTRY = "incoming.json"
+COLD_REASON = "booted-cold.txt"  # why a VM made from a saved state booted instead
+RESTORE_TIMEOUT = 120.0
+FAST_POLL = 0.02  # how often a restored guest is asked for its SSH banner
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,7 @@ class _Running:
     state: VMState
     monitor: asyncio.Task[None] | None = None
     started: float = field(default_factory=time.monotonic)
+    restored: bool = False  # started from a saved state: asked for its banner at once
 
 
 # Host ports of the VMs of every backend in this process (several nodes may share a host), held
@@ -203,6 +210,7 @@ class QemuBackend:
         self._accel_trouble: str | None = None
         self._accel_checked_at = 0.0
         self._accel_check: asyncio.Task[None] | None = None
+        self._qemu_version: str | None = None
         self._create_lock = asyncio.Lock()
         # (vm, guest port) -> loopback port of forwards added for tunnels while the VM runs.
         self._extra_forwards: dict[tuple[str, int], int] = {}
@@ -378,16 +386,6 @@ class QemuBackend:
             staging.mkdir()
             disk_size = spec.get("disk") or image.get("disk")
             wanted_size = parse_bytes(str(disk_size)) if disk_size else 0
-            base_format, base_size = base.disk_format, base.virtual_size
-            if base_format is None or base_size is None:
-                info = await self._image_info(base.disk)  # one read for size and format
-                base_format, base_size = str(info["format"]), int(info["virtual-size"])
-            await self._run(
-                self.settings.qemu_img,
-                "create", "-q", "-f", "qcow2", "-F", base_format, "-b", base.disk,
-                str(staging / "disk.qcow2"),
-                *([str(wanted_size)] if wanted_size > base_size else []),
-            )  # fmt: skip
             machine = Machine(
                 vm_id=vm_id,
                 cpu=int(spec.get("cpu") or image.get("cpu") or 1),
@@ -405,6 +403,9 @@ class QemuBackend:
                 network=self.settings.network,
                 image_digest=base.digest,
             )
+            saved = spec.get("savedState")
+            if not (saved and await self._take_saved_state(Path(str(saved)), machine, staging)):
+                await self._new_overlay(base, staging / "disk.qcow2", wanted_size)
             if machine.firmware == "uefi" or machine.guest_os == "macos":
                 await self._copy_uefi_vars(staging)
             machine.save(staging)
@@ -419,6 +420,78 @@ class QemuBackend:
                 _release(forwards)
         self._link(paths)
         self._vms[vm_id] = _Running(self._stopped_state(vm_id, machine))
+
+    async def _new_overlay(self, base: BaseImage, disk: Path, wanted_size: int) -> None:
+        base_format, base_size = base.disk_format, base.virtual_size
+        if base_format is None or base_size is None:
+            info = await self._image_info(base.disk)  # one read for size and format
+            base_format, base_size = str(info["format"]), int(info["virtual-size"])
+        await self._run(
+            self.settings.qemu_img,
+            "create", "-q", "-f", "qcow2", "-F", base_format, "-b", base.disk, str(disk),
+            *([str(wanted_size)] if wanted_size > base_size else []),
+        )  # fmt: skip
+
+    async def _take_saved_state(self, entry_dir: Path, machine: Machine, staging: Path) -> bool:
+        """Move a saved state's disk and memory into the VM being made (staging), to be loaded
+        at its first start. False when it cannot become this VM (the reason is kept for the VM's
+        status, and the entry is discarded either way: an entry is used once)."""
+        try:
+            entry = savedstate.Entry.load(entry_dir)
+            state = entry_dir / savedstate.STATE_FILE
+            problem = savedstate.mismatch(entry, machine, await self.qemu_version(), state)
+            if problem is None:
+                os.rename(entry_dir / "disk.qcow2", staging / "disk.qcow2")
+                os.rename(state, staging / INCOMING_STATE)
+                entry.save(staging)
+                os.rename(staging / savedstate.ENTRY_FILE, staging / INCOMING_ENTRY)
+                return True
+        except (savedstate.SavedStateError, OSError) as error:
+            problem = str(error)
+        finally:
+            shutil.rmtree(entry_dir, ignore_errors=True)
+        (staging / COLD_REASON).write_text(f"the saved state was not used: {problem}")
+        log.warning("VM %s: booting cold: the saved state was not used: %s", machine.vm_id, problem)
+        return False
+
+    async def qemu_version(self) -> str:
+        """The QEMU binary's version, as its --version says it (a saved state fits only it)."""
+        if self._qemu_version is None:
+            out = await self._run(self.settings.qemu, "--version", timeout=30, what="QEMU")
+            self._qemu_version = out.splitlines()[0].strip() if out.strip() else "unknown"
+        return self._qemu_version
+
+    async def save_state(self, vm_id: str, dest: Path) -> savedstate.Entry:
+        """Save a running, ready VM as an entry at dest (a new directory): its memory and
+        devices, its disk overlay and its machine. The VM is gone afterwards, as if deleted."""
+        paths = self._paths(vm_id)
+        machine = self._machine(vm_id)
+        running = self._vms.get(vm_id)
+        if self._alive(vm_id, paths) is None or running is None or not running.state.ready:
+            raise BackendError(f"VM {vm_id} is not running and ready: nothing to save")
+        staging = dest.with_name(f".{dest.name}.part")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        self._unwatch(vm_id)
+        try:
+            entry = await savedstate.save(paths.qmp, machine, await self.qemu_version(), staging)
+            paths.wanted.write_text("stopped")
+            pid = self._alive(vm_id, paths)
+            with contextlib.suppress(qmp.QMPError):
+                await qmp.execute(paths.qmp, "quit", timeout=3)
+            if pid is not None and not await self._exited(vm_id, paths, 5.0):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                await self._exited(vm_id, paths, 5.0)
+            os.rename(paths.disk, staging / "disk.qcow2")
+            machine.save(staging)
+            os.rename(staging, dest)
+        except (savedstate.SavedStateError, OSError) as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            await self.delete(vm_id)
+            raise BackendError(f"cannot save VM {vm_id}: {error}") from None
+        await self.delete(vm_id)
+        return entry
 
     def cached_images(self) -> list[str]:
         """The references of the images in this node's cache (for the Node's status)."""
@@ -565,9 +638,14 @@ class QemuBackend:
             argv = command(machine, paths, self.host_setup(accel))
         except MachineError as error:
             raise BackendError(str(error)) from None
+        incoming = paths.root / INCOMING_STATE
+        restoring = incoming.exists()
+        if restoring:
+            argv += ["-incoming", "defer"]
         paths.wanted.write_text("running")
         with paths.serial_log.open("ab") as serial:
-            serial.write(f"\n{START_MARK} {now_iso()} ---\n".encode())
+            how = "restoring its saved state" if restoring else "booting"
+            serial.write(f"\n{START_MARK} {now_iso()} ({how}) ---\n".encode())
         try:
             await self._run(*argv, timeout=60, what="QEMU")
         except BackendError as error:
@@ -576,16 +654,50 @@ class QemuBackend:
             self._check_accelerator()  # was it the accelerator? The node will say so.
             return
         self._accel_trouble = None  # QEMU came up under it, so it works
+        if restoring and not await self._restore(vm_id, paths, machine):
+            await self.start(vm_id)  # the saved state is gone: boot
+            return
         entry = self._vms.setdefault(vm_id, _Running(self._stopped_state(vm_id, machine)))
+        cold = paths.root / COLD_REASON
         entry.state = VMState(
             vm_id,
             Actual.STARTING,
             ports={f.guest: (f.address, f.host) for f in machine.forwards},
             addresses=[GUEST_ADDRESS],
             boot_time=now_iso(),
+            message=cold.read_text() if cold.exists() else "",
         )
         entry.started = time.monotonic()
+        entry.restored = restoring
         self._watch(vm_id)
+
+    async def _restore(self, vm_id: str, paths: Paths, machine: Machine) -> bool:
+        """Load the VM's saved state into the QEMU just started with -incoming. On failure the
+        QEMU goes, and so does the state; the VM gets a fresh overlay and the reason (False)."""
+        incoming = paths.root / INCOMING_STATE
+        try:
+            entry = savedstate.Entry.load_file(paths.root / INCOMING_ENTRY)
+            await savedstate.restore(paths.qmp, incoming, entry, RESTORE_TIMEOUT)
+            return True
+        except savedstate.SavedStateError as error:
+            problem = str(error)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                incoming.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                (paths.root / INCOMING_ENTRY).unlink()
+        log.warning("VM %s: booting cold: the saved state did not load: %s", vm_id, problem)
+        pid = self._alive(vm_id, paths)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            await self._exited(vm_id, paths, 5.0)
+        size = int((await self._image_info(str(paths.disk)))["virtual-size"])
+        paths.disk.unlink()
+        base = BaseImage(machine.base, None, None, machine.kernel, machine.initrd, {})
+        await self._new_overlay(base, paths.disk, size)
+        (paths.root / COLD_REASON).write_text(f"the saved state did not load: {problem}")
+        return False
 
     async def stop(self, vm_id: str, timeout: float | None = None) -> None:
         paths = self._paths(vm_id)
@@ -788,7 +900,9 @@ class QemuBackend:
         machine = self._machine(vm_id)
         forwarded = self._ssh_forward(machine)
         while True:
-            await asyncio.sleep(self.settings.poll_interval)
+            current = self._vms.get(vm_id)
+            fast = current is not None and current.restored and not current.state.ready
+            await asyncio.sleep(FAST_POLL if fast else self.settings.poll_interval)
             entry = self._vms.get(vm_id)
             if entry is None:
                 return
