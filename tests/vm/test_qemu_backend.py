@@ -746,3 +746,48 @@ def test_a_saved_vm_comes_back_from_its_memory_and_a_bad_state_boots_cold(
     asyncio.run(scenario())
     assert lab.leftovers() == {}
     assert not entries.exists() or list(entries.iterdir()) == []
+
+
+def test_clones_start_from_one_golden_state_each_on_its_own_disk(
+    lab: Lab, guest_image: TestGuest, tmp_path: Path
+) -> None:
+    """Clone mode: a golden VM runs with its RAM in a shared file and is saved as devices only;
+    every clone maps that file copy-on-write and gets an overlay of the golden disk, so what one
+    clone writes, memory or disk, no other sees. The golden stays, read-only."""
+    spec = vm_spec(guest_image_spec(guest_image))
+    golden = tmp_path / "golden"
+
+    async def scenario() -> None:
+        backend = QemuBackend(lab.settings())
+        made = [lab.new_id() for _ in range(3)]
+        try:
+            await backend.create(made[0], {**spec, "goldenMemory": True})
+            await backend.start(made[0])
+            seed = await wait_for(backend, made[0], Actual.RUNNING)
+            assert (
+                guest_ssh(guest_image, seed.ports[22][1], "echo gold > /run/mark").returncode == 0
+            )
+            entry = await backend.save_state(made[0], golden, clone=True)
+            assert entry.mode == "clone" and entry.size < 16 * MI, "devices only, not the RAM"
+            assert (golden / "memory").stat().st_size == 256 * MI
+            assert (golden / "memory").stat().st_mode & 0o222 == 0
+
+            clones = []
+            for vm_id in made[1:]:
+                await backend.create(vm_id, {**spec, "savedState": str(golden)})
+                await backend.start(vm_id)
+                clones.append(await wait_for(backend, vm_id, Actual.RUNNING))
+            assert golden.exists(), "a golden serves many VMs"
+            ports = [clone.ports[22][1] for clone in clones]
+            assert len(set(ports)) == 2
+            for port in ports:
+                assert guest_ssh(guest_image, port, "cat /run/mark").stdout.strip() == "gold"
+            guest_ssh(guest_image, ports[0], "echo one > /run/mark; echo one > /root/disk-mark")
+            assert guest_ssh(guest_image, ports[1], "cat /run/mark").stdout.strip() == "gold"
+            seen = guest_ssh(guest_image, ports[1], "cat /root/disk-mark 2>&1").stdout
+            assert "one" not in seen
+        finally:
+            await delete_all(backend, made)
+
+    asyncio.run(scenario())
+    assert lab.leftovers() == {}

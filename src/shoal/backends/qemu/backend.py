@@ -24,7 +24,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -403,9 +403,17 @@ class QemuBackend:
                 network=self.settings.network,
                 image_digest=base.digest,
             )
+            if spec.get("goldenMemory"):
+                memory = str(paths.root / savedstate.MEMORY_FILE)
+                machine = replace(machine, memory_file=memory, memory_shared=True)
             saved = spec.get("savedState")
-            if not (saved and await self._take_saved_state(Path(str(saved)), machine, staging)):
+            taken = None
+            if saved:
+                taken = await self._take_saved_state(Path(str(saved)), machine, staging)
+            if taken is None:
                 await self._new_overlay(base, staging / "disk.qcow2", wanted_size)
+            else:
+                machine = taken
             if machine.firmware == "uefi" or machine.guest_os == "macos":
                 await self._copy_uefi_vars(staging)
             machine.save(staging)
@@ -432,27 +440,44 @@ class QemuBackend:
             *([str(wanted_size)] if wanted_size > base_size else []),
         )  # fmt: skip
 
-    async def _take_saved_state(self, entry_dir: Path, machine: Machine, staging: Path) -> bool:
-        """Move a saved state's disk and memory into the VM being made (staging), to be loaded
-        at its first start. False when it cannot become this VM (the reason is kept for the VM's
-        status, and the entry is discarded either way: an entry is used once)."""
+    async def _take_saved_state(
+        self, entry_dir: Path, machine: Machine, staging: Path
+    ) -> Machine | None:
+        """Make the VM being made (staging) from a saved state, to be loaded at its first start:
+        a suspended entry's disk and memory move in (it is used once); a clone golden stays, and
+        the VM gets an overlay of its disk and maps its memory. The machine to save, or None
+        when the entry cannot become this VM (the reason is kept for the VM's status)."""
+        clone = False
         try:
             entry = savedstate.Entry.load(entry_dir)
+            clone = entry.mode == "clone"
             state = entry_dir / savedstate.STATE_FILE
             problem = savedstate.mismatch(entry, machine, await self.qemu_version(), state)
             if problem is None:
-                os.rename(entry_dir / "disk.qcow2", staging / "disk.qcow2")
-                os.rename(state, staging / INCOMING_STATE)
+                if clone:
+                    golden_disk = str(entry_dir / "disk.qcow2")
+                    await self._run(
+                        self.settings.qemu_img,
+                        "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", golden_disk,
+                        str(staging / "disk.qcow2"),
+                    )  # fmt: skip
+                    shutil.copyfile(state, staging / INCOMING_STATE)
+                    memory = str(entry_dir / savedstate.MEMORY_FILE)
+                    machine = replace(machine, memory_file=memory, memory_shared=False)
+                else:
+                    os.rename(entry_dir / "disk.qcow2", staging / "disk.qcow2")
+                    os.rename(state, staging / INCOMING_STATE)
                 entry.save(staging)
                 os.rename(staging / savedstate.ENTRY_FILE, staging / INCOMING_ENTRY)
-                return True
-        except (savedstate.SavedStateError, OSError) as error:
+                return machine
+        except (savedstate.SavedStateError, BackendError, OSError) as error:
             problem = str(error)
         finally:
-            shutil.rmtree(entry_dir, ignore_errors=True)
+            if not clone:
+                shutil.rmtree(entry_dir, ignore_errors=True)
         (staging / COLD_REASON).write_text(f"the saved state was not used: {problem}")
         log.warning("VM %s: booting cold: the saved state was not used: %s", machine.vm_id, problem)
-        return False
+        return None
 
     async def qemu_version(self) -> str:
         """The QEMU binary's version, as its --version says it (a saved state fits only it)."""
@@ -461,20 +486,25 @@ class QemuBackend:
             self._qemu_version = out.splitlines()[0].strip() if out.strip() else "unknown"
         return self._qemu_version
 
-    async def save_state(self, vm_id: str, dest: Path) -> savedstate.Entry:
+    async def save_state(self, vm_id: str, dest: Path, *, clone: bool = False) -> savedstate.Entry:
         """Save a running, ready VM as an entry at dest (a new directory): its memory and
-        devices, its disk overlay and its machine. The VM is gone afterwards, as if deleted."""
+        devices, its disk overlay and its machine. With clone, the entry is a golden that many
+        VMs start from (the VM must have been made with goldenMemory); its files are made
+        read-only. The VM is gone afterwards, as if deleted."""
         paths = self._paths(vm_id)
         machine = self._machine(vm_id)
         running = self._vms.get(vm_id)
         if self._alive(vm_id, paths) is None or running is None or not running.state.ready:
             raise BackendError(f"VM {vm_id} is not running and ready: nothing to save")
+        if clone and not machine.memory_shared:
+            raise BackendError(f"VM {vm_id} was not made with goldenMemory: it cannot seed clones")
         staging = dest.with_name(f".{dest.name}.part")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         self._unwatch(vm_id)
         try:
-            entry = await savedstate.save(paths.qmp, machine, await self.qemu_version(), staging)
+            version = await self.qemu_version()
+            entry = await savedstate.save(paths.qmp, machine, version, staging, clone=clone)
             paths.wanted.write_text("stopped")
             pid = self._alive(vm_id, paths)
             with contextlib.suppress(qmp.QMPError):
@@ -484,6 +514,11 @@ class QemuBackend:
                     os.kill(pid, signal.SIGKILL)
                 await self._exited(vm_id, paths, 5.0)
             os.rename(paths.disk, staging / "disk.qcow2")
+            if clone:
+                memory = staging / savedstate.MEMORY_FILE
+                os.rename(paths.root / savedstate.MEMORY_FILE, memory)
+                for frozen in (memory, staging / "disk.qcow2"):
+                    frozen.chmod(0o444)  # clones read them: nothing may write them again
             machine.save(staging)
             os.rename(staging, dest)
         except (savedstate.SavedStateError, OSError) as error:
@@ -692,6 +727,9 @@ class QemuBackend:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             await self._exited(vm_id, paths, 5.0)
+        if machine.memory_file is not None and not machine.memory_shared:
+            machine = replace(machine, memory_file=None)  # a clone's golden RAM: not for a boot
+            machine.save(paths.root)
         size = int((await self._image_info(str(paths.disk)))["virtual-size"])
         paths.disk.unlink()
         base = BaseImage(machine.base, None, None, machine.kernel, machine.initrd, {})

@@ -36,6 +36,10 @@ class Machine:
     network: str = "user"  # user | bridge:<name> | tap:<name>
     extra: dict[str, Any] = field(default_factory=dict)
     image_digest: str | None = None  # the node-cache image `base` is in (an OCI image)
+    # Guest RAM in a file instead of anonymous memory: shared (written through: a golden VM
+    # whose memory clones start from) or private (copy-on-write over a golden's file: a clone).
+    memory_file: str | None = None
+    memory_shared: bool = False
 
     def save(self, directory: Path) -> None:
         path = directory / MACHINE_FILE
@@ -153,9 +157,24 @@ def _uefi(paths: Paths, host: HostSetup) -> list[str]:
     ]  # fmt: skip
 
 
+def _memory(machine: Machine) -> tuple[list[str], str]:
+    """The -object of a file-backed RAM, and what -machine then needs."""
+    if machine.memory_file is None:
+        return [], ""
+    share = "on" if machine.memory_shared else "off"
+    backend = (
+        f"memory-backend-file,id=ram0,size={machine.memory_mib}M,"
+        f"mem-path={_opt(machine.memory_file)},share={share}"
+    )
+    return ["-object", backend], ",memory-backend=ram0"
+
+
 def linux_command(machine: Machine, paths: Paths, host: HostSetup) -> list[str]:
     argv = _common(machine, paths, host)
-    argv += ["-machine", "q35", "-cpu", "host" if host.accel in ("kvm", "hvf") else "max"]
+    memory, machine_option = _memory(machine)
+    argv += memory
+    argv += ["-machine", f"q35{machine_option}"]
+    argv += ["-cpu", "host" if host.accel in ("kvm", "hvf") else "max"]
     if machine.firmware == "uefi" and machine.boot == "disk":
         argv += _uefi(paths, host)
     if machine.boot == "kernel":

@@ -8,7 +8,10 @@ instant, the pair is an *entry*: a directory holding
     disk.qcow2    its disk overlay
     state         the migration stream: memory and device state
     entry.json    what the state fits: QEMU's version, the image, the memory and cpu, its size
-                  and sha256
+                  and sha256, and its mode
+    memory        (clone mode) the guest's RAM: the golden VM ran with its RAM in this shared
+                  file, so the stream carries devices only (QEMU's x-ignore-shared); a clone maps
+                  the file copy-on-write (share=off) and starts on an overlay of the golden disk
 
 Restoring: QEMU starts with the same machine and `-incoming defer`, is given the file
 (`migrate-incoming exec:cat FILE`), and the guest is resumed (`cont`) once the stream is in and its
@@ -30,6 +33,7 @@ from shoal.backends.qemu.machine import Machine
 
 STATE_FILE = "state"
 ENTRY_FILE = "entry.json"
+MEMORY_FILE = "memory"  # a clone golden's RAM
 HASH_CHUNK = 4 * 2**20
 POLL = 0.005
 
@@ -50,6 +54,9 @@ class Entry:
     size: int
     sha256: str
     saved_at: float
+    # suspended: used once (its disk and memory become the VM's); clone: a golden many VMs
+    # start from (memory mapped copy-on-write from its file, a disk overlay on its disk).
+    mode: str = "suspended"
 
     def save(self, directory: Path) -> None:
         (directory / ENTRY_FILE).write_text(json.dumps(asdict(self), indent=1))
@@ -89,11 +96,22 @@ async def _migration_done(socket: Path, timeout: float, what: str) -> None:
         await asyncio.sleep(POLL)
 
 
-async def save(socket: Path, machine: Machine, qemu_version: str, dest: Path) -> Entry:
-    """Pause the guest and write its memory and devices to dest/state; QEMU is left paused
-    (the caller quits it). Returns the entry's description, also written to dest."""
+async def _ignore_shared(socket: Path) -> None:
+    """RAM in a shared file is not in the stream: a clone maps it from the golden's file."""
+    capability = {"capability": "x-ignore-shared", "state": True}
+    await qmp.execute(socket, "migrate-set-capabilities", {"capabilities": [capability]})
+
+
+async def save(
+    socket: Path, machine: Machine, qemu_version: str, dest: Path, *, clone: bool = False
+) -> Entry:
+    """Pause the guest and write its memory and devices to dest/state (with clone, its devices
+    only: its memory is its shared memory file); QEMU is left paused (the caller quits it).
+    Returns the entry's description, also written to dest."""
     part = dest / f"{STATE_FILE}.part"
     try:
+        if clone:
+            await _ignore_shared(socket)
         await qmp.execute(socket, "stop")
         await qmp.execute(socket, "migrate", {"uri": f"exec:cat > {part}"})
         await _migration_done(socket, 300.0, "saving the state")
@@ -110,6 +128,7 @@ async def save(socket: Path, machine: Machine, qemu_version: str, dest: Path) ->
         size=state.stat().st_size,
         sha256=await asyncio.to_thread(sha256_of, state),
         saved_at=time.time(),
+        mode="clone" if clone else "suspended",
     )
     entry.save(dest)
     return entry
@@ -133,6 +152,14 @@ def mismatch(entry: Entry, machine: Machine, qemu_version: str, state: Path) -> 
         return "its state file is missing"
     if size != entry.size:
         return f"its state file is {size} bytes, {entry.size} were saved (truncated or changed)"
+    if entry.mode == "clone":
+        memory = state.parent / MEMORY_FILE
+        try:
+            memory_size = memory.stat().st_size
+        except OSError:
+            return "its memory file is missing"
+        if memory_size != entry.memory_mib * 2**20:
+            return f"its memory file is {memory_size} bytes, not {entry.memory_mib} MiB"
     return None
 
 
@@ -141,6 +168,8 @@ async def restore(socket: Path, state: Path, entry: Entry, timeout: float) -> No
     is known whole. Raises SavedStateError (QEMU is left as it is: the caller kills it)."""
     hashing = asyncio.create_task(asyncio.to_thread(sha256_of, state))
     try:
+        if entry.mode == "clone":
+            await _ignore_shared(socket)
         await qmp.execute(socket, "migrate-incoming", {"uri": f"exec:cat {state}"})
         await _migration_done(socket, timeout, "loading the saved state")
         if await hashing != entry.sha256:
