@@ -762,7 +762,7 @@ def _measure(
     shown = int(page.evaluate(LISTED))
     page_rows = int(page.evaluate(ROWS))
     _say(
-        f"after the churn: the page shows {shown} rows ({page.evaluate(COUNT_TEXT)!r}), "
+        f"after the churn: the page lists {shown} VMs ({page.evaluate(COUNT_TEXT)!r}, {page_rows} rows shown), "
         f"the API lists {expected} VMs"
     )
     rows.append(
