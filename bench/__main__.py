@@ -12,7 +12,18 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import foundation, heartbeats, images, jobs, qemu, runnerpools, scheduler, tunnels, ui
+from bench import (
+    foundation,
+    heartbeats,
+    images,
+    jobs,
+    qemu,
+    runnerpools,
+    scheduler,
+    tunnels,
+    ui,
+    warm,
+)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -61,6 +72,8 @@ def main() -> int:
         rows += runnerpools.run(args.jobs, args.runners)
     if "ui" in wanted:  # SHOAL_BENCH_UI_CHURN_SECONDS=60 for a quick run (default 600)
         rows += ui.run()
+    if "warm" in wanted:  # not in the default set: boots 20 guests, takes minutes
+        rows += warm.run()
     width = max(len(r["name"]) for r in rows)
     print(f"{'benchmark':<{width}}  {'value':>12}  unit")
     for row in rows:
