@@ -18,6 +18,18 @@ from shoal.testguest import TestGuest
 TEST_IMAGE = "test-guest"
 
 
+def guest_ssh(
+    guest: TestGuest, port: int, command: str, address: str = "127.0.0.1"
+) -> subprocess.CompletedProcess[str]:
+    """command run in the test guest over SSH (its key), at address:port."""
+    return subprocess.run(
+        ["ssh", *guest.ssh_options(), "-p", str(port), f"{guest.ssh_user}@{address}", command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def qemu_pids(vm_ids: list[str]) -> list[int]:
     """Pids of QEMUs running for any of vm_ids."""
     marks = [f"shoal-{vm_id}".encode() for vm_id in vm_ids]

@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 
 from helpers import wait_until
-from qemu_dev import qemu_pids
+from qemu_dev import guest_ssh, qemu_pids
 from shoal.backends.base import Actual, VMState
 from shoal.backends.qemu import QemuBackend, QemuSettings
 from shoal.backends.qemu import backend as qemu_backend
@@ -174,17 +173,6 @@ async def wait_for(backend: QemuBackend, vm_id: str, wanted: Actual) -> VMState:
     return state
 
 
-def ssh(
-    guest: TestGuest, address: str, port: int, command: str
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ssh", *guest.ssh_options(), "-p", str(port), f"{guest.ssh_user}@{address}", command],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 # What the guest says about how it booted: its kernel command line (syslinux adds BOOT_IMAGE and
 # initrd), the root filesystem's device, whether the kernel came through UEFI, and the partitions.
 PROBE = (
@@ -235,7 +223,7 @@ def test_an_image_boots_from_its_own_disk(
             running = await wait_for(backend, vm_id, Actual.RUNNING)
             assert running.ready
             address, port = running.ports[22]
-            ran = await asyncio.to_thread(ssh, guest_image, address, port, PROBE)
+            ran = await asyncio.to_thread(guest_ssh, guest_image, port, PROBE, address)
             assert ran.returncode == 0, ran.stderr
             lines = ran.stdout.splitlines()
             cmdline = lines[0].split()
@@ -247,7 +235,7 @@ def test_an_image_boots_from_its_own_disk(
                 "partitions=vda1 vda2",
                 "42",
             ]
-            failed = await asyncio.to_thread(ssh, guest_image, address, port, "exit 7")
+            failed = await asyncio.to_thread(guest_ssh, guest_image, port, "exit 7", address)
             assert failed.returncode == 7
 
             await backend.stop(vm_id)

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from helpers import wait_until
-from qemu_dev import qemu_pids
+from qemu_dev import guest_ssh, qemu_pids
 from shoal.backends.base import Actual, BackendError, VMState
 from shoal.backends.qemu import QemuBackend, QemuSettings, qmp
 from shoal.backends.qemu import backend as qemu_backend
@@ -667,15 +667,6 @@ def test_delete_of_a_running_vm_raises_nothing_else(lab: Lab, blank_disk: Path) 
 
 
 # -- saved state: a VM started from its memory instead of a boot ------------------------------
-
-
-def guest_ssh(guest: TestGuest, port: int, command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ssh", *guest.ssh_options(), "-p", str(port), f"{guest.ssh_user}@127.0.0.1", command],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_a_saved_vm_comes_back_from_its_memory_and_a_bad_state_boots_cold(

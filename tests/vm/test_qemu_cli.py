@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from helpers import Cli, free_port, wait_until
-from qemu_dev import TEST_IMAGE, QemuDev, qemu_processes_under
+from qemu_dev import TEST_IMAGE, QemuDev, guest_ssh, qemu_processes_under
 from shoal.testguest import TestGuest
 
 pytestmark = pytest.mark.skipif(
@@ -34,12 +34,7 @@ def ssh(
     dev: QemuDev, guest: TestGuest, name: str, command: str
 ) -> subprocess.CompletedProcess[str]:
     port = next(p["host"] for p in status(dev, name)["ports"] if p["guest"] == 22)
-    return subprocess.run(
-        ["ssh", *guest.ssh_options(), "-p", str(port), f"{guest.ssh_user}@127.0.0.1", command],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return guest_ssh(guest, port, command)
 
 
 def test_three_vms_boot_answer_ssh_and_go_through_every_action(
