@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from helpers import AgentProcess, InProcessController, create_join_token, processes, wait_until
@@ -694,3 +694,32 @@ def test_openapi_names_the_rules_review_and_the_watch_websocket(env: Env) -> Non
     assert "post" in document["paths"][f"{API}/selfsubjectrulesreviews"]
     assert WATCH in document["x-websockets"]
     assert document["x-websockets"][WATCH]["summary"].startswith("Many watches")
+
+
+def test_a_revoked_token_starts_no_more_watches_on_its_open_socket(env: Env) -> None:
+    """The socket authenticated once; each new watch asks again, so a token revoked while a tab
+    is open stops there (closed with 4401) instead of watching on."""
+    admin = env.admin
+    admin.create("serviceaccounts", {"metadata": {"name": "leaving"}}, NS_A)
+    bind(admin, NS_A, "view", NS_A, "leaving")
+    issued = admin.request("POST", resource_path("serviceaccounts", NS_A, "leaving", "token"))
+    token, token_id = issued["status"]["token"], issued["status"]["id"]
+    with Mux(browser_socket(env, WATCH, token)) as mux:
+        mux.watch("a", "virtualmachines", namespace=NS_A)
+        mux.until(lambda frames: any(f["id"] == "a" for f in frames), "the first watch's events")
+        admin.request(
+            "DELETE", resource_path("serviceaccounts", NS_A, "leaving", f"tokens/{token_id}")
+        )
+        # The controller trusts a token it checked for a few seconds; then the next watch asks.
+        deadline = time.monotonic() + 30
+        closed = None
+        while closed is None and time.monotonic() < deadline:
+            try:
+                mux.watch("b", "nodes")
+                mux.connection.recv(timeout=0.5)
+            except TimeoutError:
+                continue
+            except ConnectionClosed as error:
+                closed = error
+        assert closed is not None and closed.rcvd is not None
+        assert closed.rcvd.code == 4401 and "revoked" in closed.rcvd.reason

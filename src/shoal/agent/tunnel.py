@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shoal.agent.consoleshare import ConsoleShares
+from shoal.agent.consoleshare import ConsoleShares, Viewer
 from shoal.agent.execstream import serve_exec
 from shoal.agent.push import PushRefused, serve_push
 from shoal.backends.base import Backend, BackendError, HasConsole, HasDisplay, HasSerialLog
@@ -106,6 +106,7 @@ class TunnelClient:
                     await stream.send(READY)
                     await self._exec(stream, request)
                     return
+                console: Viewer | None = None
                 try:
                     if kind == "log":
                         source = self._log_file(request)
@@ -118,17 +119,19 @@ class TunnelClient:
                 except Refused as refusal:
                     await stream.close(REFUSED, reason_text(str(refusal)))
                     return
-                await stream.send(READY)
                 vm = str(request.get("vm"))
-                self._by_vm.setdefault(vm, set()).add(stream)
                 try:
+                    await stream.send(READY)
+                    self._by_vm.setdefault(vm, set()).add(stream)
                     if kind == "log":
                         await self._send_log(stream, source, request)
-                    elif kind == "console":
-                        await console(stream)
+                    elif console is not None:
+                        await console.serve(stream)
                     else:
                         await relay(stream, reader, writer, _peer(kind, request))
                 finally:
+                    if console is not None:
+                        console.leave()  # also when READY could not be sent
                     self._by_vm.get(vm, set()).discard(stream)
                     if not self._by_vm.get(vm, True):
                         del self._by_vm[vm]

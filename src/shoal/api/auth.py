@@ -193,8 +193,15 @@ def allowed_verbs(store: Store, principal: Principal, namespace: str | None) -> 
     A cluster admin gets {"*": {"*"}}."""
     if principal.cluster_admin:
         return {"*": {"*"}}
+    if principal.kind == "Node":  # as _node_may: its own Node and VMs, Events, images
+        return {
+            "Node": set(READ),
+            "Image": set(READ),
+            "ImageCache": set(READ),
+            "Event": {"create", "get", "list", "update", "patch"},
+        }
     allowed: dict[str, set[str]] = {kind: set(READ) for kind in CLUSTER_READABLE}
-    if principal.kind == "Node" or namespace is None:
+    if namespace is None:
         return allowed
     for role in roles_in(store, principal, namespace):
         for kind, verbs in ROLES[role].items():

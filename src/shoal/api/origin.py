@@ -12,15 +12,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 def same_origin(origin: str, host: str) -> bool:
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return False
+        default = 443 if parts.scheme == "https" else 80
+        origin_port = parts.port or default
+        target = urlsplit(f"//{host}")
+        target_port = target.port or default
+    except ValueError:  # a malformed port or address: not ours
         return False
-    default = 443 if parts.scheme == "https" else 80
-    origin_port = parts.port or default
-    target = urlsplit(f"//{host}")
-    return (target.hostname or "").lower() == parts.hostname.lower() and (
-        target.port or default
-    ) == origin_port
+    return (target.hostname or "").lower() == parts.hostname.lower() and target_port == origin_port
 
 
 class OriginCheck:

@@ -16,6 +16,7 @@ ERROR ends its watch: after a 410 the client lists again and watches from the li
 
 import asyncio
 import contextlib
+import logging
 from typing import Annotated, Literal
 
 import orjson
@@ -27,9 +28,10 @@ from shoal.api.auth import Principal, authenticate, websocket_protocol
 from shoal.api.context import ApiContext
 from shoal.api.listing import make_query
 from shoal.api.routes import NAME_PATTERN, PREFIX, KindHandlers
-from shoal.errors import ApiError, BadRequest
+from shoal.errors import ApiError, BadRequest, Unavailable
 from shoal.model.registry import KINDS
 
+log = logging.getLogger(__name__)
 MAX_WATCHES = 32
 QUEUE_FRAMES = 1024
 WatchId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -79,26 +81,42 @@ class Session:
         self.watches: dict[str, asyncio.Task[None]] = {}
 
     async def run(self) -> None:
+        """Until the client goes, or can no longer be written to (its watches go with it)."""
+        reader = asyncio.create_task(self._read())
         writer = asyncio.create_task(self._write())
         try:
+            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            tasks = [reader, writer, *self.watches.values()]
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _read(self) -> None:
+        with contextlib.suppress(WebSocketDisconnect):
             while True:
                 message = await self.socket.receive()
                 if message["type"] == "websocket.disconnect":
-                    break
+                    return
                 text = message.get("text")
                 if text is None:  # a binary frame: answered like any malformed one
                     binary = BadRequest("bad request: frames are JSON text, not binary")
                     await self.outbox.put(_error_frame(None, binary))
                     continue
+                if not await asyncio.to_thread(self._still_valid):
+                    await self.socket.close(4401, "the token is invalid, expired or revoked")
+                    return
                 await self._handle(text)
-        except WebSocketDisconnect:
-            pass
-        finally:
-            for task in [writer, *self.watches.values()]:
-                task.cancel()
-            for task in [writer, *self.watches.values()]:
-                with contextlib.suppress(BaseException):
-                    await task
+
+    def _still_valid(self) -> bool:
+        """Whether the token the session opened with still stands (revoked or expired: no new
+        watch is started with it)."""
+        try:
+            return authenticate(self.socket) == self.caller
+        except ApiError:
+            return False
 
     async def _write(self) -> None:
         while True:
@@ -117,6 +135,8 @@ class Session:
         previous = self.watches.pop(request.id, None)
         if previous is not None:
             previous.cancel()
+            with contextlib.suppress(BaseException):
+                await previous
         if isinstance(request, CancelRequest):
             return
         if len(self.watches) >= MAX_WATCHES:
@@ -150,6 +170,10 @@ class Session:
                         await self.outbox.put(_frame(request.id, line))
         except ApiError as error:
             await self.outbox.put(_error_frame(request.id, error))
+        except Exception as error:  # the store failing under a watch: say so, and end it
+            log.exception("watch %s of %s failed", request.id, request.resource)
+            failed = Unavailable(f"the watch failed: {type(error).__name__}: {error}")
+            await self.outbox.put(_error_frame(request.id, failed))
         finally:
             if self.watches.get(request.id) is asyncio.current_task():
                 del self.watches[request.id]

@@ -98,12 +98,15 @@ async function start() {
   header.hidden = false;
   try {
     const who = await review("");
+    if (!signedIn || !session.token) return; // the token was refused: signed out already
     document.getElementById("who").textContent = who.status.display;
     // A namespaced token cannot see all namespaces at once: start in its own.
     if (!who.status.clusterAdmin && !state.namespace && who.status.user.kind === "ServiceAccount") {
       state.namespace = who.status.user.namespace;
     }
-  } catch { /* a 401 signs out */ }
+  } catch {
+    if (!signedIn || !session.token) return; // a 401 signed out, with its reason
+  }
   if (!namespaces) {
     namespaces = new Collection("namespaces").onChange(renderNamespaces);
     namespaces.start();

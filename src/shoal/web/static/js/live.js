@@ -75,7 +75,15 @@ class Mux {
     this.watches.clear();
     clearTimeout(this.timer);
     this.timer = null;
-    if (this.ws) this.ws.close();
+    const ws = this.ws;
+    this.ws = null;
+    this.open = false;
+    this.everUp = false;
+    this.retry = RETRY_MIN;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      ws.close();
+    }
   }
 }
 
@@ -114,6 +122,8 @@ export class Collection {
   async relist() {
     if (this.stopped) return;
     mux.unsubscribe(this.id);
+    // A fresh id per watch: frames of the one just ended can never be taken for the next one's.
+    this.id = `${this.resource}-${(nextId += 1)}`;
     try {
       const listed = await api.list(this.resource, this.namespace, this.selectors);
       if (this.stopped) return;
@@ -151,6 +161,10 @@ export class Collection {
       if (obj && obj.code === 410) { this.relist(); return; }
       this.error = new ApiError(obj ? obj.code : 0, obj);
       this.changed();
+      if (!obj || !obj.code || obj.code >= 500) { // the server's trouble: list and watch again soon
+        clearTimeout(this.relistTimer);
+        this.relistTimer = setTimeout(() => this.relist(), 2000);
+      }
       return;
     }
     this.version = obj.metadata.resourceVersion;

@@ -25,7 +25,7 @@ export function deployPage(view, { namespace }) {
   const ports = h("input", { name: "ports", placeholder: "22, 8080" });
   const script = h("textarea", { name: "startupScript", rows: 5, spellcheck: "false" });
   const error = h("p", { class: "error form-error", role: "alert", tabindex: "-1" });
-  const submit = h("button", { class: "primary", type: "submit" }, "Deploy");
+  const submit = h("button", { class: "primary", type: "submit", disabled: true }, "Deploy");
 
   const form = h("form", { class: "stack", novalidate: true, onsubmit: deploy, "aria-label": "Deploy a VM" },
     field("Namespace", ns, "metadata.namespace"),
@@ -45,6 +45,7 @@ export function deployPage(view, { namespace }) {
     const names = list.items.map((n) => n.metadata.name).sort();
     const chosen = namespace || (names.includes("default") ? "default" : names[0]);
     fill(ns, names.map((n) => h("option", { value: n, selected: n === chosen }, n)));
+    submit.disabled = !names.length;
     loadConfigs();
   }).catch((failure) => showErrors(form, failure));
   api.list("images").then((list) => fill(images, list.items.map((i) => h("option", { value: i.metadata.name }))))

@@ -24,14 +24,20 @@ export function nodesPage(view) {
     { title: "Allocated / capacity", cell: (n) => allocation(n) },
     { title: "Actions", cell: (n) => mayManage ? actions(n) : "—" },
   ], { label: "Nodes", key: (n) => n.metadata.name,
-    version: (n) => `${n.metadata.resourceVersion}:${mayManage}:${vmVersion}` });
-  let vmVersion = 0;
+    // A row is redrawn when its node, the rights or what its VMs take changed, not on every VM
+    // event (a focused button would lose focus).
+    version: (n) => `${n.metadata.resourceVersion}:${mayManage}:${usage(n)}` });
   const dialog = labelDialog(problem);
   fill(view, h("h1", {}, "Nodes"), errors, problem, table.element, dialog.element);
 
   const page = livePage({ nodes: ["nodes"], vms: ["virtualmachines", null] }, render);
   table.onSort = render;
   can("patch", "nodes").then((allowed) => { mayManage = allowed; render(); });
+
+  function usage(node) {
+    const vms = page.collections.vms;
+    return vms.loaded ? JSON.stringify(nodeUse(node, vms.list())) : "";
+  }
 
   function allocation(node) {
     const vms = page.collections.vms;
@@ -66,8 +72,7 @@ export function nodesPage(view) {
   }
 
   function render() {
-    const { nodes, vms } = page.collections;
-    vmVersion = vms.version;
+    const { nodes } = page.collections;
     fill(errors, collectionError(nodes));
     table.update(nodes.list());
   }

@@ -27,6 +27,7 @@ export function vmPage(view, { params: [namespace, name] }) {
   const pushArea = h("div");
   const rights = {};
   let openConsole = null;
+  let consoleGeneration = 0; // a console that opens after another was chosen is closed at once
   let logAbort = null;
   let logNode = null;
   let stopped = false;
@@ -137,6 +138,8 @@ export function vmPage(view, { params: [namespace, name] }) {
     for (const tab of tabs.children) {
       tab.setAttribute("aria-selected", String(tab.id === `tab-${kind || "none"}`));
     }
+    consoleGeneration += 1;
+    const mine = consoleGeneration;
     if (openConsole) { openConsole.close(); openConsole = null; }
     fill(consoleArea);
     consoleStatus.textContent = "";
@@ -144,10 +147,12 @@ export function vmPage(view, { params: [namespace, name] }) {
     const target = h("div", { class: kind === "serial" ? "terminal" : "screen", id: `console-${kind}` });
     consoleArea.append(target);
     try {
-      openConsole = await (kind === "serial" ? serialConsole : screenConsole)(target, consoleStatus, namespace, name);
+      const opened = await (kind === "serial" ? serialConsole : screenConsole)(target, consoleStatus, namespace, name);
+      if (mine !== consoleGeneration) { opened.close(); return; } // another tab was chosen, or the page left
+      openConsole = opened;
       window.shoalConsole = openConsole; // for tests and the curious: the terminal's buffer
     } catch (error) {
-      consoleStatus.textContent = error.message;
+      if (mine === consoleGeneration) consoleStatus.textContent = error.message;
     }
   }
 
@@ -155,9 +160,11 @@ export function vmPage(view, { params: [namespace, name] }) {
   return {
     stop() {
       stopped = true;
+      consoleGeneration += 1;
       page.stop();
       if (logAbort) logAbort.abort();
       if (openConsole) openConsole.close();
+      window.shoalConsole = null;
     },
   };
 }
