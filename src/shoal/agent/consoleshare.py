@@ -15,6 +15,7 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
+from shoal.tasks import first_of
 from shoal.tunnel.protocol import BROKEN, CHUNK, EOF, close_code, is_eof, reason_text
 
 MAX_BACKLOG = 2**20
@@ -135,17 +136,13 @@ async def _carry(websocket: Any, share: _Share, queue: _Queue) -> None:
                 await share.writer.drain()
 
     # A dropped viewer is closed even while a send to it is stuck (it reads nothing).
-    tasks = {
-        asyncio.create_task(outbound()),
-        asyncio.create_task(inbound()),
-        asyncio.create_task(queue.dropped.wait()),
-    }
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    done = await first_of(
+        {
+            asyncio.create_task(outbound()),
+            asyncio.create_task(inbound()),
+            asyncio.create_task(queue.dropped.wait()),
+        }
+    )
     broke = next(
         (task.exception() for task in done if not task.cancelled() and task.exception()), None
     )

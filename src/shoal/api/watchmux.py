@@ -30,6 +30,7 @@ from shoal.api.listing import make_query
 from shoal.api.routes import NAME_PATTERN, PREFIX, KindHandlers
 from shoal.errors import ApiError, BadRequest, Unavailable
 from shoal.model.registry import KINDS
+from shoal.tasks import first_of
 
 log = logging.getLogger(__name__)
 MAX_WATCHES = 32
@@ -82,17 +83,13 @@ class Session:
 
     async def run(self) -> None:
         """Until the client goes, or can no longer be written to (its watches go with it)."""
-        reader = asyncio.create_task(self._read())
-        writer = asyncio.create_task(self._write())
         try:
-            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            await first_of({asyncio.create_task(self._read()), asyncio.create_task(self._write())})
         finally:
-            tasks = [reader, writer, *self.watches.values()]
-            for task in tasks:
+            watches = list(self.watches.values())
+            for task in watches:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
+            await asyncio.gather(*watches, return_exceptions=True)
 
     async def _read(self) -> None:
         with contextlib.suppress(WebSocketDisconnect):

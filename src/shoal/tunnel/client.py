@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from shoal.client import connect_websocket, resource_path
 from shoal.errors import ApiError, Unavailable, error_from_status
+from shoal.tasks import first_of
 from shoal.tunnel.protocol import CHUNK, READY, status_of
 from shoal.tunnel.relay import relay
 
@@ -175,13 +176,9 @@ async def console(endpoint: Endpoint, notice: Callable[[str], None]) -> None:
                 sys.stdout.buffer.write(message)
                 sys.stdout.buffer.flush()
 
-    tasks = [asyncio.create_task(typing()), asyncio.create_task(printing())]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await first_of({asyncio.create_task(typing()), asyncio.create_task(printing())})
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
         with contextlib.suppress(Exception):

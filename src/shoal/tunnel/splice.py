@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
+from shoal.tasks import first_of
 from shoal.tunnel.protocol import (
     BROKEN,
     NORMAL,
@@ -72,13 +73,7 @@ async def splice(client: WebSocket, agent: WebSocket, *, node: str, idle_timeout
     upstream = asyncio.create_task(_carry(client, agent, touched))
     downstream = asyncio.create_task(_carry(agent, client, touched))
     idle = asyncio.create_task(_idle(touched, idle_timeout))
-    tasks = {upstream, downstream, idle}
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    done = await first_of({upstream, downstream, idle})
     if downstream in done:
         ended = downstream.result()
         if not _passes_on(ended):

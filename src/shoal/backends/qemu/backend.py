@@ -162,6 +162,16 @@ def _host_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def _take_text(path: Path) -> str:
+    """A note file's text, the file gone after ("" when there is none)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return ""
+    path.unlink(missing_ok=True)
+    return text
+
+
 def _tail(path: Path, lines: int = SERIAL_TAIL_LINES) -> str:
     try:
         with path.open("rb") as file:
@@ -447,14 +457,15 @@ class QemuBackend:
         a suspended entry's disk and memory move in (it is used once); a clone golden stays, and
         the VM gets an overlay of its disk and maps its memory. The machine to save, or None
         when the entry cannot become this VM (the reason is kept for the VM's status)."""
-        clone = False
+        # A golden (it has the RAM file) serves many VMs and may back running clones: never
+        # removed here, even when it cannot serve this one.
+        clone = (entry_dir / savedstate.MEMORY_FILE).exists()
         try:
             entry = savedstate.Entry.load(entry_dir)
-            clone = entry.mode == "clone"
             state = entry_dir / savedstate.STATE_FILE
             problem = savedstate.mismatch(entry, machine, await self.qemu_version(), state)
             if problem is None:
-                if clone:
+                if entry.mode == "clone":
                     golden_disk = str(entry_dir / "disk.qcow2")
                     await self._run(
                         self.settings.qemu_img,
@@ -693,14 +704,13 @@ class QemuBackend:
             await self.start(vm_id)  # the saved state is gone: boot
             return
         entry = self._vms.setdefault(vm_id, _Running(self._stopped_state(vm_id, machine)))
-        cold = paths.root / COLD_REASON
         entry.state = VMState(
             vm_id,
             Actual.STARTING,
             ports={f.guest: (f.address, f.host) for f in machine.forwards},
             addresses=[GUEST_ADDRESS],
             boot_time=now_iso(),
-            message=cold.read_text() if cold.exists() else "",
+            message=_take_text(paths.root / COLD_REASON),  # said at the first start only
         )
         entry.started = time.monotonic()
         entry.restored = restoring

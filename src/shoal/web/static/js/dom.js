@@ -123,6 +123,16 @@ export function parseLabels(text) {
   return labels;
 }
 
+/** A labelled form field whose error slot shows the API's message for `name` (showErrors):
+ * the input is marked data-field=name and described by the slot. The input must have an id. */
+export function field(label, input, name, { hint, className } = {}) {
+  input.dataset.field = name;
+  const error = h("span", { class: "field-error", dataset: { errorFor: name }, id: `${input.id}-error`, "aria-live": "polite" });
+  input.setAttribute("aria-describedby", `${input.id}-error`);
+  return h("label", { for: input.id, class: className }, label,
+    hint ? h("span", { class: "hint" }, hint) : null, input, error);
+}
+
 /** Show an API error where the user acted: at the fields its causes name (inputs carry
  * data-field="spec.cpu"), the rest in the form's error line. */
 export function showErrors(form, error) {

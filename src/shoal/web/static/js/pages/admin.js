@@ -3,7 +3,7 @@
 
 import { api, path, request } from "../api.js";
 import { can } from "../access.js";
-import { age, fill, h, showErrors, since } from "../dom.js";
+import { age, field, fill, h, showErrors, since } from "../dom.js";
 import { KeyedTable, act, collectionError, livePage } from "./common.js";
 
 const ROLES = ["view", "connect", "edit", "admin"];
@@ -112,25 +112,21 @@ export function adminPage(view, { namespace }) {
 
 function nameForm(label, id, create) {
   const input = h("input", { id, spellcheck: "false", autocomplete: "off" });
-  input.dataset.field = "metadata.name";
   const error = h("p", { class: "error form-error", role: "alert", tabindex: "-1" });
   const form = h("form", { class: "toolbar", novalidate: true, onsubmit: async (event) => {
     event.preventDefault();
     showErrors(form, null);
     try { await create(input.value.trim()); input.value = ""; } catch (failure) { showErrors(form, failure); }
   } },
-  h("label", { class: "field", for: id }, label, input, h("span", { class: "field-error", dataset: { errorFor: "metadata.name" } })),
+  field(label, input, "metadata.name", { className: "field" }),
   h("button", { type: "submit" }, "Create"), error);
   return form;
 }
 
 function bindingForm(ns) {
   const name = h("input", { id: "binding-name", spellcheck: "false" });
-  name.dataset.field = "metadata.name";
   const role = h("select", { id: "binding-role" }, ROLES.map((r) => h("option", { value: r }, r)));
-  role.dataset.field = "roleRef.name";
   const subject = h("input", { id: "binding-subject", placeholder: "service account name", spellcheck: "false" });
-  subject.dataset.field = "subjects";
   const error = h("p", { class: "error form-error", role: "alert", tabindex: "-1" });
   const form = h("form", { class: "toolbar", novalidate: true, onsubmit: async (event) => {
     event.preventDefault();
@@ -142,9 +138,9 @@ function bindingForm(ns) {
       name.value = ""; subject.value = "";
     } catch (failure) { showErrors(form, failure); }
   } },
-  h("label", { class: "field", for: "binding-name" }, "Binding name", name, h("span", { class: "field-error", dataset: { errorFor: "metadata.name" } })),
-  h("label", { class: "field", for: "binding-role" }, "Role", role, h("span", { class: "field-error", dataset: { errorFor: "roleRef.name" } })),
-  h("label", { class: "field", for: "binding-subject" }, "Service account", subject, h("span", { class: "field-error", dataset: { errorFor: "subjects" } })),
+  field("Binding name", name, "metadata.name", { className: "field" }),
+  field("Role", role, "roleRef.name", { className: "field" }),
+  field("Service account", subject, "subjects", { className: "field" }),
   h("button", { type: "submit" }, "Grant"), error);
   return form;
 }

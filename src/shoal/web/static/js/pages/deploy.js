@@ -2,14 +2,11 @@
 // API's validation messages show at the fields they name.
 
 import { api } from "../api.js";
-import { fill, h, parseLabels, showErrors } from "../dom.js";
+import { field as labelled, fill, h, parseLabels, showErrors } from "../dom.js";
 
 function field(label, input, name, hint) {
   input.id = input.id || `deploy-${name.replace(/\./g, "-")}`;
-  input.dataset.field = name;
-  const error = h("span", { class: "field-error", dataset: { errorFor: name }, id: `${input.id}-error`, "aria-live": "polite" });
-  input.setAttribute("aria-describedby", `${input.id}-error`);
-  return h("label", { for: input.id }, label, hint ? h("span", { class: "hint" }, hint) : null, input, error);
+  return labelled(label, input, name, { hint });
 }
 
 export function deployPage(view, { namespace }) {

@@ -3,7 +3,7 @@
 
 import { api } from "../api.js";
 import { can } from "../access.js";
-import { bytes, fill, h, showErrors } from "../dom.js";
+import { bytes, field, fill, h, showErrors } from "../dom.js";
 import { KeyedTable, act, collectionError, livePage } from "./common.js";
 
 export function imagesPage(view) {
@@ -59,9 +59,7 @@ export function imagesPage(view) {
 
 function pullForm() {
   const reference = h("input", { id: "pull-reference", spellcheck: "false", placeholder: "registry.example:5000/images/ubuntu:24.04" });
-  reference.dataset.field = "spec.image";
   const name = h("input", { id: "pull-name", spellcheck: "false" });
-  name.dataset.field = "metadata.name";
   const error = h("p", { class: "error form-error", role: "alert", tabindex: "-1" });
   const submit = h("button", { class: "primary", type: "submit" }, "Pull onto all nodes");
   const form = h("form", { class: "stack", novalidate: true, onsubmit: async (event) => {
@@ -82,10 +80,8 @@ function pullForm() {
     }
   } },
   h("h2", {}, "Pull an image onto the nodes"),
-  h("label", { for: "pull-reference" }, "Image or registry reference", reference,
-    h("span", { class: "field-error", dataset: { errorFor: "spec.image" } })),
-  h("label", { for: "pull-name" }, "Cache name", h("span", { class: "hint" }, "Empty: generated."), name,
-    h("span", { class: "field-error", dataset: { errorFor: "metadata.name" } })),
+  field("Image or registry reference", reference, "spec.image"),
+  field("Cache name", name, "metadata.name", { hint: "Empty: generated." }),
   error, h("div", {}, submit));
   return form;
 }

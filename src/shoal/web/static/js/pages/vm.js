@@ -3,7 +3,7 @@
 
 import { path, stream } from "../api.js";
 import { can } from "../access.js";
-import { fill, h, phaseBadge, showErrors, since } from "../dom.js";
+import { field, fill, h, phaseBadge, showErrors, since } from "../dom.js";
 import { serialConsole, screenConsole } from "../consoles.js";
 import { collectionError, livePage, phaseOf, waitReason } from "./common.js";
 import { vmActions } from "./vmactions.js";
@@ -177,7 +177,6 @@ function table(headers, rows, label) {
 
 function pushForm(namespace, name) {
   const reference = h("input", { id: "push-reference", placeholder: "registry.example:5000/team/image:tag", spellcheck: "false" });
-  reference.dataset.field = "reference";
   const insecure = h("input", { type: "checkbox", id: "push-insecure" });
   const username = h("input", { id: "push-username", autocomplete: "off" });
   const password = h("input", { id: "push-password", type: "password", autocomplete: "off" });
@@ -218,7 +217,7 @@ function pushForm(namespace, name) {
     }
   } },
   h("h2", {}, "Push the disk as an image"),
-  h("label", { for: "push-reference" }, "Reference", reference, h("span", { class: "field-error", dataset: { errorFor: "reference" } })),
+  field("Reference", reference, "reference"),
   h("div", { class: "row" },
     h("label", { for: "push-username" }, "Registry user", username),
     h("label", { for: "push-password" }, "Password", password)),
