@@ -121,8 +121,12 @@ def test_fake_kvm_that_breaks_is_reported_and_avoided_then_recovers(
                     "failed to initialize kvm: No such file or directory"
                 )
                 assert node()["status"]["accelerator"] == "kvm"  # reported, never swapped
-                events = await until(lambda: node_events(client), "the node's event")
-                assert ("AcceleratorFailed", "Warning", broken["message"]) in events
+                await until(
+                    lambda: (
+                        ("AcceleratorFailed", "Warning", broken["message"]) in node_events(client)
+                    ),
+                    "the node's AcceleratorFailed event",
+                )
 
                 client.create("virtualmachines", {"metadata": {"name": "b"}, **vm}, "default")
 
