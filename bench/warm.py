@@ -31,6 +31,7 @@ from typing import Any
 
 from bench.stats import median, percentile
 from shoal.backends.base import Actual
+from shoal.backends.qemu import savedstate
 from shoal.backends.qemu.backend import QemuBackend, QemuSettings
 from shoal.model.kinds import ImageSpec, VirtualMachineSpec
 from shoal.testguest import TestGuest, build_test_guest
@@ -106,7 +107,7 @@ async def _measure(base: Path) -> list[Row]:
     backend = QemuBackend(
         QemuSettings(state_dir=base / "node", accelerator="tcg", poll_interval=POLL, max_vms=16)
     )
-    entries = base / "entries"
+    entries = backend.saved_dir
     made: list[str] = []
 
     def new_id() -> str:
@@ -120,7 +121,8 @@ async def _measure(base: Path) -> list[Row]:
             vm_id = new_id()
             cold.append(await _ready(backend, vm_id, spec))
             began = time.monotonic()
-            entry = await backend.save_state(vm_id, entries / f"e{i}")
+            await backend.save_state(vm_id, f"e{i}")
+            entry = savedstate.Entry.load(entries / f"e{i}")
             saves.append(time.monotonic() - began)
             entry_bytes.append(_du(entries / f"e{i}"))
             _say(f"cold {i + 1}/{RUNS}: ready in {cold[-1]:.2f}s; saved in {saves[-1]:.2f}s "
@@ -128,9 +130,7 @@ async def _measure(base: Path) -> list[Row]:
         suspended = []
         for i in range(RUNS):
             vm_id = new_id()
-            suspended.append(
-                await _ready(backend, vm_id, {**spec, "savedState": str(entries / f"e{i}")})
-            )
+            suspended.append(await _ready(backend, vm_id, {**spec, "savedState": f"e{i}"}))
             if (await backend.status(vm_id)).message:
                 raise RuntimeError(
                     f"VM {vm_id} booted cold: {(await backend.status(vm_id)).message}"
@@ -140,9 +140,8 @@ async def _measure(base: Path) -> list[Row]:
 
         golden_vm = new_id()
         await _ready(backend, golden_vm, {**spec, "goldenMemory": True})
-        golden = entries / "golden"
-        await backend.save_state(golden_vm, golden, clone=True)
-        from_golden = {**spec, "savedState": str(golden)}
+        await backend.save_state(golden_vm, "golden", clone=True)
+        from_golden = {**spec, "savedState": "golden"}
         clone = []
         for i in range(RUNS):
             vm_id = new_id()

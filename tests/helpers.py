@@ -1,6 +1,7 @@
 """Shared test helpers: real controller and agent processes on loopback, and waiting on them."""
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -10,14 +11,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
+from shoal.agent.agent import Agent
 from shoal.client import Client, resource_path
 from shoal.server import ControllerSettings, ControlPlane
 from shoal.tls import fingerprint_of
@@ -252,3 +254,34 @@ class Cli:
     def many(self, commands: list[list[str]]) -> None:
         with ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(lambda args: self.run(*args), commands))
+
+
+T = TypeVar("T")
+
+
+class AgentLoop:
+    """An event loop in a thread, to run in-process agents while the test blocks on the API."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def start(self, agent: Agent) -> concurrent.futures.Future[None]:
+        return asyncio.run_coroutine_threadsafe(agent.run(), self.loop)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def agent_loop() -> Iterator[AgentLoop]:
+    runner = AgentLoop()
+    try:
+        yield runner
+    finally:
+        runner.close()

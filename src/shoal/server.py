@@ -30,6 +30,7 @@ from shoal.store.store import Store
 from shoal.store.tokens import CACHE_SECONDS, TokenStore
 from shoal.store.watch import WatchHub
 from shoal.tls import ServerTls, ensure_server_tls
+from shoal.warmpool.controller import WarmPools
 
 log = logging.getLogger(__name__)
 ADMIN_TOKEN_FILE = "admin.token"
@@ -147,6 +148,7 @@ class ControlPlane:
             tunnel_idle_timeout=settings.tunnel_idle_timeout,
         )
         self.runner_pools = RunnerPools(self.store, self.ctx.objects)
+        self.warm_pools = WarmPools(self.store, self.ctx.objects)
         self.ctx.wake_runner_pool = self.runner_pools.wake
         self.ctx.metric_sources.append(self.runner_pools.metrics)
         self.app = create_app(self.ctx)
@@ -171,6 +173,7 @@ class ControlPlane:
         await self.hub.start()
         self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
         self._tasks.append(asyncio.create_task(self.runner_pools.run(), name="runner-pools"))
+        self._tasks.append(asyncio.create_task(self.warm_pools.run(), name="warm-pools"))
         self._tasks.append(
             asyncio.create_task(
                 self._every(self.settings.housekeeping_interval, self._housekeeping),

@@ -5,21 +5,18 @@ runs agents in this process so it can look into the backend of the returning age
 forgets its VMs with its process, where real VM processes outlive their agent).
 """
 
-import asyncio
-import concurrent.futures
-import threading
 import time
-from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from helpers import (
+    AgentLoop,
     AgentProcess,
     ControllerProcess,
     InProcessController,
+    agent_loop,
     create_join_token,
     processes,
     wait_until,
@@ -160,34 +157,6 @@ def test_sigkilled_agent_node_is_lost_and_its_vms_fail_or_move(tmp_path: Path) -
         assert still_moved["spec"]["nodeName"] == "b"
         assert still_moved["status"]["phase"] == "Running"
         assert still_moved["metadata"]["resourceVersion"] == moved["metadata"]["resourceVersion"]
-
-
-class AgentLoop:
-    """An event loop in a thread, to run in-process agents while the test blocks on the API."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
-
-    def start(self, agent: Agent) -> concurrent.futures.Future[None]:
-        return asyncio.run_coroutine_threadsafe(agent.run(), self.loop)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-
-
-@contextmanager
-def agent_loop() -> Iterator[AgentLoop]:
-    runner = AgentLoop()
-    try:
-        yield runner
-    finally:
-        runner.close()
 
 
 def adopting(old: SimBackend) -> SimBackend:

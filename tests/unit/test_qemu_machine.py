@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shoal.backends.qemu import accel
-from shoal.backends.qemu.machine import Forward, HostSetup, Machine, MachineError, Paths, command
+from shoal.backends.qemu.machine import (
+    Forward,
+    HostSetup,
+    Machine,
+    MachineError,
+    Paths,
+    command,
+    mac_address,
+)
 
 ROOT = Path("/var/lib/shoal/agents/node-1/qemu/vms/0123456789abcdef")
 SHORT = Path("/tmp/shoal-vm-0011223344556677")
@@ -79,7 +87,9 @@ def test_linux_kernel_boot_command() -> None:
     assert value(argv, "-netdev") == (
         "user,id=n0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:0.0.0.0:40080-:8080"
     )
-    assert "virtio-net-pci,netdev=n0,romfile=" in devices(argv)
+    mac = mac_address(vm.vm_id)
+    assert f"virtio-net-pci,netdev=n0,mac={mac},romfile=" in devices(argv)
+    assert mac.startswith("52:54:00:") and mac != mac_address(vm.vm_id + "x")
     assert "virtio-rng-pci" in devices(argv)
     assert "VGA" in devices(argv)  # a screen for VNC and the web UI
 
@@ -187,7 +197,7 @@ def test_macos_command() -> None:
     assert f"id=system,if=none,format=qcow2,file={ROOT}/disk.qcow2" in drives
     assert "ide-hd,bus=sata.2,drive=opencore" in devices(argv)
     assert "ide-hd,bus=sata.3,drive=system" in devices(argv)
-    assert "vmxnet3,netdev=n0,romfile=" in devices(argv)
+    assert any(d.startswith("vmxnet3,netdev=n0,mac=52:54:00:") for d in devices(argv))
     assert not any(d.startswith("virtio-net") for d in devices(argv))
     assert value(argv, "-netdev").startswith("user,id=n0,hostfwd=tcp:127.0.0.1:40022-:22")
     assert "-kernel" not in argv
@@ -222,7 +232,7 @@ def test_bridge_network() -> None:
     argv = command(machine(network="bridge:br0"), PATHS, host())
     assert value(argv, "-netdev") == "bridge,id=n0,br=br0"
     assert "hostfwd" not in " ".join(argv)
-    assert "virtio-net-pci,netdev=n0,romfile=" in devices(argv)
+    assert any(d.startswith("virtio-net-pci,netdev=n0,mac=") for d in devices(argv))
 
 
 def test_tap_network() -> None:
@@ -235,7 +245,7 @@ def test_macos_on_a_bridge_keeps_vmxnet3() -> None:
     vm = machine(guest_os="macos", boot="disk", network="bridge:br1")
     argv = command(vm, PATHS, host(**MAC_HOST))
     assert value(argv, "-netdev") == "bridge,id=n0,br=br1"
-    assert "vmxnet3,netdev=n0,romfile=" in devices(argv)
+    assert any(d.startswith("vmxnet3,netdev=n0,mac=52:54:00:") for d in devices(argv))
 
 
 # -- escaping ----------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import pytest
 from helpers import wait_until
 from qemu_dev import guest_ssh, qemu_pids
 from shoal.backends.base import Actual, BackendError, VMState
-from shoal.backends.qemu import QemuBackend, QemuSettings, qmp
+from shoal.backends.qemu import QemuBackend, QemuSettings, qmp, savedstate
 from shoal.backends.qemu import backend as qemu_backend
 from shoal.backends.qemu.machine import Machine
 from shoal.model.kinds import ImageSpec, VirtualMachineSpec
@@ -676,21 +676,23 @@ def test_a_saved_vm_comes_back_from_its_memory_and_a_bad_state_boots_cold(
     the same guest (what it wrote to its tmpfs is still there) on its own host ports. A state
     file corrupted or truncated never runs: the VM boots cold and says why."""
     spec = vm_spec(guest_image_spec(guest_image))
-    entries = tmp_path / "entries"
 
-    async def running(backend: QemuBackend, vm_id: str, saved: Path | None = None) -> VMState:
-        await backend.create(vm_id, {**spec, **({"savedState": str(saved)} if saved else {})})
+    async def running(backend: QemuBackend, vm_id: str, saved: str | None = None) -> VMState:
+        await backend.create(vm_id, {**spec, **({"savedState": saved} if saved else {})})
         await backend.start(vm_id)
         return await wait_for(backend, vm_id, Actual.RUNNING)
 
     async def scenario() -> None:
         backend = QemuBackend(lab.settings())
+        entries = backend.saved_dir
         made = [lab.new_id() for _ in range(4)]
         try:
             first = await running(backend, made[0])
             port = first.ports[22][1]
             assert guest_ssh(guest_image, port, "echo warm-42 > /run/mark").returncode == 0
-            saved = await backend.save_state(made[0], entries / "a")
+            await backend.save_state(made[0], "a")
+            assert backend.saved_entries() == {"a"}
+            saved = savedstate.Entry.load(entries / "a")
             assert (await backend.status(made[0])).actual == Actual.ABSENT
             assert sorted(p.name for p in (entries / "a").iterdir()) == [
                 "disk.qcow2", "entry.json", "machine.json", "state",
@@ -698,7 +700,7 @@ def test_a_saved_vm_comes_back_from_its_memory_and_a_bad_state_boots_cold(
             assert saved.size == (entries / "a" / "state").stat().st_size > 0
 
             # Restored: the same guest, still holding what it wrote, on other host ports.
-            second = await running(backend, made[1], entries / "a")
+            second = await running(backend, made[1], "a")
             assert not (entries / "a").exists(), "an entry is used once"
             assert second.message == ""
             assert second.ports[22][1] != port
@@ -707,22 +709,22 @@ def test_a_saved_vm_comes_back_from_its_memory_and_a_bad_state_boots_cold(
             assert "restoring its saved state" in backend.serial_log(made[1]).read_text()
 
             # Corrupted in the middle: checked while QEMU reads it, so the guest never runs.
-            await backend.save_state(made[1], entries / "b")
+            await backend.save_state(made[1], "b")
             state = entries / "b" / "state"
             with state.open("r+b") as file:
                 file.seek(state.stat().st_size // 2)
                 file.write(bytes(64))
-            third = await running(backend, made[2], entries / "b")
+            third = await running(backend, made[2], "b")
             assert (await backend.status(made[2])).actual == Actual.RUNNING
             cold = guest_ssh(guest_image, third.ports[22][1], "cat /run/mark 2>&1; uptime")
             assert "warm-42" not in cold.stdout, "a corrupted state must not run"
             assert "booting" in backend.serial_log(made[2]).read_text()
 
             # Truncated: refused before QEMU starts.
-            await backend.save_state(made[2], entries / "c")
+            await backend.save_state(made[2], "c")
             state = entries / "c" / "state"
             os.truncate(state, state.stat().st_size // 3)
-            await backend.create(made[3], {**spec, "savedState": str(entries / "c")})
+            await backend.create(made[3], {**spec, "savedState": "c"})
             await backend.start(made[3])
             starting = await backend.status(made[3])
             assert "the saved state was not used" in starting.message
@@ -736,7 +738,8 @@ def test_a_saved_vm_comes_back_from_its_memory_and_a_bad_state_boots_cold(
 
     asyncio.run(scenario())
     assert lab.leftovers() == {}
-    assert not entries.exists() or list(entries.iterdir()) == []
+    saved_dir = QemuBackend(lab.settings()).saved_dir
+    assert not saved_dir.exists() or list(saved_dir.iterdir()) == []
 
 
 def test_clones_start_from_one_golden_state_each_on_its_own_disk(
@@ -746,10 +749,10 @@ def test_clones_start_from_one_golden_state_each_on_its_own_disk(
     every clone maps that file copy-on-write and gets an overlay of the golden disk, so what one
     clone writes, memory or disk, no other sees. The golden stays, read-only."""
     spec = vm_spec(guest_image_spec(guest_image))
-    golden = tmp_path / "golden"
 
     async def scenario() -> None:
         backend = QemuBackend(lab.settings())
+        golden = backend.saved_dir / "golden"
         made = [lab.new_id() for _ in range(3)]
         try:
             await backend.create(made[0], {**spec, "goldenMemory": True})
@@ -758,17 +761,19 @@ def test_clones_start_from_one_golden_state_each_on_its_own_disk(
             assert (
                 guest_ssh(guest_image, seed.ports[22][1], "echo gold > /run/mark").returncode == 0
             )
-            entry = await backend.save_state(made[0], golden, clone=True)
+            await backend.save_state(made[0], "golden", clone=True)
+            entry = savedstate.Entry.load(golden)
             assert entry.mode == "clone" and entry.size < 16 * MI, "devices only, not the RAM"
             assert (golden / "memory").stat().st_size == 256 * MI
             assert (golden / "memory").stat().st_mode & 0o222 == 0
 
             clones = []
             for vm_id in made[1:]:
-                await backend.create(vm_id, {**spec, "savedState": str(golden)})
+                await backend.create(vm_id, {**spec, "savedState": "golden"})
                 await backend.start(vm_id)
                 clones.append(await wait_for(backend, vm_id, Actual.RUNNING))
             assert golden.exists(), "a golden serves many VMs"
+            assert backend.saved_entries_in_use() == {"golden"}
             ports = [clone.ports[22][1] for clone in clones]
             assert len(set(ports)) == 2
             for port in ports:
@@ -779,6 +784,9 @@ def test_clones_start_from_one_golden_state_each_on_its_own_disk(
             assert "one" not in seen
         finally:
             await delete_all(backend, made)
+        assert backend.saved_entries_in_use() == set()
+        await backend.discard_saved("golden")
+        assert backend.saved_entries() == set()
 
     asyncio.run(scenario())
     assert lab.leftovers() == {}

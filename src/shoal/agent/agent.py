@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from shoal import __version__
+from shoal.agent.identity import FreshIdentities
 from shoal.agent.precache import Precacher, Precaches
 from shoal.agent.reconcile import (
     PHASE_DURING,
@@ -30,7 +31,7 @@ from shoal.agent.reconcile import (
 )
 from shoal.agent.startup import StartupScripts
 from shoal.agent.tunnel import TunnelClient
-from shoal.backends.base import Actual, Backend, BackendError, Capacity, VMState
+from shoal.backends.base import Actual, Backend, BackendError, Capacity, SavesState, VMState
 from shoal.client import AsyncClient, resource_path
 from shoal.errors import AlreadyExists, ApiError, Conflict, Gone, NotFound
 from shoal.events import bump, new_event
@@ -38,7 +39,9 @@ from shoal.images.errors import InvalidReference
 from shoal.images.reference import parse as parse_reference
 from shoal.model.kinds import AGENT_FINALIZER
 from shoal.model.meta import DNS_NAME, now_iso, set_condition
+from shoal.model.warmpool import SAVED_CONDITION, is_saved
 from shoal.quantity import format_bytes
+from shoal.warmpool import entries
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -119,6 +122,9 @@ class Agent:
         backend.subscribe(self._on_backend_change)
         logs_dir = settings.logs_dir or Path(tempfile.gettempdir()) / f"shoal-{self.name}-startup"
         self.scripts = StartupScripts(client, backend, logs_dir, self._on_backend_change)
+        self.identities = FreshIdentities(client, backend, self._on_backend_change)
+        # Saved entries no VM refers to, seen at the last sweep: removed if still so at the next.
+        self._unreferenced: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -201,6 +207,7 @@ class Agent:
             "accelerator": capacity.accelerator,
             "acceleratorReason": capacity.accelerator_reason[:1024],
             "agentVersion": __version__,
+            "warmStart": isinstance(self.backend, SavesState),
             "conditions": conditions,
             "lastHeartbeatTime": now,
         }
@@ -285,6 +292,32 @@ class Agent:
             await asyncio.sleep(self.settings.resync_interval)
             for vm in list(self._known.values()):
                 self._enqueue(vm)
+            try:
+                await self._sweep_saved(list(self._known.values()))
+            except (BackendError, OSError) as error:
+                log.warning("node %s: cannot sweep saved entries: %s", self.name, error)
+
+    async def _sweep_saved(self, vms: list[Obj]) -> None:
+        """Remove the saved entries no VM of this node refers to any more (a discarded entry
+        whose deletion this agent missed, a claim whose VM was deleted before it was made). An
+        entry must be found unreferenced at two sweeps in a row: the VM that claims an entry
+        arrives on the watch a moment after the entry's deletion."""
+        backend = self.backend
+        if not isinstance(backend, SavesState):
+            return
+        referenced = set(await asyncio.to_thread(backend.saved_entries_in_use))
+        for vm in vms:
+            meta = vm["metadata"]
+            if entries.pool_of(vm) is not None and not meta.get("deletionTimestamp"):
+                referenced.add(meta["uid"])
+            claimed = (meta.get("annotations") or {}).get(entries.CLAIM_ENTRY_ANNOTATION)
+            if claimed:
+                referenced.add(claimed)
+        held = await asyncio.to_thread(backend.saved_entries)
+        for entry in (held - referenced) & self._unreferenced:
+            log.info("node %s: removing saved entry %s that no VM refers to", self.name, entry)
+            await backend.discard_saved(entry)
+        self._unreferenced = held - referenced
 
     # -- watch -------------------------------------------------------------------------------
 
@@ -328,11 +361,13 @@ class Agent:
             self._known.pop(gone, None)
         for vm in vms:
             self._enqueue(vm)
+        await self._sweep_saved(vms)
 
     async def _forget(self, vm: Obj) -> None:
         uid = vm["metadata"]["uid"]
         self._known.pop(uid, None)
         self.scripts.forget(uid)
+        self.identities.forget(uid)
         with contextlib.suppress(BackendError):
             await self.backend.delete(uid)
         await self._end_tunnels(uid, f"VirtualMachine {vm['metadata']['name']} was deleted")
@@ -376,6 +411,9 @@ class Agent:
 
     async def reconcile(self, vm: Obj) -> None:
         uid = vm["metadata"]["uid"]
+        if is_saved(vm):
+            await self._keep_saved(vm)
+            return
         desired = desired_of(vm)
         one_shot = vm["spec"].get("deleteWhenScriptExits")
         if desired == Desired.RUNNING and one_shot and self.scripts.finished(vm):
@@ -399,11 +437,104 @@ class Agent:
             await self._release(vm)
             return
         state = await self.backend.status(uid)
+        if action == Action.CREATE_AND_START and failure is None:
+            await self._tell_warm_start(vm, state)
         status = self._status(vm, state)
         if failure is not None and state.actual != Actual.FAILED:  # else the backend says why
             status.update(phase="Failed", reason="BackendError", message=failure)
         vm = await self._write_status(vm, status)
+        if self._due_for_saving(vm, state):
+            await self._save_entry(vm)
+            return
+        self.identities.consider(vm, state)
         self.scripts.consider(vm)
+
+    # -- warm pools --------------------------------------------------------------------------
+
+    def _due_for_saving(self, vm: Obj, state: VMState) -> bool:
+        """An entry whose guest answers: saved now, and never runs as itself again."""
+        return (
+            entries.pool_of(vm) is not None
+            and isinstance(self.backend, SavesState)
+            and not vm["metadata"].get("deletionTimestamp")
+            and state.actual == Actual.RUNNING
+            and state.ready
+        )
+
+    async def _save_entry(self, vm: Obj) -> None:
+        backend = self.backend
+        assert isinstance(backend, SavesState)
+        uid = vm["metadata"]["uid"]
+        clone = entries.is_clone_golden(vm)
+        try:
+            await backend.save_state(uid, uid, clone=clone)
+        except BackendError as error:
+            status = self._status(vm, await self.backend.status(uid))
+            status.update(phase="Failed", reason="SaveFailed", message=str(error))
+            await self._write_status(vm, status)
+            return
+        conditions = copy.deepcopy((vm.get("status") or {}).get("conditions") or [])
+        set_condition(conditions, "Ready", "False", "Saved", "saved: it runs as a claiming VM")
+        what = "a clone golden" if clone else "an entry"
+        message = f"saved as {what} on node {self.name}"
+        set_condition(conditions, SAVED_CONDITION, "True", "Saved", message)
+        status = {
+            "phase": entries.SAVED_PHASE,
+            "message": message,
+            "reason": "Saved",
+            "ports": [],
+            "addresses": [],
+            "bootTime": None,
+            "observedGeneration": int(vm["metadata"].get("generation") or 1),
+            "conditions": conditions,
+        }
+        await self._write_status(vm, status)
+
+    async def _keep_saved(self, vm: Obj) -> None:
+        """A saved entry: its files stay until it is deleted; a consumed one's go to the VM
+        that claimed it (its create takes them), a discarded one's are removed here."""
+        backend = self.backend
+        meta = vm["metadata"]
+        uid = meta["uid"]
+        held = isinstance(backend, SavesState) and uid in await asyncio.to_thread(
+            backend.saved_entries
+        )
+        if meta.get("deletionTimestamp"):
+            claimed = entries.CLAIMED_BY_ANNOTATION in (meta.get("annotations") or {})
+            if (
+                held
+                and not claimed
+                and isinstance(backend, SavesState)
+                and uid not in await asyncio.to_thread(backend.saved_entries_in_use)
+            ):
+                await backend.discard_saved(uid)  # in use (a golden): the sweep does, later
+            await self._release(vm)
+            return
+        if not held and (vm.get("status") or {}).get("phase") == entries.SAVED_PHASE:
+            status = dict(vm.get("status") or {})
+            status.update(
+                phase="Failed",
+                reason="SavedStateLost",
+                message=f"node {self.name} no longer holds the entry's saved state",
+            )
+            await self._write_status(vm, status)
+
+    async def _tell_warm_start(self, vm: Obj, state: VMState) -> None:
+        """An Event on a VM that claimed a warm-pool entry: resumed, or why it booted cold."""
+        annotations = vm["metadata"].get("annotations") or {}
+        entry = annotations.get(entries.CLAIM_ENTRY_ANNOTATION)
+        if not entry:
+            return
+        pool = annotations.get(entries.CLAIM_POOL_ANNOTATION, "")
+        if state.restored:
+            await self._record(
+                vm, "WarmStarted", f"resumed a saved entry of warm pool {pool}", warning=False
+            )
+        else:
+            why = state.message or "the node could not use the saved state"
+            await self._record(
+                vm, "WarmStartFailed", f"booted cold instead of resuming: {why}", warning=True
+            )
 
     async def _image_spec(self, name: str) -> Obj | None:
         """The spec of the Image a VM names (an OCI reference stands for an Image of that
@@ -423,6 +554,8 @@ class Agent:
             spec = vm["spec"]
             if backend.resolves_images:
                 spec = {**spec, "resolvedImage": await self._image_spec(str(spec.get("image")))}
+            if isinstance(backend, SavesState):
+                spec = {**spec, **_warm_start_keys(vm)}
             vm = await self._create(uid, vm, spec, PHASE_DURING.get(action))
         if action in (Action.CREATE_AND_START, Action.START):
             await backend.start(uid)
@@ -458,7 +591,7 @@ class Agent:
     def _status(self, vm: Obj, state: VMState, phase: str | None = None) -> Obj:
         current = vm.get("status") or {}
         conditions = copy.deepcopy(current.get("conditions") or [])
-        ready = state.ready and phase is None
+        ready = state.ready and phase is None and self.identities.done(vm)
         set_condition(
             conditions,
             "Ready",
@@ -466,11 +599,11 @@ class Agent:
             "GuestReachable" if ready else "GuestNotReachable",
             "",
         )
-        script = self.scripts.condition_of(vm)
-        if script is not None:
-            set_condition(
-                conditions, script["type"], script["status"], script["reason"], script["message"]
-            )
+        for kept in (self.identities.condition_of(vm), self.scripts.condition_of(vm)):
+            if kept is not None:
+                set_condition(
+                    conditions, kept["type"], kept["status"], kept["reason"], kept["message"]
+                )
         return {
             "phase": phase or PHASE_OF[state.actual],
             "message": state.message,
@@ -567,3 +700,15 @@ class Agent:
                 if fresh["metadata"]["uid"] != meta["uid"]:
                     return
                 meta = fresh["metadata"]
+
+
+def _warm_start_keys(vm: Obj) -> Obj:
+    """What backend.create needs of a VM's warm-pool role: the entry it starts from (claimed),
+    or file-backed shared memory (a clone golden, saved once it answers)."""
+    annotations = vm["metadata"].get("annotations") or {}
+    keys: Obj = {}
+    if annotations.get(entries.CLAIM_ENTRY_ANNOTATION):
+        keys["savedState"] = annotations[entries.CLAIM_ENTRY_ANNOTATION]
+    if entries.pool_of(vm) is not None and entries.is_clone_golden(vm):
+        keys["goldenMemory"] = True
+    return keys

@@ -16,6 +16,7 @@ from shoal.model.kinds import (
 )
 from shoal.model.meta import now_iso
 from shoal.model.runnerpool import MAX_POOL_NAME, RUNNER_POOL_FINALIZER
+from shoal.model.warmpool import MAX_WARM_POOL_NAME, WARM_POOL_FINALIZER
 from shoal.quantity import describe_bytes
 from shoal.scheduler.placement import Allocatable, Request, could_ever_fit
 from shoal.store.store import Obj, Store
@@ -104,6 +105,54 @@ def _check_runner_pool_spec(store: Store, namespace: str, spec: dict[str, Any]) 
         raise Invalid(
             f"spec.template: a runner VM would be refused: {error}", field="spec.template"
         ) from None
+
+
+def _warm_pool(store: Store, obj: Obj, model: BaseModel) -> None:
+    """A pool's name leaves room for its entries' suffix; its VMConfig exists, gives guest
+    access (a claimed VM gets its fresh identity through it), and has no other pool. The pool
+    holds a finalizer until its entries are gone."""
+    name, namespace = obj["metadata"].get("name") or "", obj["metadata"]["namespace"]
+    if len(name) > MAX_WARM_POOL_NAME:
+        raise Invalid(
+            f"metadata.name: at most {MAX_WARM_POOL_NAME} characters for a WarmPool (its entries "
+            "are named <pool>-w<5 characters>)",
+            field="metadata.name",
+        )
+    _check_warm_pool_spec(store, namespace, name, obj["spec"])
+    finalizers = obj["metadata"].setdefault("finalizers", [])
+    if WARM_POOL_FINALIZER not in finalizers:
+        finalizers.append(WARM_POOL_FINALIZER)
+
+
+def _warm_pool_update(store: Store, current: Obj, updated: Obj) -> None:
+    if updated["spec"].get("config") != current["spec"].get("config"):
+        meta = current["metadata"]
+        _check_warm_pool_spec(store, meta["namespace"], meta["name"], updated["spec"])
+
+
+def _check_warm_pool_spec(store: Store, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    config_name = spec["config"]
+    try:
+        config = store.get("VMConfig", namespace, config_name)
+    except NotFound:
+        raise Invalid(
+            f"spec.config: VMConfig {config_name!r} not found in namespace {namespace}",
+            field="spec.config",
+        ) from None
+    if not ((config["spec"].get("access") or {}).get("secretRef") or {}).get("name"):
+        raise Invalid(
+            f"spec.config: VMConfig {config_name!r} sets no access.secretRef: a VM resumed from "
+            "a warm pool gets its fresh identity (hostname, clock, entropy) through guest access",
+            field="spec.config",
+        )
+    pools, _ = store.list_objects("WarmPool", namespace)
+    for other in pools:
+        if other["metadata"]["name"] != name and other["spec"].get("config") == config_name:
+            raise Invalid(
+                f"spec.config: VMConfig {config_name!r} already has WarmPool "
+                f"{other['metadata']['name']!r} (one pool per VMConfig)",
+                field="spec.config",
+            )
 
 
 def _vm_config(store: Store, obj: Obj, model: BaseModel) -> None:
@@ -312,6 +361,7 @@ CREATE_HOOKS: dict[str, CreateHook] = {
     "VMConfig": _vm_config,
     "Secret": _secret,
     "RunnerPool": _runner_pool,
+    "WarmPool": _warm_pool,
     "ImageCache": _image_cache,
 }
 
@@ -320,5 +370,6 @@ UPDATE_HOOKS: dict[str, UpdateHook] = {
     "VMConfig": _template_update,
     "Secret": _secret_update,
     "RunnerPool": _runner_pool_update,
+    "WarmPool": _warm_pool_update,
     "ImageCache": _image_cache_update,
 }

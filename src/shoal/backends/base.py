@@ -47,6 +47,8 @@ class VMState:
     addresses: list[str] = field(default_factory=list)
     boot_time: str | None = None
     ready: bool = False  # the guest answers (SSH banner for real guests)
+    restored: bool = False  # it runs from a saved state (a warm-pool entry), not a boot
+    mac: str | None = None  # its network device's MAC, when the backend sets one
 
 
 class BackendError(Exception):
@@ -86,6 +88,31 @@ class Backend(Protocol):
         """A TCP connection to the guest's port, made on this host (what tunnels carry).
 
         Raises BackendError with a reason a person can act on when the port cannot be reached."""
+        ...
+
+
+@runtime_checkable
+class SavesState(Protocol):
+    """A backend that saves a running VM (memory, devices and disk) as a warm-pool entry, and
+    makes VMs from entries: create's spec["savedState"] names the entry (its id), and
+    spec["goldenMemory"] makes a VM that can be saved as a clone golden. A VM whose entry
+    cannot be used boots cold instead, its status message saying why."""
+
+    async def save_state(self, vm_id: str, entry_id: str, *, clone: bool = False) -> None:
+        """Save the running, ready VM as entry entry_id; the VM is gone after, as if deleted.
+        Raises BackendError when it cannot (the VM is gone then too)."""
+        ...
+
+    def saved_entries(self) -> set[str]:
+        """The ids of the entries this node holds."""
+        ...
+
+    def saved_entries_in_use(self) -> set[str]:
+        """The entries VMs on this node still need (clone goldens their memory and disk map)."""
+        ...
+
+    async def discard_saved(self, entry_id: str) -> None:
+        """Remove an entry's files (nothing happens if it is not there)."""
         ...
 
 

@@ -1,7 +1,9 @@
 """The simulated backend: no guest, a settable boot delay and capacity.
 
 Many simulated agents fit in one process, for scale tests and benchmarks. A failure can be injected
-per VM (an image named `fail:<message>` fails to boot) so failure paths are testable.
+per VM (an image named `fail:<message>` fails to boot) so failure paths are testable. Warm-pool
+entries are kept in memory (an agent restarted with a new backend has lost them); a VM made from
+one starts in restore_delay instead of boot_delay.
 """
 
 import asyncio
@@ -18,6 +20,7 @@ from shoal.model.meta import now_iso
 @dataclass(frozen=True)
 class SimSettings:
     boot_delay: float = 0.5
+    restore_delay: float = 0.05
     cpu: int = 8
     memory: int = 16 * 2**30
     disk: int = 500 * 2**30
@@ -43,6 +46,8 @@ class SimBackend:
         self._specs: dict[str, dict[str, Any]] = {}
         self._boots: dict[str, asyncio.Task[None]] = {}
         self._next_port = 20000
+        self._saved: dict[str, bool] = {}  # entry id -> whether it is a clone golden
+        self._restoring: set[str] = set()  # VMs made from an entry, not yet started
         self._callbacks: list[Callable[[str], None]] = []
         self._shell = (
             GuestShell(self.settings.guest_shell_dir) if self.settings.guest_shell_dir else None
@@ -64,7 +69,19 @@ class SimBackend:
         for port in spec.get("ports") or [{"guest": 22}]:
             self._next_port += 1
             ports[int(port["guest"])] = ("127.0.0.1", self._next_port)
-        self._vms[vm_id] = VMState(vm_id, Actual.STOPPED, ports=ports, addresses=["10.0.2.15"])
+        message = ""
+        entry = spec.get("savedState")
+        if entry:
+            clone = self._saved.get(str(entry))
+            if clone is None:
+                message = f"the saved state was not used: no entry {entry} on this node"
+            else:
+                self._restoring.add(vm_id)
+                if not clone:
+                    del self._saved[str(entry)]
+        self._vms[vm_id] = VMState(
+            vm_id, Actual.STOPPED, message=message, ports=ports, addresses=["10.0.2.15"]
+        )
         self._specs[vm_id] = spec
 
     def _get(self, vm_id: str) -> VMState:
@@ -85,11 +102,15 @@ class SimBackend:
                 image[5:] or "boot failed",
             )
             return
-        vm.actual, vm.message, vm.reason = Actual.STARTING, "", ""
+        restored = vm_id in self._restoring
+        self._restoring.discard(vm_id)
+        message = vm.message if vm.actual == Actual.STOPPED else ""  # a cold boot's reason, once
+        vm.actual, vm.message, vm.reason, vm.restored = Actual.STARTING, message, "", restored
         self._boots[vm_id] = asyncio.create_task(self._boot(vm))
 
     async def _boot(self, vm: VMState) -> None:
-        await asyncio.sleep(self.settings.boot_delay)
+        delay = self.settings.restore_delay if vm.restored else self.settings.boot_delay
+        await asyncio.sleep(delay)
         if vm.actual == Actual.STARTING:
             vm.actual, vm.ready, vm.boot_time = Actual.RUNNING, True, now_iso()
             for callback in self._callbacks:
@@ -124,6 +145,23 @@ class SimBackend:
             self._shell.stop(vm_id)
         self._vms.pop(vm_id, None)
         self._specs.pop(vm_id, None)
+        self._restoring.discard(vm_id)
+
+    async def save_state(self, vm_id: str, entry_id: str, *, clone: bool = False) -> None:
+        vm = self._get(vm_id)
+        if vm.actual != Actual.RUNNING or not vm.ready:
+            raise BackendError(f"VM {vm_id} is not running and ready: nothing to save")
+        await self.delete(vm_id)
+        self._saved[entry_id] = clone
+
+    def saved_entries(self) -> set[str]:
+        return set(self._saved)
+
+    def saved_entries_in_use(self) -> set[str]:
+        return set()
+
+    async def discard_saved(self, entry_id: str) -> None:
+        self._saved.pop(entry_id, None)
 
     def _cancel_boot(self, vm_id: str) -> None:
         task = self._boots.pop(vm_id, None)

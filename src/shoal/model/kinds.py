@@ -48,6 +48,7 @@ Phase = Literal[
     "Starting",
     "Running",
     "Suspended",
+    "Saved",  # a warm-pool entry, saved and ready to hand out
     "Stopping",
     "Stopped",
     "Failed",
@@ -113,6 +114,8 @@ class NodeStatus(StrictModel):
     # Why the agent runs guests under this accelerator (or why QEMU runs none).
     acceleratorReason: Annotated[str, Field(max_length=1024)] = ""
     agentVersion: Annotated[str, Field(max_length=64)] | None = None
+    # The node's backend can save VMs as warm-pool entries and start VMs from them.
+    warmStart: bool = False
     guestOS: list[GuestOS] = Field(default_factory=lambda: list[GuestOS](["linux"]))
     cachedImages: list[Annotated[str, Field(max_length=512)]] = Field(default_factory=list)
     # Images the agent is pulling into its cache, or failed to (for ImageCache status).

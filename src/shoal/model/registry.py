@@ -6,6 +6,7 @@ from pydantic import BaseModel
 
 from shoal.model import kinds
 from shoal.model.runnerpool import RunnerPool
+from shoal.model.warmpool import WarmPool
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ KINDS: tuple[KindInfo, ...] = (
     # type and data are top-level, as in Kubernetes; data is encrypted at rest (store.sealing).
     KindInfo("Secret", "secrets", True, kinds.Secret, ("type", "data"), False, immutable=("type",)),
     KindInfo("RunnerPool", "runnerpools", True, RunnerPool, ("spec",), True),
+    KindInfo("WarmPool", "warmpools", True, WarmPool, ("spec",), True, immutable=("spec.mode",)),
     KindInfo("ServiceAccount", "serviceaccounts", True, kinds.ServiceAccount, ("spec",), True),
     KindInfo(
         "RoleBinding", "rolebindings", True, kinds.RoleBinding, ("roleRef", "subjects"), False

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from shoal.events import bump, new_event
 from shoal.model.kinds import AGENT_FINALIZER
 from shoal.model.meta import now_iso, set_condition
+from shoal.model.warmpool import is_saved
 from shoal.scheduler.placement import (
     RESOURCE_FILTERS,
     Request,
@@ -20,9 +21,23 @@ from shoal.scheduler.placement import (
     why_not,
 )
 from shoal.store.store import Obj, Store, Tx, Usage
+from shoal.warmpool import entries
 
 RECHECK = (not_deleting, ready, schedulable, *RESOURCE_FILTERS)
 VM_CHANGED = "vm changed"
+ENTRY_TAKEN = "warm-pool entry taken"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A warm-pool entry a VM is to start from: consumed (suspended mode) or shared (a clone
+    golden, which stays)."""
+
+    pool: str
+    entry_name: str
+    entry_uid: str
+    resource_version: str
+    consume: bool
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,9 @@ class Decision:
     name: str
     resource_version: str
     node_name: str
+    # For a VM of a pooled VMConfig: its pool, and the entry it takes (None: it boots cold).
+    pool: str | None = None
+    claim: Claim | None = None
 
 
 def add_request(usage: Usage, request: Request) -> Usage:
@@ -42,6 +60,15 @@ def add_request(usage: Usage, request: Request) -> Usage:
         vms=usage.vms + 1,
         macos=usage.macos + (request.os == "macos"),
     )
+
+
+def add_held(usage: Usage, vm: Obj) -> Usage:
+    """usage plus what a bound VM holds: its request, or a saved warm-pool entry's disk only
+    (as Tx.node_usages counts)."""
+    request = Request.of(vm)
+    if is_saved(vm):
+        return replace(usage, disk=usage.disk + request.disk)
+    return add_request(usage, request)
 
 
 def _bind_one(
@@ -60,6 +87,12 @@ def _bind_one(
     finalizers = vm["metadata"].setdefault("finalizers", [])
     if AGENT_FINALIZER not in finalizers:
         finalizers.append(AGENT_FINALIZER)
+    if decision.pool is not None:
+        annotations = vm["metadata"].setdefault("annotations", {})
+        annotations[entries.CLAIM_POOL_ANNOTATION] = decision.pool
+        annotations.pop(entries.CLAIM_ENTRY_ANNOTATION, None)
+        if decision.claim is not None:
+            annotations[entries.CLAIM_ENTRY_ANNOTATION] = decision.claim.entry_uid
     status = vm.setdefault("status", {})
     status.update(phase="Scheduled", scheduledTime=now_iso(), message="", reason="")
     set_condition(
@@ -72,12 +105,41 @@ def _bind_one(
     return None, add_request(usage, request)
 
 
+def _take_entry(decision: Decision, entry: Obj | None, vm_uid: str) -> str | None:
+    """Check the claimed entry is still there for the VM, and consume it (in place) unless it
+    is a golden; None on success, else why not."""
+    claim = decision.claim
+    assert claim is not None
+    if (
+        entry is None
+        or entry["metadata"]["uid"] != claim.entry_uid
+        or entry["metadata"]["resourceVersion"] != claim.resource_version
+        or not entries.claimable(entry)
+        or entry["spec"].get("nodeName") != decision.node_name
+    ):
+        return ENTRY_TAKEN
+    if claim.consume:
+        meta = entry["metadata"]
+        meta["deletionTimestamp"] = now_iso()
+        meta.setdefault("annotations", {})[entries.CLAIMED_BY_ANNOTATION] = vm_uid
+        entry.setdefault("status", {})["phase"] = "Terminating"
+    return None
+
+
+def _scheduled_message(vm: Obj) -> str:
+    node = vm["spec"]["nodeName"]
+    annotations = vm["metadata"].get("annotations") or {}
+    pool = annotations.get(entries.CLAIM_POOL_ANNOTATION)
+    if pool is None:
+        return f"bound to node {node}"
+    if entries.CLAIM_ENTRY_ANNOTATION in annotations:
+        return f"bound to node {node}, resuming an entry of warm pool {pool}"
+    return f"bound to node {node}, booting cold: warm pool {pool} has no ready entry that fits"
+
+
 def _record_scheduled(tx: Tx, bound: list[Obj]) -> None:
     """One Scheduled event per bound VM, written with the bind."""
-    fresh = [
-        new_event(vm, "Scheduled", f"bound to node {vm['spec']['nodeName']}", source="scheduler")
-        for vm in bound
-    ]
+    fresh = [new_event(vm, "Scheduled", _scheduled_message(vm), source="scheduler") for vm in bound]
     keys = [(e["metadata"]["namespace"], e["metadata"]["name"]) for e in fresh]
     existing = tx.get_many("Event", keys)
     tx.insert_many([e for e, key in zip(fresh, keys, strict=True) if key not in existing])
@@ -101,7 +163,12 @@ def bind_many(store: Store, decisions: list[Decision]) -> list[str | None]:
         nodes = tx.get_many("Node", [("", name) for name in names])
         usages = tx.node_usages(names)
         vms = tx.get_many("VirtualMachine", [(d.namespace, d.name) for d in decisions])
+        claimed = tx.get_many(
+            "VirtualMachine",
+            [(d.namespace, d.claim.entry_name) for d in decisions if d.claim is not None],
+        )
         bound: list[Obj] = []
+        consumed: list[Obj] = []
         for name in names:
             node = nodes.get(("", name))
             usage = usages[name]
@@ -111,10 +178,19 @@ def bind_many(store: Store, decisions: list[Decision]) -> list[str | None]:
                     continue
                 decision = decisions[index]
                 vm = vms.get((decision.namespace, decision.name))
+                entry = None
+                if decision.claim is not None and vm is not None:
+                    entry = claimed.get((decision.namespace, decision.claim.entry_name))
+                    results[index] = _take_entry(decision, entry, vm["metadata"]["uid"])
+                    if results[index] is not None:
+                        continue
                 results[index], usage = _bind_one(decision, vm, node, usage)
                 if results[index] is None and vm is not None:
                     bound.append(vm)
-        tx.replace_many(bound)
+                    if decision.claim is not None and decision.claim.consume:
+                        assert entry is not None
+                        consumed.append(entry)
+        tx.replace_many(bound + consumed)
         _record_scheduled(tx, bound)
     return results
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from shoal.events import new_event
 from shoal.model.meta import set_condition
-from shoal.scheduler.binder import Decision, add_request, bind_many
+from shoal.scheduler.binder import Decision, add_held, add_request, bind_many
 from shoal.scheduler.placement import (
     DEFAULT_HEARTBEAT_GRACE,
     Allocatable,
@@ -28,9 +28,12 @@ from shoal.scheduler.scores import score
 from shoal.store import events
 from shoal.store.store import Obj, Store, Tx, Usage
 from shoal.store.watch import WatchHub
+from shoal.warmpool.claims import ClaimIndex
+from shoal.warmpool.entries import claimable
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = 30.0
+GOLDEN_THERE = "already holding a golden of the pool"
 
 
 @dataclass
@@ -85,16 +88,19 @@ class Scheduler:
             return 0
         vms, _ = self.store.list_objects("VirtualMachine")
         nodes, _ = self.store.list_objects("Node")
+        pools, _ = self.store.list_objects("WarmPool")
         usage: dict[str, Usage] = defaultdict(Usage)
         pending = []
         for vm in vms:
             node_name = vm["spec"].get("nodeName")
             if node_name:
-                usage[node_name] = add_request(usage[node_name], Request.of(vm))
+                usage[node_name] = add_held(usage[node_name], vm)
             elif not vm["metadata"].get("deletionTimestamp"):
                 pending.append(vm)
         pending.sort(key=_priority_then_age)
         allocatable = {n["metadata"]["name"]: Allocatable.of(n) for n in nodes}
+        by_name = {n["metadata"]["name"]: n for n in nodes}
+        claims = ClaimIndex.of(pools, vms)
         now = time.time()
         decisions: list[Decision] = []
         waiting: list[tuple[Obj, str]] = []
@@ -105,15 +111,38 @@ class Scheduler:
             if request in hopeless:  # usage only grows within a pass
                 waiting.append((vm, hopeless[request]))
                 continue
-            choice, message = self._choose(request, nodes, usage, allocatable, now)
-            if choice is None:
-                hopeless[request] = message
-                waiting.append((vm, message))
-                continue
-            usage[choice] = add_request(usage[choice], request)
             meta = vm["metadata"]
+            pool = claims.pool_for(vm)
+            claim = None
+            if pool is not None:
+                for entry in claims.candidates(pool, vm):
+                    node_name = entry["spec"]["nodeName"]
+                    node = by_name.get(node_name)
+                    if node is not None and self._fits(node, usage[node_name], request, now):
+                        claim = claims.take(pool, entry)
+                        choice: str | None = node_name
+                        break
+            if claim is None:
+                avoid = claims.golden_nodes(vm)
+                choice, message = self._choose(request, nodes, usage, allocatable, now, avoid)
+                if choice is None:
+                    if avoid is None:
+                        hopeless[request] = message
+                    waiting.append((vm, message))
+                    continue
+                if avoid is not None:
+                    avoid.add(choice)
+            assert choice is not None
+            usage[choice] = add_request(usage[choice], request)
             decisions.append(
-                Decision(meta["namespace"], meta["name"], meta["resourceVersion"], choice)
+                Decision(
+                    meta["namespace"],
+                    meta["name"],
+                    meta["resourceVersion"],
+                    choice,
+                    pool=pool["metadata"]["name"] if pool is not None else None,
+                    claim=claim,
+                )
             )
             if len(decisions) >= self.settings.batch:
                 bound += self._bind(decisions)
@@ -122,6 +151,12 @@ class Scheduler:
         self._mark_unschedulable(waiting)
         return bound
 
+    def _fits(self, node: Obj, usage: Usage, request: Request, now: float) -> bool:
+        reason = why_not(
+            node, usage, request, now=now, heartbeat_grace=self.settings.heartbeat_grace
+        )
+        return reason is None
+
     def _choose(
         self,
         request: Request,
@@ -129,6 +164,7 @@ class Scheduler:
         usage: dict[str, Usage],
         allocatable: dict[str, Allocatable],
         now: float,
+        avoid: set[str] | None = None,
     ) -> tuple[str | None, str]:
         enough = max(self.settings.min_feasible, int(len(nodes) * self.settings.feasible_share))
         reasons: Counter[str] = Counter()
@@ -140,6 +176,9 @@ class Scheduler:
         for offset in range(count):
             node = nodes[(start + offset) % count]
             name = node["metadata"]["name"]
+            if avoid and name in avoid:
+                reasons[GOLDEN_THERE] += 1
+                continue
             reason = why_not(
                 node,
                 usage[name],
@@ -218,7 +257,14 @@ class Scheduler:
         if isinstance(change, int):
             return True
         if change.kind == "VirtualMachine":
-            return change.type == "DELETED" or not change.object["spec"].get("nodeName")
+            # A VM deleted, or an entry saved (claimable now, and holding no cpu or memory).
+            return (
+                change.type == "DELETED"
+                or not change.object["spec"].get("nodeName")
+                or claimable(change.object)
+            )
+        if change.kind == "WarmPool":
+            return True
         if change.kind == "Node":
             signature = None if change.type == "DELETED" else _node_signature(change.object)
             if self._node_signatures.get(change.name) != signature:

@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from shoal.model.meta import get_condition, parse_iso
+from shoal.model.warmpool import POOL_LABEL as WARM_POOL_LABEL
 from shoal.quantity import parse_bytes
 from shoal.store.store import Usage
 
@@ -34,10 +35,12 @@ class Request:
     preferred: tuple[tuple[str, str], ...] = ()
     image: str = ""
     profile: str | None = None
+    warm_pool_entry: bool = False
 
     @staticmethod
     def of(vm: Obj) -> "Request":
         spec = vm["spec"]
+        labels = vm["metadata"].get("labels") or {}
         return Request(
             int(spec["cpu"]),
             parse_bytes(spec["memory"]),
@@ -49,6 +52,7 @@ class Request:
             preferred=tuple(sorted((spec.get("preferredNodeSelector") or {}).items())),
             image=spec.get("image") or "",
             profile=spec.get("schedulingProfile"),
+            warm_pool_entry=WARM_POOL_LABEL in labels,
         )
 
 
@@ -166,6 +170,12 @@ def required_tags(node: Obj, request: Request, _s: Situation) -> str | None:
     return None
 
 
+def keeps_warm_pool_entries(node: Obj, request: Request, _s: Situation) -> str | None:
+    if request.warm_pool_entry and not _status(node).get("warmStart"):
+        return "cannot keep warm-pool entries"
+    return None
+
+
 def vm_slots(node: Obj, _r: Request, situation: Situation) -> str | None:
     alloc = situation.allocatable or Allocatable.of(node)
     return "at their VM limit" if situation.usage.vms + 1 > alloc.vms else None
@@ -204,6 +214,7 @@ FILTERS: tuple[Filter, ...] = (
     heartbeat_fresh,
     arch_matches,
     runs_guest_os,
+    keeps_warm_pool_entries,
     dedication,
     required_tags,
     vm_slots,

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from shoal import jsoncodec
 from shoal.errors import AlreadyExists, Conflict, Gone, NotFound
 from shoal.model.meta import now_iso
+from shoal.model.warmpool import is_saved
 from shoal.quantity import parse_bytes
 from shoal.store.schema import changes, counters, objects
 from shoal.store.sealing import SEALED_KINDS, KeyFileError, Sealer, SealingError
@@ -94,6 +95,12 @@ def _index_columns(obj: Obj) -> dict[str, Any]:
     if obj["kind"] != "VirtualMachine":
         return dict(_NO_INDEX)
     spec = obj.get("spec") or {}
+    if is_saved(obj):  # a saved warm-pool entry: its disk only (see node_usages)
+        return {
+            **_NO_INDEX,
+            "node_name": spec.get("nodeName"),
+            "req_disk": parse_bytes(spec["disk"]) if spec.get("disk") else 0,
+        }
     return {
         **_NO_INDEX,
         "node_name": spec.get("nodeName"),
@@ -102,6 +109,10 @@ def _index_columns(obj: Obj) -> dict[str, Any]:
         "req_memory": parse_bytes(spec["memory"]) if spec.get("memory") else 0,
         "req_disk": parse_bytes(spec["disk"]) if spec.get("disk") else 0,
     }
+
+
+# Every VM takes a slot but a saved warm-pool entry (the only VM that reserves no cpu).
+_VM_SLOTS = sa.func.coalesce(sa.func.sum(sa.case((objects.c.req_cpu > 0, 1), else_=0)), 0)
 
 
 def heartbeat_of(node: Obj) -> float | None:
@@ -384,7 +395,7 @@ class Tx:
                     sa.func.coalesce(sa.func.sum(objects.c.req_cpu), 0),
                     sa.func.coalesce(sa.func.sum(objects.c.req_memory), 0),
                     sa.func.coalesce(sa.func.sum(objects.c.req_disk), 0),
-                    sa.func.count(),
+                    _VM_SLOTS,
                     sa.func.coalesce(
                         sa.func.sum(sa.case((objects.c.guest_os == "macos", 1), else_=0)), 0
                     ),
@@ -397,13 +408,14 @@ class Tx:
         return usages
 
     def node_usage(self, node_name: str) -> Usage:
-        """What the VMs bound to a node reserve: every bound VM holds its share until deleted."""
+        """What the VMs bound to a node reserve: every bound VM holds its share until deleted
+        (a saved warm-pool entry: its disk only)."""
         row = self._conn.execute(
             sa.select(
                 sa.func.coalesce(sa.func.sum(objects.c.req_cpu), 0),
                 sa.func.coalesce(sa.func.sum(objects.c.req_memory), 0),
                 sa.func.coalesce(sa.func.sum(objects.c.req_disk), 0),
-                sa.func.count(),
+                _VM_SLOTS,
                 sa.func.coalesce(
                     sa.func.sum(sa.case((objects.c.guest_os == "macos", 1), else_=0)), 0
                 ),

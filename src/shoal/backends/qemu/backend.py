@@ -55,6 +55,7 @@ from shoal.backends.qemu.machine import (
     MachineError,
     Paths,
     command,
+    mac_address,
 )
 from shoal.model.meta import now_iso
 from shoal.quantity import parse_bytes
@@ -211,6 +212,7 @@ class QemuBackend:
     def __init__(self, settings: QemuSettings) -> None:
         self.settings = settings
         self.vms_dir = settings.state_dir / "vms"
+        self.saved_dir = settings.state_dir / "saved"  # warm-pool entries, one directory each
         self.vms_dir.mkdir(parents=True, exist_ok=True)
         self._accel: accelerators.Accelerator | None = None
         self._accel_error: str | None = None
@@ -419,7 +421,8 @@ class QemuBackend:
             saved = spec.get("savedState")
             taken = None
             if saved:
-                taken = await self._take_saved_state(Path(str(saved)), machine, staging)
+                entry_dir = self._entry_dir(str(saved))
+                taken = await self._take_saved_state(entry_dir, machine, staging)
             if taken is None:
                 await self._new_overlay(base, staging / "disk.qcow2", wanted_size)
             else:
@@ -497,11 +500,45 @@ class QemuBackend:
             self._qemu_version = out.splitlines()[0].strip() if out.strip() else "unknown"
         return self._qemu_version
 
-    async def save_state(self, vm_id: str, dest: Path, *, clone: bool = False) -> savedstate.Entry:
-        """Save a running, ready VM as an entry at dest (a new directory): its memory and
-        devices, its disk overlay and its machine. With clone, the entry is a golden that many
-        VMs start from (the VM must have been made with goldenMemory); its files are made
-        read-only. The VM is gone afterwards, as if deleted."""
+    def _entry_dir(self, entry_id: str) -> Path:
+        if not entry_id or "/" in entry_id or entry_id.startswith("."):
+            raise BackendError(f"not a saved entry's id: {entry_id!r}")
+        return self.saved_dir / entry_id
+
+    def saved_entries(self) -> set[str]:
+        """The entries this node holds (each a directory of saved_dir with its entry file)."""
+        try:
+            return {
+                path.parent.name
+                for path in self.saved_dir.glob(f"*/{savedstate.ENTRY_FILE}")
+                if not path.parent.name.startswith(".")
+            }
+        except OSError:
+            return set()
+
+    def saved_entries_in_use(self) -> set[str]:
+        """The goldens whose memory file a VM on this node maps (and whose disk its overlay
+        stands on)."""
+        used = set()
+        for vm_id in self._existing():
+            with contextlib.suppress(BackendError):
+                memory = self._machine(vm_id).memory_file
+                if memory is not None and Path(memory).parent.parent == self.saved_dir:
+                    used.add(Path(memory).parent.name)
+        return used
+
+    async def discard_saved(self, entry_id: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, self._entry_dir(entry_id), True)
+
+    async def save_state(self, vm_id: str, entry_id: str, *, clone: bool = False) -> None:
+        """Save a running, ready VM as entry entry_id: its memory and devices, its disk overlay
+        and its machine. With clone, the entry is a golden that many VMs start from (the VM
+        must have been made with goldenMemory); its files are made read-only. The VM is gone
+        afterwards, as if deleted."""
+        await self.save_entry(vm_id, self._entry_dir(entry_id), clone=clone)
+
+    async def save_entry(self, vm_id: str, dest: Path, *, clone: bool = False) -> savedstate.Entry:
+        """save_state into the directory dest (made here); the entry saved."""
         paths = self._paths(vm_id)
         machine = self._machine(vm_id)
         running = self._vms.get(vm_id)
@@ -710,10 +747,11 @@ class QemuBackend:
             ports={f.guest: (f.address, f.host) for f in machine.forwards},
             addresses=[GUEST_ADDRESS],
             boot_time=now_iso(),
+            mac=mac_address(vm_id),
             message=_take_text(paths.root / COLD_REASON),  # said at the first start only
         )
         entry.started = time.monotonic()
-        entry.restored = restoring
+        entry.restored = entry.state.restored = restoring
         self._watch(vm_id)
 
     async def _restore(self, vm_id: str, paths: Paths, machine: Machine) -> bool:
@@ -845,6 +883,7 @@ class QemuBackend:
             Actual.STOPPED,
             ports={f.guest: (f.address, f.host) for f in machine.forwards},
             addresses=[GUEST_ADDRESS],
+            mac=mac_address(vm_id),
         )
 
     def _set(self, vm_id: str, actual: Actual, *, reason: str = "", message: str = "") -> None:

@@ -1,6 +1,7 @@
 """What one QEMU VM is made of, kept in its state dir so a restarted agent can adopt it, and the
 QEMU command line that runs it (one function per guest profile)."""
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -136,6 +137,13 @@ def _common(machine: Machine, paths: Paths, host: HostSetup) -> list[str]:
     ]  # fmt: skip
 
 
+def mac_address(vm_id: str) -> str:
+    """The VM's own MAC (locally administered, QEMU's 52:54:00 prefix, the rest from its id): VMs
+    on one bridge must not share one, and a VM resumed from a warm-pool entry takes its own."""
+    tail = hashlib.sha256(vm_id.encode()).digest()[:3]
+    return "52:54:00:" + ":".join(f"{byte:02x}" for byte in tail)
+
+
 def _network(machine: Machine, model: str) -> list[str]:
     if machine.network.startswith("bridge:"):
         netdev = f"bridge,id=n0,br={machine.network.split(':', 1)[1]}"
@@ -145,7 +153,8 @@ def _network(machine: Machine, model: str) -> list[str]:
         netdev = "user,id=n0" + "".join(
             f",hostfwd=tcp:{f.address}:{f.host}-:{f.guest}" for f in machine.forwards
         )
-    return ["-netdev", netdev, "-device", f"{model},netdev=n0,romfile="]
+    mac = mac_address(machine.vm_id)
+    return ["-netdev", netdev, "-device", f"{model},netdev=n0,mac={mac},romfile="]
 
 
 def _uefi(paths: Paths, host: HostSetup) -> list[str]:
