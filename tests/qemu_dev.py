@@ -63,6 +63,9 @@ class QemuDev:
     # These tests are about VMs, not about choosing an accelerator (that has tests of its own):
     # never let how this host's KVM behaves decide them.
     backend: tuple[str, ...] = ("--backend", "qemu", "--accel", "tcg")
+    # Three one-vCPU guests on a two-core CI machine: offer 4 vCPUs (and 8 VMs) per node.
+    node_cpu: int = 4
+    max_vms: int = 8
 
     @property
     def data_dir(self) -> Path:
@@ -83,9 +86,10 @@ class QemuDev:
                     "--listen",
                     f"127.0.0.1:{self.port}",
                     *self.backend,
-                    # Three one-vCPU guests on a two-core CI machine: offer 4 vCPUs.
                     "--node-cpu",
-                    "4",
+                    str(self.node_cpu),
+                    "--max-vms",
+                    str(self.max_vms),
                     "--nodes",
                     str(self.nodes),
                 ],

@@ -93,6 +93,9 @@ def register(app: typer.Typer) -> None:
                 "more than the host has overcommits).",
             ),
         ] = None,
+        max_vms: Annotated[
+            int, typer.Option(min=1, help="VMs each qemu node may hold at once.")
+        ] = 8,
         image_cache_budget: ImageCacheBudgetOpt = None,
         sim_cpu: Annotated[int, typer.Option(min=1, help="vCPUs of each simulated node.")] = 8,
         sim_memory: Annotated[str, typer.Option(help="Memory of each simulated node.")] = "16Gi",
@@ -150,6 +153,7 @@ def register(app: typer.Typer) -> None:
                 state_dir=Path("."),
                 accelerator=accel,
                 cpu=node_cpu,
+                max_vms=max_vms,
                 image_cache_budget=_budget(image_cache_budget),
             ),
         )

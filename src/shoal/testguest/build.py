@@ -3,7 +3,8 @@
 The guest is Debian's cloud kernel booted directly by QEMU (`-kernel`/`-initrd`/`-append`), a
 small initramfs that loads the virtio and ACPI-button modules and switch_roots into an ext4 root
 disk, and on that disk busybox (init and userland), dropbear (sshd), OpenSSH's sftp-server and
-scp, and the few libraries they need. Everything comes from `.deb`s fetched with
+scp, the few libraries they need, and shoal's fresh-identity hook /usr/lib/shoal/refresh-identity
+(with reseed-crng, made by reseed.py, next to it). Everything comes from `.deb`s fetched with
 `apt-get download` and unpacked with `dpkg-deb -x`; nothing is mounted, the disk is made with
 `mkfs.ext4 -d` and converted to qcow2.
 
@@ -40,11 +41,11 @@ from typing import Literal
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shoal.testguest import guestfiles
+from shoal.testguest import guestfiles, reseed
 
 # Bump when the build logic changes in a way the recipe hash (guest files, package list,
 # command line, modules) does not see.
-BUILD_VERSION = "4"
+BUILD_VERSION = "5"
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 PACKAGES = (
@@ -66,6 +67,7 @@ PACKAGES = (
 # Programs copied onto the root disk from the unpacked packages; their shared libraries follow.
 PROGRAMS = (
     "usr/sbin/dropbear",
+    "usr/bin/dropbearkey",  # for the refresh-identity hook's new host keys
     "usr/lib/openssh/sftp-server",
     "usr/lib/sftp-server",  # symlink; the path dropbear runs for the sftp subsystem
     "usr/bin/scp",
@@ -255,6 +257,7 @@ def _recipe_hash() -> str:
         h.update(part.encode() + b"\0")
     for part in (*PACKAGES, *PROGRAMS, *MODULES, *guestfiles.ALL):
         h.update(part.encode() + b"\0")
+    h.update(reseed.reseed_elf())
     return h.hexdigest()
 
 
@@ -490,7 +493,7 @@ def _populate_rootfs(tree: Path, staging: Path) -> None:
         ("bin", 0o755), ("sbin", 0o755), ("usr/bin", 0o755), ("usr/sbin", 0o755),
         ("etc/init.d", 0o755), ("etc/acpi/PWRF", 0o755), ("etc/dropbear", 0o755),
         ("dev", 0o755), ("proc", 0o555), ("sys", 0o555), ("run", 0o755), ("tmp", 0o1777),
-        ("var/log", 0o755), ("root/.ssh", 0o700),
+        ("var/log", 0o755), ("root/.ssh", 0o700), ("usr/lib/shoal", 0o755),
         ("usr/share/git-core/templates", 0o755),  # git init warns when it is missing
     ):  # fmt: skip
         (staging / d).mkdir(parents=True, exist_ok=True)
@@ -523,11 +526,15 @@ def _populate_rootfs(tree: Path, staging: Path) -> None:
         "etc/hostname": (guestfiles.HOSTNAME, 0o644),
         "etc/hosts": (guestfiles.HOSTS, 0o644),
         "etc/resolv.conf": (guestfiles.RESOLV_CONF, 0o644),
+        guestfiles.REFRESH_IDENTITY_PATH.lstrip("/"): (guestfiles.REFRESH_IDENTITY, 0o755),
     }
     for rel, (template, mode) in files.items():
         path = staging / rel
         path.write_text(guestfiles.render(template, **values))
         os.chmod(path, mode)
+    reseed_crng = staging / guestfiles.RESEED_CRNG_PATH.lstrip("/")
+    reseed_crng.write_bytes(reseed.reseed_elf())
+    os.chmod(reseed_crng, 0o755)
 
 
 def _copy_with_libraries(tree: Path, rel: str, staging: Path) -> None:

@@ -59,7 +59,8 @@ exec switch_root /newroot /sbin/init
 """
 
 # busybox init's table on the root disk. dropbear runs in the foreground under init (respawned
-# if it dies, its log on the console); `announce` prints the ready line once it listens. The
+# if it dies, its log on the console: REFRESH_IDENTITY relies on that to restart it with these
+# arguments and new host keys); `announce` prints the ready line once it listens. The
 # console shell starts when Enter is pressed on ttyS0 (askfirst, respawned on exit), which keeps
 # it from competing with sshd for the one vCPU at boot; so does the one on the screen (tty1).
 INITTAB = """\
@@ -91,10 +92,16 @@ ip route add default via @GATEWAY@
 acpid -l /dev/null
 """
 
+# A shell condition, true once a socket listens on TCP port 22 (0016; state 0A is LISTEN).
+_SSH_LISTENS = (
+    "grep -qE '^ *[0-9]+: [0-9A-F]+:0016 [0-9A-F]+:[0-9A-F]+ 0A ' /proc/net/tcp /proc/net/tcp6"
+    " 2>/dev/null"
+)
+
 ANNOUNCE = """\
 #!/bin/sh
 tries=0
-while ! grep -qE '^ *[0-9]+: [0-9A-F]+:0016 [0-9A-F]+:[0-9A-F]+ 0A ' /proc/net/tcp /proc/net/tcp6; do
+while ! @SSH_LISTENS@; do
     tries=$((tries + 1))
     if [ "$tries" -gt 1500 ]; then
         echo "shoal-test-guest: ssh failed to start"
@@ -103,7 +110,83 @@ while ! grep -qE '^ *[0-9]+: [0-9A-F]+:0016 [0-9A-F]+:[0-9A-F]+ 0A ' /proc/net/t
     usleep 20000
 done
 echo "shoal-test-guest: ssh ready on @ADDRESS@:22"
-"""
+""".replace("@SSH_LISTENS@", _SSH_LISTENS)
+
+# Where the shoal agent looks for an image's fresh-identity hook, and the program it calls.
+REFRESH_IDENTITY_PATH = "/usr/lib/shoal/refresh-identity"
+RESEED_CRNG_PATH = "/usr/lib/shoal/reseed-crng"  # reseed.py's program
+
+# The fresh-identity hook. The shoal agent runs it as root over SSH (no arguments, SHOAL_VM_NAME
+# set to the VM's name, which this guest does not need) after it restored the VM from saved
+# memory and itself set the hostname and the clock and wrote fresh bytes into /dev/urandom.
+# Clones of one memory image share the kernel's CRNG state and dropbear's host key: reseed the
+# one, replace the other, and restart dropbear's listener so that new connections see the new
+# key. Only the listener is replaced: each connection is served by a child of its own, in a
+# session of its own, so the one running this hook lives on; init starts the new listener (the
+# inittab's respawn line) once the old one is gone. Exits 0 only if all of it worked; otherwise
+# 1, after saying what failed on stderr.
+REFRESH_IDENTITY = """\
+#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+failed=
+
+fail() {
+    echo "refresh-identity: $*" >&2
+    failed=1
+}
+
+# Reseed first, so that the new keys come from the reseeded CRNG.
+reseed_crng() {
+    @RESEED_CRNG@
+    status=$?
+    # Its exit status is the ioctl's (or open's) errno; 126 and 127 are the shell's.
+    [ "$status" -eq 0 ] || fail "reseeding the CRNG failed: @RESEED_CRNG@ exited $status"
+}
+
+# dropbearkey refuses to overwrite a file: make each key under a temporary name, then rename it.
+new_host_keys() {
+    for key in /etc/dropbear/dropbear_*_host_key; do
+        [ -f "$key" ] || { fail "no host keys in /etc/dropbear"; return 1; }
+        type=${key#/etc/dropbear/dropbear_}
+        type=${type%_host_key}
+        rm -f "$key.new"
+        if ! out=$(dropbearkey -t "$type" -f "$key.new" 2>&1); then
+            rm -f "$key.new"
+            fail "dropbearkey -t $type failed: $out"
+            return 1
+        fi
+        mv -f "$key.new" "$key" || { fail "cannot replace $key"; return 1; }
+    done
+}
+
+# Stop the listener; done once init's new one has written its pid file (it does that after
+# binding its sockets) and port 22 listens.
+restart_listener() {
+    old=$(cat /run/dropbear.pid 2>/dev/null)
+    if [ -z "$old" ] || [ "$(readlink "/proc/$old/exe")" != /usr/sbin/dropbear ]; then
+        fail "no dropbear listener to restart (/run/dropbear.pid: '$old')"
+        return 1
+    fi
+    kill "$old" || { fail "cannot stop the dropbear listener ($old)"; return 1; }
+    tries=0
+    while :; do
+        new=$(cat /run/dropbear.pid 2>/dev/null)
+        if [ -n "$new" ] && [ "$new" != "$old" ] && @SSH_LISTENS@; then
+            return 0
+        fi
+        tries=$((tries + 1))
+        if [ "$tries" -gt 300 ]; then
+            fail "no new dropbear listener on port 22 within 30 s"
+            return 1
+        fi
+        usleep 100000
+    done
+}
+
+reseed_crng
+new_host_keys && restart_listener
+[ -z "$failed" ]
+""".replace("@SSH_LISTENS@", _SSH_LISTENS).replace("@RESEED_CRNG@", RESEED_CRNG_PATH)
 
 RCK = """\
 #!/bin/sh
@@ -147,6 +230,7 @@ ALL = (
     INITTAB,
     RCS,
     ANNOUNCE,
+    REFRESH_IDENTITY,
     RCK,
     POWER_BUTTON,
     PROFILE,

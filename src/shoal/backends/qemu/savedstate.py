@@ -21,6 +21,7 @@ devices come from the file.
 """
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -167,15 +168,25 @@ async def restore(socket: Path, state: Path, entry: Entry, timeout: float) -> No
     """Load state into a QEMU started with `-incoming defer` and resume the guest, once the file
     is known whole. Raises SavedStateError (QEMU is left as it is: the caller kills it)."""
     hashing = asyncio.create_task(asyncio.to_thread(sha256_of, state))
+    corrupted = SavedStateError("its state file is corrupted (its sha256 differs)")
     try:
         if entry.mode == "clone":
             await _ignore_shared(socket)
         await qmp.execute(socket, "migrate-incoming", {"uri": f"exec:cat {state}"})
         await _migration_done(socket, timeout, "loading the saved state")
         if await hashing != entry.sha256:
-            raise SavedStateError("its state file is corrupted (its sha256 differs)")
+            raise corrupted
         await qmp.execute(socket, "cont")
-    except qmp.QMPError as error:
+    except (qmp.QMPError, SavedStateError) as error:
+        if error is corrupted:
+            raise
+        # QEMU may trip over a damaged file (and exit) before the hash is known: a damaged
+        # file is the cause to tell, whatever QEMU said of it.
+        with contextlib.suppress(OSError):
+            if await hashing != entry.sha256:
+                raise corrupted from None
+        if isinstance(error, SavedStateError):
+            raise
         raise SavedStateError(f"loading the saved state: {error}") from None
     finally:
         if not hashing.done():
