@@ -410,6 +410,59 @@ def test_fake_tart_suspend_and_resume(fake: Fake) -> None:
     assert "vm1" in fake.events
 
 
+def test_fake_tart_warm_pool_entry_is_suspended_put_aside_and_resumed_by_its_claim(
+    fake: Fake,
+) -> None:
+    """save_state suspends the VM and renames it out of the node's VMs; a VM made from the
+    entry takes it by renaming it back and resumes it at start. An entry is used once; a
+    missing one boots cold and says why; clone goldens are refused."""
+
+    async def scenario() -> None:
+        async with banner_server() as server:
+            backend = fake.backend(ssh_port=server.port)
+            await booted(fake, backend, "entry1", MACOS)
+            await backend.save_state("entry1", "entry1")
+            assert backend.saved_entries() == {"entry1"}
+            assert (await backend.status("entry1")).actual == Actual.ABSENT
+            assert set(fake.vms()) == {"shoalsaved-entry1"}
+            assert [s.id for s in await backend.list()] == []  # not a VM of the node
+
+            await backend.create("vm2", {**MACOS, "savedState": "entry1"})
+            assert backend.saved_entries() == set()
+            await backend.start("vm2")
+            state = await wait_state(backend, "vm2", running_ready)
+            assert state.restored and state.message == ""
+            log = (fake.state_dir / "vm2" / "run.log").read_text()
+            assert "restoring VM state from a snapshot" in log
+
+            async with banner_server(b"") as silent:  # a guest that never answers: not ready
+                slow = fake.backend(ssh_port=silent.port)
+                await slow.create("vm3", {**MACOS, "savedState": "entry1"})  # used already
+                await slow.start("vm3")
+                cold = await wait_state(slow, "vm3", lambda s: s.actual == Actual.RUNNING)
+                assert not cold.restored
+                assert cold.message == "the saved state was not used: no entry entry1 on this node"
+                await slow.stop("vm3")
+
+            await backend.start("vm3")
+            await wait_state(backend, "vm3", running_ready)
+            with pytest.raises(BackendError, match="cannot start several VMs from one saved"):
+                await backend.save_state("vm3", "golden", clone=True)
+            assert (await backend.status("vm3")).actual == Actual.ABSENT  # gone, as if deleted
+            await booted(fake, backend, "linux1", LINUX)
+            with pytest.raises(BackendError, match="can suspend only macOS guests"):
+                await backend.save_state("linux1", "entry2")
+            assert backend.saved_entries() == set()
+            await backend.delete("vm2")
+            await booted(fake, backend, "entry4", MACOS)
+            await backend.save_state("entry4", "entry4")
+            await backend.discard_saved("entry4")
+            await backend.discard_saved("entry4")  # gone already: fine
+            assert backend.saved_entries() == set() and "shoalsaved-entry4" not in fake.vms()
+
+    asyncio.run(scenario())
+
+
 def test_fake_tart_stop_discards_a_suspended_vm(fake: Fake) -> None:
     async def scenario() -> None:
         async with banner_server() as server:

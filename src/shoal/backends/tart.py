@@ -65,6 +65,10 @@ from shoal.quantity import parse_bytes
 log = logging.getLogger(__name__)
 
 PREFIX = "shoal-"
+# A warm-pool entry: a suspended tart VM put aside under this prefix (not PREFIX: it is no VM of
+# this node's until a claim renames it to one).
+SAVED_PREFIX = "shoalsaved-"
+COLD_REASON = "booted-cold.txt"  # why a VM made from an entry booted instead (said once)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _GB = 1000**3  # tart's --disk-size unit
 _MB = 2**20  # tart's --memory unit (it multiplies by 1024 * 1024)
@@ -176,6 +180,8 @@ class TartBackend:
         self._callbacks: list[Callable[[str], None]] = []
         self._procs: dict[str, subprocess.Popen[bytes]] = {}  # our own `tart run` children
         self._watches: dict[str, asyncio.Task[None]] = {}
+        self._restored: set[str] = set()  # VMs resumed from a warm-pool entry
+        self._cold: dict[str, str] = {}  # VM -> why it booted instead of resuming its entry
         env = dict(os.environ)
         env.update(settings.env)
         if settings.tart_home is not None:
@@ -214,6 +220,16 @@ class TartBackend:
         cpu, memory_mb, disk_gb = self._sizes(spec)
         entries = await self._entries()
         entry = entries.get(vm_id)
+        if entry is None and spec.get("savedState"):
+            if len(entries) >= self.settings.max_vms:
+                raise BackendError(f"this node already holds {self.settings.max_vms} tart VMs")
+            problem = await self._take_entry(vm_id, str(spec["savedState"]))
+            self._write_json(vm_id, "spec.json", spec)
+            if problem is None:
+                self._write_text(vm_id, "expected", "suspended")
+                return  # resumed at start; its size is the entry's, which matched
+            self._write_text(vm_id, COLD_REASON, f"the saved state was not used: {problem}")
+            log.warning("tart: VM %s boots cold: the saved state was not used: %s", vm_id, problem)
         if entry is None:
             if len(entries) >= self.settings.max_vms:
                 raise BackendError(f"this node already holds {self.settings.max_vms} tart VMs")
@@ -243,7 +259,71 @@ class TartBackend:
             return
         if state.actual == Actual.FAILED:
             await self.stop(vm_id)  # clear what is left of the failed run first
+        if state.actual == Actual.SUSPENDED:
+            self._restored.add(vm_id)  # made from an entry: tart run resumes it
+        cold = self._read_text(vm_id, COLD_REASON)
+        if cold:
+            self._cold[vm_id] = cold
+            self._remove(vm_id, COLD_REASON)
         self._launch(vm_id)
+
+    # -- warm-pool entries: `tart suspend`, put aside by `tart rename` -----------------------
+
+    def _saved_dir(self, entry_id: str) -> Path:
+        if not _ID.match(entry_id):
+            raise BackendError(f"{entry_id!r} is not an entry id the tart backend accepts")
+        return self.settings.state_dir / ".saved" / entry_id
+
+    async def save_state(self, vm_id: str, entry_id: str, *, clone: bool = False) -> None:
+        """Suspend the VM (macOS guests on macOS 14+ hosts only) and put it aside as an entry.
+        tart has no way to start many VMs from one saved state: no clone goldens."""
+        name = self._name(vm_id)
+        saved = self._saved_dir(entry_id)
+        try:
+            if clone:
+                raise BackendError(
+                    "tart cannot start several VMs from one saved state: use a suspended pool"
+                )
+            state = await self.status(vm_id)
+            if state.actual != Actual.RUNNING or not state.ready:
+                raise BackendError(f"VM {vm_id} is not running and ready: nothing to save")
+            await self.suspend(vm_id)
+            saved.mkdir(parents=True, exist_ok=True)
+            await self._tart("rename", name, SAVED_PREFIX + entry_id)
+        except BackendError:
+            shutil.rmtree(saved, ignore_errors=True)
+            await self.delete(vm_id)
+            raise
+        await self._end_run(vm_id, grace=0.0)
+        shutil.rmtree(self._dir(vm_id), ignore_errors=True)
+
+    def saved_entries(self) -> set[str]:
+        try:
+            return {p.name for p in (self.settings.state_dir / ".saved").iterdir() if p.is_dir()}
+        except OSError:
+            return set()
+
+    def saved_entries_in_use(self) -> set[str]:
+        return set()
+
+    async def discard_saved(self, entry_id: str) -> None:
+        saved = self._saved_dir(entry_id)
+        with contextlib.suppress(BackendError):  # not there (any more): fine
+            await self._tart("delete", SAVED_PREFIX + entry_id)
+        shutil.rmtree(saved, ignore_errors=True)
+
+    async def _take_entry(self, vm_id: str, entry_id: str) -> str | None:
+        """Rename the entry's suspended VM to this VM's; None when done, else why not."""
+        saved = self._saved_dir(entry_id)
+        if not saved.is_dir():
+            return f"no entry {entry_id} on this node"
+        try:
+            await self._tart("rename", SAVED_PREFIX + entry_id, self._name(vm_id))
+        except BackendError as error:
+            await self.discard_saved(entry_id)
+            return str(error)
+        shutil.rmtree(saved, ignore_errors=True)
+        return None
 
     async def stop(self, vm_id: str, timeout: float = 30.0) -> None:
         name = self._name(vm_id)
@@ -251,6 +331,7 @@ class TartBackend:
         if entry is None:
             raise BackendError(f"no tart VM {name} on this node")
         self._write_text(vm_id, "expected", "stopped")
+        self._restored.discard(vm_id)  # started again, it boots
         proc = self._procs.get(vm_id)
         own_alive = proc is not None and proc.poll() is None
         if _tart_state(entry) in ("running", "suspended") or own_alive:
@@ -323,6 +404,8 @@ class TartBackend:
                     raise
         await self._end_run(vm_id, grace=0.0)
         shutil.rmtree(self._dir(vm_id), ignore_errors=True)
+        self._restored.discard(vm_id)
+        self._cold.pop(vm_id, None)
 
     async def status(self, vm_id: str) -> VMState:
         self._name(vm_id)
@@ -357,17 +440,23 @@ class TartBackend:
             if boot.get("error"):
                 return VMState(vm_id, Actual.FAILED, str(boot["error"]), "BootTimeout")
             ip = boot.get("ip")
+            restored = vm_id in self._restored
+            cold = self._cold.get(vm_id)
             if not isinstance(ip, str) or not ip:
-                return VMState(vm_id, Actual.STARTING, "waiting for the guest's IP address")
+                waiting = "waiting for the guest's IP address"
+                return VMState(vm_id, Actual.STARTING, cold or waiting, restored=restored)
             ready = bool(boot.get("ready"))
+            if ready:
+                self._cold.pop(vm_id, None)
             return VMState(
                 vm_id,
                 Actual.RUNNING,
-                "" if ready else f"waiting for SSH on {ip}:{self.settings.ssh_port}",
+                "" if ready else cold or f"waiting for SSH on {ip}:{self.settings.ssh_port}",
                 ports={port: (ip, port) for port in self._ports(vm_id)},
                 addresses=[ip],
                 boot_time=boot.get("bootTime"),
                 ready=ready,
+                restored=restored,
             )
         if tart_state == "suspended":
             return VMState(vm_id, Actual.SUSPENDED)

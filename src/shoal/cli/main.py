@@ -30,6 +30,7 @@ from shoal.cli import (
     vm,
     vmconfig,
     vmpush,
+    warmpool,
 )
 from shoal.cli import exec as exec_
 from shoal.cli.common import CliError
@@ -107,6 +108,7 @@ run.register(app)
 app.add_typer(gitlab.app, name="gitlab-executor", help="GitLab Runner custom executor driver.")
 app.add_typer(vmconfig.app, name="vmconfig", help="Manage VMConfigs (named VM templates).")
 app.add_typer(runnerpool.app, name="runnerpool", help="CI runner pools: a fresh VM per queued job.")
+app.add_typer(warmpool.app, name="warmpool", help="Warm pools: saved VMs a deploy resumes.")
 app.add_typer(secret.app, name="secret", help="Manage Secrets: credentials for guests.")
 app.add_typer(node.app, name="node", help="Inspect and manage nodes (hosts).")
 app.add_typer(namespace.app, name="namespace", help="Manage namespaces.")
