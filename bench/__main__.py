@@ -23,6 +23,7 @@ from bench import (
     tunnels,
     ui,
     warm,
+    warmpool,
 )
 
 RESULTS = Path(__file__).parent / "results"
@@ -74,6 +75,8 @@ def main() -> int:
         rows += ui.run()
     if "warm" in wanted:  # not in the default set: boots 20 guests, takes minutes
         rows += warm.run()
+    if "warmpool" in wanted:  # not in the default set: boots ~40 guests, takes minutes
+        rows += warmpool.run()
     width = max(len(r["name"]) for r in rows)
     print(f"{'benchmark':<{width}}  {'value':>12}  unit")
     for row in rows:

@@ -1,6 +1,6 @@
 """Warm pools on sim nodes, through the API: claims under a race, refills, accounting, discards,
 back-off from failing entries, scale and deletion. The guest-facing half (a real restore, a
-fresh identity) is in tests/e2e/test_warmpool_qemu.py."""
+fresh identity) is in tests/vm/test_warmpool_qemu.py."""
 
 import base64
 import time
@@ -149,7 +149,7 @@ def test_fifty_deploys_race_for_ten_entries_and_none_goes_twice(tmp_path: Path) 
         usage = c.usage()
         assert sum(u.cpu for u in usage.values()) == 0
         assert sum(u.vms for u in usage.values()) == 0
-        assert sum(u.disk for u in usage.values()) == 10 * 2 * 2**30
+        assert sum(u.disk for u in usage.values()) == 10 * (2 + 1) * 2**30  # disk and memory
 
         names = [f"job-{i:02d}" for i in range(50)]
         with ThreadPoolExecutor(max_workers=16) as threads:

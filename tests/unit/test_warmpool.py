@@ -140,7 +140,7 @@ def job(name: str, config: str | None = "ci", **spec: Any) -> Obj:
 
 def warm_node(name: str, **traits: Any) -> Obj:
     built = build_node(name, **traits)
-    built["status"]["warmStart"] = True
+    built["status"]["warmStart"] = ["linux"]
     return built
 
 
@@ -164,7 +164,7 @@ def test_saved_entries_hold_their_disk_only(store: Store) -> None:
         store.create(saved_entry(f"e{i}", "n1"))
     with store.tx() as tx:
         usage = tx.node_usages(["n1"])["n1"]
-    assert (usage.cpu, usage.memory, usage.vms, usage.disk) == (0, 0, 0, 50 * GI)
+    assert (usage.cpu, usage.memory, usage.vms, usage.disk) == (0, 0, 0, 5 * (10 + 1) * GI)
     # A node full of saved entries still takes as many VMs as it has room for.
     for i in range(3):
         store.create(job(f"other{i}", config=None))
@@ -229,7 +229,7 @@ def test_unplaced_goldens_of_one_pool_go_to_different_nodes(store: Store) -> Non
     (waiting,) = [vm for vm in vms if not vm["spec"].get("nodeName")]
     assert waiting["status"]["message"] == (
         "0/3 nodes available: 2 already holding a golden of the pool, "
-        "1 cannot keep warm-pool entries"
+        "1 cannot keep warm-pool entries of linux guests"
     )
 
 

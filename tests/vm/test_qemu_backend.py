@@ -790,3 +790,43 @@ def test_clones_start_from_one_golden_state_each_on_its_own_disk(
 
     asyncio.run(scenario())
     assert lab.leftovers() == {}
+
+
+def test_a_restore_that_does_not_answer_in_time_boots_cold(
+    lab: Lab, guest_image: TestGuest
+) -> None:
+    """A restored guest that has not answered SSH within restore_ready_timeout is given up on:
+    its QEMU goes and the VM boots cold on a fresh overlay, saying why. (The guest saved here
+    has taken its network down, so its restore never answers.)"""
+    spec = vm_spec(guest_image_spec(guest_image))
+
+    async def scenario() -> None:
+        backend = QemuBackend(lab.settings(restore_ready_timeout=3.0))
+        made = [lab.new_id() for _ in range(2)]
+        try:
+            await backend.create(made[0], spec)
+            await backend.start(made[0])
+            first = await wait_for(backend, made[0], Actual.RUNNING)
+            cut = "(sleep 1; ip link set eth0 down) >/dev/null 2>&1 &"
+            assert guest_ssh(guest_image, first.ports[22][1], cut).returncode == 0
+            await asyncio.sleep(3)
+            await backend.save_state(made[0], "deaf")
+            await backend.create(made[1], {**spec, "savedState": "deaf"})
+            await backend.start(made[1])
+            assert (await backend.status(made[1])).restored
+            for _ in range(200):
+                booting = await backend.status(made[1])
+                if not booting.restored:
+                    break
+                await asyncio.sleep(0.1)
+            assert booting.actual == Actual.STARTING
+            assert booting.message == "the restored guest did not answer SSH within 3s"
+            cold = await wait_for(backend, made[1], Actual.RUNNING)
+            assert not cold.restored
+            log = backend.serial_log(made[1]).read_text()
+            assert "(restoring its saved state)" in log and "(booting)" in log
+        finally:
+            await delete_all(backend, made)
+
+    asyncio.run(scenario())
+    assert lab.leftovers() == {}

@@ -123,6 +123,8 @@ class Agent:
         logs_dir = settings.logs_dir or Path(tempfile.gettempdir()) / f"shoal-{self.name}-startup"
         self.scripts = StartupScripts(client, backend, logs_dir, self._on_backend_change)
         self.identities = FreshIdentities(client, backend, self._on_backend_change)
+        # VMs told WarmStarted: if their backend gives up on the restore, they are told again.
+        self._resumed: dict[str, bool] = {}
         # Saved entries no VM refers to, seen at the last sweep: removed if still so at the next.
         self._unreferenced: set[str] = set()
 
@@ -207,7 +209,7 @@ class Agent:
             "accelerator": capacity.accelerator,
             "acceleratorReason": capacity.accelerator_reason[:1024],
             "agentVersion": __version__,
-            "warmStart": isinstance(self.backend, SavesState),
+            "warmStart": _warm_start_guest_os(self.backend, capacity),
             "conditions": conditions,
             "lastHeartbeatTime": now,
         }
@@ -368,6 +370,7 @@ class Agent:
         self._known.pop(uid, None)
         self.scripts.forget(uid)
         self.identities.forget(uid)
+        self._resumed.pop(uid, None)
         with contextlib.suppress(BackendError):
             await self.backend.delete(uid)
         await self._end_tunnels(uid, f"VirtualMachine {vm['metadata']['name']} was deleted")
@@ -439,6 +442,8 @@ class Agent:
         state = await self.backend.status(uid)
         if action == Action.CREATE_AND_START and failure is None:
             await self._tell_warm_start(vm, state)
+        elif self._resumed.get(uid) and not state.restored:
+            await self._tell_warm_start(vm, state)  # the restore was given up on after all
         status = self._status(vm, state)
         if failure is not None and state.actual != Actual.FAILED:  # else the backend says why
             status.update(phase="Failed", reason="BackendError", message=failure)
@@ -526,6 +531,7 @@ class Agent:
         if not entry:
             return
         pool = annotations.get(entries.CLAIM_POOL_ANNOTATION, "")
+        self._resumed[vm["metadata"]["uid"]] = state.restored
         if state.restored:
             await self._record(
                 vm, "WarmStarted", f"resumed a saved entry of warm pool {pool}", warning=False
@@ -591,7 +597,12 @@ class Agent:
     def _status(self, vm: Obj, state: VMState, phase: str | None = None) -> Obj:
         current = vm.get("status") or {}
         conditions = copy.deepcopy(current.get("conditions") or [])
-        ready = state.ready and phase is None and self.identities.done(vm)
+        message = state.message
+        if phase is None and state.actual == Actual.RUNNING and not self.identities.done(vm):
+            # Its guest answers, but it is not itself yet: Starting until its identity is given
+            # (so `vm deploy --wait`, `shoal run` and startup scripts come after).
+            phase, message = "Starting", message or "giving the VM its own identity"
+        ready = state.ready and phase is None
         set_condition(
             conditions,
             "Ready",
@@ -606,7 +617,7 @@ class Agent:
                 )
         return {
             "phase": phase or PHASE_OF[state.actual],
-            "message": state.message,
+            "message": message,
             "reason": state.reason,
             "ports": [
                 {"guest": guest, "host": host, "address": address}
@@ -676,6 +687,7 @@ class Agent:
     async def _release(self, vm: Obj) -> None:
         meta = vm["metadata"]
         self._known.pop(meta["uid"], None)
+        self._resumed.pop(meta["uid"], None)
         for _ in range(5):
             finalizers = [f for f in meta.get("finalizers") or [] if f != AGENT_FINALIZER]
             try:
@@ -700,6 +712,14 @@ class Agent:
                 if fresh["metadata"]["uid"] != meta["uid"]:
                     return
                 meta = fresh["metadata"]
+
+
+def _warm_start_guest_os(backend: Backend, capacity: Capacity) -> list[str]:
+    """The guest OSes whose VMs the backend can save (all it runs, unless it says fewer)."""
+    if not isinstance(backend, SavesState):
+        return []
+    saves = getattr(backend, "warm_start_guest_os", None)
+    return [os for os in capacity.guest_os if saves is None or os in saves]
 
 
 def _warm_start_keys(vm: Obj) -> Obj:

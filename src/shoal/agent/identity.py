@@ -1,5 +1,5 @@
 """A fresh identity for a VM deployed from a pooled VMConfig, given once its guest first
-answers and before it is reported Ready (and so before its startup script runs).
+answers and before it is reported Running and Ready (and so before its startup script runs).
 
 A VM resumed from a warm-pool entry wakes as the entry was saved: with its hostname, its clock
 stopped at the save, the random state every VM from that entry shares, and its host keys. The
@@ -11,9 +11,9 @@ has one: new SSH host keys and a forced reseed of the kernel's random generator 
 to do (docs/warmpools.md). A VM of the same config that booted cold gets the same treatment, so
 every VM of a pool is named alike whichever way it started.
 
-Its state is the VM's FreshIdentity condition: Unknown/Running, then True/Refreshed or
-False/Failed with the reason (the VM is reported Ready either way; the condition says what was
-not done).
+Its state is the VM's FreshIdentity condition: Unknown/Running (the VM is Starting meanwhile),
+then True/Refreshed or False/Failed with the reason (the VM is Running and Ready either way; the
+condition says what was not done).
 """
 
 import asyncio
@@ -26,7 +26,7 @@ from typing import Any
 
 from shoal.agent import guest
 from shoal.agent.execstream import ExecFailed, ExecRequest, run
-from shoal.backends.base import Backend, VMState
+from shoal.backends.base import Actual, Backend, VMState
 from shoal.client import AsyncClient
 from shoal.model.meta import get_condition
 from shoal.tunnel import execframes as frames
@@ -49,7 +49,9 @@ as_root hostname "$SHOAL_VM_NAME" || failed="$failed hostname"
 if [ -e /etc/hostname ]; then
   echo "$SHOAL_VM_NAME" | as_root tee /etc/hostname >/dev/null || failed="$failed /etc/hostname"
 fi
-as_root date -u -s "@$SHOAL_EPOCH" >/dev/null || failed="$failed clock"
+# GNU and busybox date take -s @EPOCH; BSD date (macOS) sets the clock from -f %s EPOCH.
+as_root date -u -s "@$SHOAL_EPOCH" >/dev/null 2>&1 \
+  || as_root date -u -f %s "$SHOAL_EPOCH" >/dev/null || failed="$failed clock"
 printf '%s' "$SHOAL_ENTROPY" | base64 -d | as_root tee /dev/urandom >/dev/null \
   || failed="$failed entropy"
 if [ -n "${SHOAL_MAC:-}" ]; then  # the VM's one NIC: the interface with a device behind it
@@ -132,7 +134,7 @@ class FreshIdentities:
         if (
             not wanted(vm)
             or not state.ready
-            or (vm.get("status") or {}).get("phase") != "Running"
+            or state.actual != Actual.RUNNING
             or uid in self._tasks
             or uid in self.conditions
             or get_condition(vm, CONDITION) is not None

@@ -174,6 +174,7 @@ def _tart_state(entry: Mapping[str, Any]) -> str:
 class TartBackend:
     name = "tart"
     resolves_images = False
+    warm_start_guest_os = ("macos",)  # tart suspend saves macOS guests only
 
     def __init__(self, settings: TartSettings) -> None:
         self.settings = settings

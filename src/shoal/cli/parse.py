@@ -28,6 +28,14 @@ KIND_ALIASES: dict[str, str] = {
     "rolebindings": "RoleBinding",
     "secret": "Secret",
     "secrets": "Secret",
+    "runnerpool": "RunnerPool",
+    "runnerpools": "RunnerPool",
+    "warmpool": "WarmPool",
+    "warmpools": "WarmPool",
+    "imagecache": "ImageCache",
+    "imagecaches": "ImageCache",
+    "image": "Image",
+    "images": "Image",
 }
 
 
@@ -102,8 +110,8 @@ def parse_object_ref(text: str) -> tuple[str, str]:
     canonical = KIND_ALIASES.get(kind.lower())
     if canonical is None:
         raise CliError(
-            f"unknown kind {kind!r}: use one of vm, node, namespace, vmconfig, serviceaccount, "
-            "rolebinding"
+            f"unknown kind {kind!r}: use one of vm, node, namespace, vmconfig, warmpool, "
+            "runnerpool, image, imagecache, serviceaccount, rolebinding, secret"
         )
     return canonical, name
 

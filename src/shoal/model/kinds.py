@@ -114,8 +114,9 @@ class NodeStatus(StrictModel):
     # Why the agent runs guests under this accelerator (or why QEMU runs none).
     acceleratorReason: Annotated[str, Field(max_length=1024)] = ""
     agentVersion: Annotated[str, Field(max_length=64)] | None = None
-    # The node's backend can save VMs as warm-pool entries and start VMs from them.
-    warmStart: bool = False
+    # The guest OSes whose VMs this node's backend can save as warm-pool entries (and start
+    # VMs from): none on a backend that cannot.
+    warmStart: list[GuestOS] = Field(default_factory=list)
     guestOS: list[GuestOS] = Field(default_factory=lambda: list[GuestOS](["linux"]))
     cachedImages: list[Annotated[str, Field(max_length=512)]] = Field(default_factory=list)
     # Images the agent is pulling into its cache, or failed to (for ImageCache status).

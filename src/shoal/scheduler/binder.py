@@ -63,11 +63,11 @@ def add_request(usage: Usage, request: Request) -> Usage:
 
 
 def add_held(usage: Usage, vm: Obj) -> Usage:
-    """usage plus what a bound VM holds: its request, or a saved warm-pool entry's disk only
-    (as Tx.node_usages counts)."""
+    """usage plus what a bound VM holds: its request, or for a saved warm-pool entry disk only,
+    as much as its disk and its saved memory may take (as Tx.node_usages counts)."""
     request = Request.of(vm)
     if is_saved(vm):
-        return replace(usage, disk=usage.disk + request.disk)
+        return replace(usage, disk=usage.disk + request.disk + request.memory)
     return add_request(usage, request)
 
 

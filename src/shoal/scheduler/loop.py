@@ -115,13 +115,10 @@ class Scheduler:
             pool = claims.pool_for(vm)
             claim = None
             if pool is not None:
-                for entry in claims.candidates(pool, vm):
-                    node_name = entry["spec"]["nodeName"]
-                    node = by_name.get(node_name)
-                    if node is not None and self._fits(node, usage[node_name], request, now):
-                        claim = claims.take(pool, entry)
-                        choice: str | None = node_name
-                        break
+                entry = self._best_entry(claims.candidates(pool, vm), by_name, usage, request, now)
+                if entry is not None:
+                    claim = claims.take(pool, entry)
+                    choice: str | None = entry["spec"]["nodeName"]
             if claim is None:
                 avoid = claims.golden_nodes(vm)
                 choice, message = self._choose(request, nodes, usage, allocatable, now, avoid)
@@ -151,11 +148,29 @@ class Scheduler:
         self._mark_unschedulable(waiting)
         return bound
 
-    def _fits(self, node: Obj, usage: Usage, request: Request, now: float) -> bool:
-        reason = why_not(
-            node, usage, request, now=now, heartbeat_grace=self.settings.heartbeat_grace
-        )
-        return reason is None
+    def _best_entry(
+        self,
+        candidates: list[Obj],
+        nodes: dict[str, Obj],
+        usage: dict[str, Usage],
+        request: Request,
+        now: float,
+    ) -> Obj | None:
+        """Of the entries that can become the VM, the one on the node that passes every filter
+        and scores best for it (pack or spread, as for any VM); the oldest saved on a tie."""
+        best: Obj | None = None
+        best_score = -1.0
+        for entry in candidates:
+            name = entry["spec"]["nodeName"]
+            node = nodes.get(name)
+            if node is None or why_not(
+                node, usage[name], request, now=now, heartbeat_grace=self.settings.heartbeat_grace
+            ):
+                continue
+            value = score(node, usage[name], request, self.settings.default_profile)
+            if value > best_score:
+                best, best_score = entry, value
+        return best
 
     def _choose(
         self,

@@ -171,8 +171,8 @@ def required_tags(node: Obj, request: Request, _s: Situation) -> str | None:
 
 
 def keeps_warm_pool_entries(node: Obj, request: Request, _s: Situation) -> str | None:
-    if request.warm_pool_entry and not _status(node).get("warmStart"):
-        return "cannot keep warm-pool entries"
+    if request.warm_pool_entry and request.os not in (_status(node).get("warmStart") or []):
+        return f"cannot keep warm-pool entries of {request.os} guests"
     return None
 
 

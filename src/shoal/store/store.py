@@ -95,11 +95,13 @@ def _index_columns(obj: Obj) -> dict[str, Any]:
     if obj["kind"] != "VirtualMachine":
         return dict(_NO_INDEX)
     spec = obj.get("spec") or {}
-    if is_saved(obj):  # a saved warm-pool entry: its disk only (see node_usages)
+    if is_saved(
+        obj
+    ):  # a saved warm-pool entry: disk only, for its disk and memory (see node_usages)
         return {
             **_NO_INDEX,
             "node_name": spec.get("nodeName"),
-            "req_disk": parse_bytes(spec["disk"]) if spec.get("disk") else 0,
+            "req_disk": sum(parse_bytes(spec[f]) for f in ("disk", "memory") if spec.get(f)),
         }
     return {
         **_NO_INDEX,

@@ -42,9 +42,11 @@ class _Backoff:
     failures: int = 0
     until: float = 0.0
     reason: str = ""
+    last: float = 0.0  # when the last one failed
 
     def failed(self, reason: str, now: float) -> None:
         self.failures += 1
+        self.last = now
         self.until = now + min(MAX_BACKOFF, 2.0**self.failures)
         self.reason = reason.removeprefix("it failed: ")
 
@@ -132,8 +134,8 @@ class WarmPools:
         decided = entries.plan(pool["spec"], template, seen)
         backoff = self._backoff.setdefault((namespace, meta["name"]), _Backoff())
         now = time.time()
-        if any(view.state == "ready" for view in seen):
-            backoff.failures = 0
+        if any(view.state == "ready" and (view.saved or 0.0) > backoff.last for view in seen):
+            backoff.failures, backoff.until = 0, 0.0  # an entry was saved since the last failure
         for entry, why in decided.discard:
             if self._discard(pool, views[entry], why) and why.startswith("it failed"):
                 backoff.failed(why, now)

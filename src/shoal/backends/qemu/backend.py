@@ -93,6 +93,9 @@ class QemuSettings:
     node_address: str = "0.0.0.0"
     network: str = "user"  # user | bridge:<name> | tap:<name>
     boot_timeout: float = 600.0  # Starting this long without an SSH banner: Failed (BootTimeout)
+    # A restored guest answers within a second or two; one that does not within this long is
+    # given up on and the VM boots cold instead.
+    restore_ready_timeout: float = 60.0
     stop_timeout: float = 30.0
     poll_interval: float = 0.5
     uefi_code: str | None = None
@@ -770,6 +773,16 @@ class QemuBackend:
             with contextlib.suppress(FileNotFoundError):
                 (paths.root / INCOMING_ENTRY).unlink()
         log.warning("VM %s: booting cold: the saved state did not load: %s", vm_id, problem)
+        await self._boot_cold_instead(
+            vm_id, paths, machine, f"the saved state did not load: {problem}"
+        )
+        return False
+
+    async def _boot_cold_instead(
+        self, vm_id: str, paths: Paths, machine: Machine, reason: str
+    ) -> None:
+        """Give up on a restore: QEMU goes, the VM gets a fresh overlay of its image (and a
+        clone its own RAM), and the reason is kept for its status. The caller starts it."""
         pid = self._alive(vm_id, paths)
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -782,8 +795,7 @@ class QemuBackend:
         paths.disk.unlink()
         base = BaseImage(machine.base, None, None, machine.kernel, machine.initrd, {})
         await self._new_overlay(base, paths.disk, size)
-        (paths.root / COLD_REASON).write_text(f"the saved state did not load: {problem}")
-        return False
+        (paths.root / COLD_REASON).write_text(reason)
 
     async def stop(self, vm_id: str, timeout: float | None = None) -> None:
         paths = self._paths(vm_id)
@@ -1017,6 +1029,16 @@ class QemuBackend:
             if await ssh_banner(*forwarded):
                 state.ready = True
                 self._set(vm_id, Actual.RUNNING)
+            elif (
+                entry.restored
+                and time.monotonic() - entry.started > self.settings.restore_ready_timeout
+            ):
+                wait = self.settings.restore_ready_timeout
+                reason = f"the restored guest did not answer SSH within {wait:g}s"
+                log.warning("VM %s: booting cold: %s", vm_id, reason)
+                await self._boot_cold_instead(vm_id, paths, machine, reason)
+                await self.start(vm_id)  # keeps this monitor, which follows the boot
+                self._changed(vm_id)
             elif time.monotonic() - entry.started > self.settings.boot_timeout:
                 await self._boot_timed_out(vm_id, paths)
                 entry.monitor = None
