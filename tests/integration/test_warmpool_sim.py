@@ -332,5 +332,36 @@ def test_admission_refuses_what_a_pool_cannot_serve(tmp_path: Path) -> None:
         assert "already has WarmPool 'one'" in refused({"config": "builder"}, "two")
         with pytest.raises(Invalid):
             client.patch("warmpools", "one", {"spec": {"mode": "clone"}}, "default")
-        # Nothing half-made: no pool but the one admitted, and only its entries.
-        assert [p["metadata"]["name"] for p in client.list_all("warmpools", "default")] == ["one"]
+        with pytest.raises(Invalid, match=r"metadata\.generateName: at most 56 characters"):
+            client.create(
+                "warmpools",
+                {"metadata": {"generateName": "g" * 52}, "spec": {"config": "builder"}},
+                "default",
+            )
+
+        # Warm-pool metadata is shoal's: a VM cannot point itself at an entry, nor change it.
+        with pytest.raises(Invalid, match=r"warmpools\.shoal\.dev/entry: set by the scheduler"):
+            deploy_with = {"annotations": {CLAIM_ENTRY_ANNOTATION: "someone-elses-entry"}}
+            client.create(
+                "virtualmachines",
+                {"metadata": {"name": "forged", **deploy_with}, "spec": {"config": "builder"}},
+                "default",
+            )
+        wait_until(lambda: ready(client, 1, "one"), what="an entry of pool one")
+        (entry,) = entries(client, "one")
+        with pytest.raises(Invalid, match="set by shoal's warm pools, cannot be changed"):
+            client.patch(
+                "virtualmachines",
+                entry["metadata"]["name"],
+                {"metadata": {"labels": {POOL_LABEL: "other"}}},
+                "default",
+            )
+
+        # A pool whose finalizer was taken off by hand goes at once; its entries are deleted.
+        client.patch("warmpools", "one", {"metadata": {"finalizers": []}}, "default")
+        client.delete("warmpools", "one", "default")
+        wait_until(lambda: not entries(client, "one") and not c.saved(), what="orphans gone")
+        assert not client.list_all("warmpools", "default")
+        assert not any(
+            v["metadata"]["name"] == "forged" for v in client.list_all("virtualmachines", "default")
+        )

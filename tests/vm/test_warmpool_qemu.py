@@ -6,6 +6,7 @@ says why; pools deleted with their files."""
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -205,15 +206,23 @@ def test_clones_of_one_golden_get_their_own_entropy_and_host_keys(
     names = [in_guest(guest_image, c, "hostname") for c in clones]
     assert names == ["clone-a", "clone-b"]
 
-    # The golden's files stay while clones map them; deleted, the pool and its golden go.
+    # The pool deleted while clones map its golden: the golden (object, reservation and files)
+    # stays until the last clone goes, then the pool and its golden go.
+    client.delete("warmpools", "gold", "default")
+    time.sleep(5)
+    assert set(entries(client, "gold")) == {golden} and saved_dirs(dev) == {golden}
+    assert entries(client, "gold")[golden]["metadata"].get("deletionTimestamp")
+    assert in_guest(guest_image, clones[0], "hostname") == "clone-a"
     for name in ("clone-a", "clone-b"):
         client.delete("virtualmachines", name, "default")
-    client.delete("warmpools", "gold", "default")
     wait_until(
         lambda: not entries(client, "gold") and not saved_dirs(dev),
         timeout=60,
         what="the golden and its files gone",
     )
+    assert not [
+        p for p in client.list_all("warmpools", "default") if p["metadata"]["name"] == "gold"
+    ]
 
 
 def host_key(port: int) -> str:

@@ -363,7 +363,10 @@ class Agent:
             self._known.pop(gone, None)
         for vm in vms:
             self._enqueue(vm)
-        await self._sweep_saved(vms)
+        try:
+            await self._sweep_saved(vms)
+        except (BackendError, OSError) as error:
+            log.warning("node %s: cannot sweep saved entries: %s", self.name, error)
 
     async def _forget(self, vm: Obj) -> None:
         uid = vm["metadata"]["uid"]
@@ -417,6 +420,9 @@ class Agent:
         if is_saved(vm):
             await self._keep_saved(vm)
             return
+        if await self._saved_unreported(vm):
+            await self._mark_saved(vm)  # saved, but the report was lost (a restart, say)
+            return
         desired = desired_of(vm)
         one_shot = vm["spec"].get("deleteWhenScriptExits")
         if desired == Desired.RUNNING and one_shot and self.scripts.finished(vm):
@@ -456,6 +462,15 @@ class Agent:
 
     # -- warm pools --------------------------------------------------------------------------
 
+    async def _saved_unreported(self, vm: Obj) -> bool:
+        backend = self.backend
+        return (
+            entries.pool_of(vm) is not None
+            and isinstance(backend, SavesState)
+            and not vm["metadata"].get("deletionTimestamp")
+            and vm["metadata"]["uid"] in await asyncio.to_thread(backend.saved_entries)
+        )
+
     def _due_for_saving(self, vm: Obj, state: VMState) -> bool:
         """An entry whose guest answers: saved now, and never runs as itself again."""
         return (
@@ -478,6 +493,11 @@ class Agent:
             status.update(phase="Failed", reason="SaveFailed", message=str(error))
             await self._write_status(vm, status)
             return
+        await self._mark_saved(vm)
+
+    async def _mark_saved(self, vm: Obj) -> None:
+        """Report the entry saved: phase Saved, condition Saved (it holds disk only from then)."""
+        clone = entries.is_clone_golden(vm)
         conditions = copy.deepcopy((vm.get("status") or {}).get("conditions") or [])
         set_condition(conditions, "Ready", "False", "Saved", "saved: it runs as a claiming VM")
         what = "a clone golden" if clone else "an entry"
@@ -506,13 +526,10 @@ class Agent:
         )
         if meta.get("deletionTimestamp"):
             claimed = entries.CLAIMED_BY_ANNOTATION in (meta.get("annotations") or {})
-            if (
-                held
-                and not claimed
-                and isinstance(backend, SavesState)
-                and uid not in await asyncio.to_thread(backend.saved_entries_in_use)
-            ):
-                await backend.discard_saved(uid)  # in use (a golden): the sweep does, later
+            if held and not claimed and isinstance(backend, SavesState):
+                if await self._golden_in_use(backend, uid):
+                    return  # its object, and so its reservation, stay until the last clone goes
+                await backend.discard_saved(uid)
             await self._release(vm)
             return
         if not held and (vm.get("status") or {}).get("phase") == entries.SAVED_PHASE:
@@ -523,6 +540,17 @@ class Agent:
                 message=f"node {self.name} no longer holds the entry's saved state",
             )
             await self._write_status(vm, status)
+
+    async def _golden_in_use(self, backend: SavesState, uid: str) -> bool:
+        """Whether a VM on this node maps the golden, or has claimed it and is still to be made
+        (the resync loop looks again every resync_interval)."""
+        if uid in await asyncio.to_thread(backend.saved_entries_in_use):
+            return True
+        return any(
+            (vm["metadata"].get("annotations") or {}).get(entries.CLAIM_ENTRY_ANNOTATION) == uid
+            and not vm["metadata"].get("deletionTimestamp")
+            for vm in self._known.values()
+        )
 
     async def _tell_warm_start(self, vm: Obj, state: VMState) -> None:
         """An Event on a VM that claimed a warm-pool entry: resumed, or why it booted cold."""
@@ -598,7 +626,7 @@ class Agent:
         current = vm.get("status") or {}
         conditions = copy.deepcopy(current.get("conditions") or [])
         message = state.message
-        if phase is None and state.actual == Actual.RUNNING and not self.identities.done(vm):
+        if phase is None and state.ready and not self.identities.done(vm):
             # Its guest answers, but it is not itself yet: Starting until its identity is given
             # (so `vm deploy --wait`, `shoal run` and startup scripts come after).
             phase, message = "Starting", message or "giving the VM its own identity"
@@ -729,6 +757,8 @@ def _warm_start_keys(vm: Obj) -> Obj:
     keys: Obj = {}
     if annotations.get(entries.CLAIM_ENTRY_ANNOTATION):
         keys["savedState"] = annotations[entries.CLAIM_ENTRY_ANNOTATION]
-    if entries.pool_of(vm) is not None and entries.is_clone_golden(vm):
-        keys["goldenMemory"] = True
+    if entries.pool_of(vm) is not None:
+        keys["background"] = True
+        if entries.is_clone_golden(vm):
+            keys["goldenMemory"] = True
     return keys

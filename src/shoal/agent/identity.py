@@ -17,7 +17,6 @@ condition says what was not done).
 """
 
 import asyncio
-import base64
 import logging
 import os
 import time
@@ -30,21 +29,22 @@ from shoal.backends.base import Actual, Backend, VMState
 from shoal.client import AsyncClient
 from shoal.model.meta import get_condition
 from shoal.tunnel import execframes as frames
-from shoal.warmpool.entries import CLAIM_POOL_ANNOTATION
+from shoal.warmpool.entries import CLAIM_POOL_ANNOTATION, IDENTITY_CONDITION
 
 log = logging.getLogger(__name__)
-CONDITION = "FreshIdentity"
+CONDITION = IDENTITY_CONDITION
 HOOK = "/usr/lib/shoal/refresh-identity"
 ENTROPY_BYTES = 64
 OUTPUT_KEPT = 2048  # bytes of the script's output kept for a failure's message
 Obj = dict[str, Any]
 SIM_HAS_NO_GUEST = "a sim VM has no guest of its own to refresh (its shell runs on the node)"
 
-# Run by `sh -c` as the guest-access user (through sudo -n when that is not root). The values
-# come in the environment; the entropy never appears in any process list.
+# Run by `sh -c` as the guest-access user (through sudo -n when that is not root). The name and
+# the clock come in the environment; the entropy on stdin, so it is in no process list.
 SCRIPT = r"""
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
 failed=""
+as_root tee /dev/urandom >/dev/null || failed="$failed entropy"  # stdin: fresh random bytes
 as_root hostname "$SHOAL_VM_NAME" || failed="$failed hostname"
 if [ -e /etc/hostname ]; then
   echo "$SHOAL_VM_NAME" | as_root tee /etc/hostname >/dev/null || failed="$failed /etc/hostname"
@@ -52,8 +52,6 @@ fi
 # GNU and busybox date take -s @EPOCH; BSD date (macOS) sets the clock from -f %s EPOCH.
 as_root date -u -s "@$SHOAL_EPOCH" >/dev/null 2>&1 \
   || as_root date -u -f %s "$SHOAL_EPOCH" >/dev/null || failed="$failed clock"
-printf '%s' "$SHOAL_ENTROPY" | base64 -d | as_root tee /dev/urandom >/dev/null \
-  || failed="$failed entropy"
 if [ -n "${SHOAL_MAC:-}" ]; then  # the VM's one NIC: the interface with a device behind it
   for dev in /sys/class/net/*; do
     [ -e "$dev/device" ] && [ "$(cat "$dev/address")" != "$SHOAL_MAC" ] || continue
@@ -77,10 +75,12 @@ def wanted(vm: Obj) -> bool:
 
 
 class _Collect:
-    """What execstream.run sends its frames to: the output's last bytes; no stdin."""
+    """What execstream.run sends its frames to (the output's last bytes are kept), and what it
+    reads stdin from: `stdin`, then its end."""
 
-    def __init__(self) -> None:
+    def __init__(self, stdin: bytes) -> None:
         self.output = b""
+        self._stdin = [frames.frame(frames.STDIN, stdin), frames.frame(frames.STDIN, b"")]
 
     async def send(self, message: bytes) -> None:
         channel, payload = frames.parse(message)
@@ -91,6 +91,8 @@ class _Collect:
         return self
 
     async def __anext__(self) -> bytes:
+        if self._stdin:
+            return self._stdin.pop(0)
         await asyncio.Event().wait()
         raise StopAsyncIteration
 
@@ -146,11 +148,7 @@ class FreshIdentities:
 
     async def _run(self, vm: Obj, state: VMState) -> None:
         uid = vm["metadata"]["uid"]
-        env = {
-            "SHOAL_VM_NAME": vm["metadata"]["name"],
-            "SHOAL_EPOCH": str(int(time.time())),
-            "SHOAL_ENTROPY": base64.b64encode(os.urandom(ENTROPY_BYTES)).decode(),
-        }
+        env = {"SHOAL_VM_NAME": vm["metadata"]["name"], "SHOAL_EPOCH": str(int(time.time()))}
         if state.restored and state.mac:
             env["SHOAL_MAC"] = state.mac
         connection = None
@@ -165,8 +163,9 @@ class FreshIdentities:
             connection = await guest.connect(
                 self.backend, uid, await guest.credentials_for(self.client, vm)
             )
-            sink = _Collect()
-            code = await run(connection, ExecRequest(["sh", "-c", SCRIPT], env=env), sink)
+            sink = _Collect(os.urandom(ENTROPY_BYTES))
+            request = ExecRequest(["sh", "-c", SCRIPT], stdin=True, env=env)
+            code = await run(connection, request, sink)
             if code == 0:
                 took = time.monotonic() - began
                 done = condition(

@@ -20,10 +20,31 @@ from shoal.model.warmpool import MAX_WARM_POOL_NAME, WARM_POOL_FINALIZER
 from shoal.quantity import describe_bytes
 from shoal.scheduler.placement import Allocatable, Request, could_ever_fit
 from shoal.store.store import Obj, Store
+from shoal.warmpool import entries
 
 
 def _virtual_machine(store: Store, obj: Obj, model: BaseModel) -> None:
+    for key in obj["metadata"].get("annotations") or {}:
+        if key in entries.SCHEDULER_ANNOTATIONS:
+            raise Invalid(
+                f"metadata.annotations.{key}: set by the scheduler when it places the VM",
+                field="metadata.annotations",
+            )
     _admit_vm(store, obj, model, check_fit=True)
+
+
+def _vm_update(store: Store, current: Obj, updated: Obj) -> None:
+    """A VM's warm-pool labels and annotations are shoal's: a client may not change them."""
+    for part in ("labels", "annotations"):
+        before = current["metadata"].get(part) or {}
+        after = updated["metadata"].get(part) or {}
+        for key in set(before) | set(after):
+            if key.startswith(entries.METADATA_PREFIX) and before.get(key) != after.get(key):
+                raise Invalid(
+                    f"metadata.{part}.{key}: set by shoal's warm pools, cannot be changed",
+                    field=f"metadata.{part}",
+                )
+    _template_update(store, current, updated)
 
 
 def _admit_vm(store: Store, obj: Obj, model: BaseModel, *, check_fit: bool) -> None:
@@ -111,12 +132,16 @@ def _warm_pool(store: Store, obj: Obj, model: BaseModel) -> None:
     """A pool's name leaves room for its entries' suffix; its VMConfig exists, gives guest
     access (a claimed VM gets its fresh identity through it), and has no other pool. The pool
     holds a finalizer until its entries are gone."""
-    name, namespace = obj["metadata"].get("name") or "", obj["metadata"]["namespace"]
-    if len(name) > MAX_WARM_POOL_NAME:
+    meta = obj["metadata"]
+    name, namespace = meta.get("name") or "", meta["namespace"]
+    # A generated name is generateName and 5 characters.
+    longest = len(name) if name else len(meta.get("generateName") or "") + 5
+    if longest > MAX_WARM_POOL_NAME:
+        field = "metadata.name" if name else "metadata.generateName"
         raise Invalid(
-            f"metadata.name: at most {MAX_WARM_POOL_NAME} characters for a WarmPool (its entries "
-            "are named <pool>-w<5 characters>)",
-            field="metadata.name",
+            f"{field}: at most {MAX_WARM_POOL_NAME} characters for a WarmPool's name (its "
+            "entries are named <pool>-w<5 characters>)",
+            field=field,
         )
     _check_warm_pool_spec(store, namespace, name, obj["spec"])
     finalizers = obj["metadata"].setdefault("finalizers", [])
@@ -366,7 +391,7 @@ CREATE_HOOKS: dict[str, CreateHook] = {
 }
 
 UPDATE_HOOKS: dict[str, UpdateHook] = {
-    "VirtualMachine": _template_update,  # its image is immutable: only the script can come in
+    "VirtualMachine": _vm_update,  # its image is immutable: only the script can come in
     "VMConfig": _template_update,
     "Secret": _secret_update,
     "RunnerPool": _runner_pool_update,

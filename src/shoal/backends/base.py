@@ -94,8 +94,9 @@ class Backend(Protocol):
 @runtime_checkable
 class SavesState(Protocol):
     """A backend that saves a running VM (memory, devices and disk) as a warm-pool entry, and
-    makes VMs from entries: create's spec["savedState"] names the entry (its id), and
-    spec["goldenMemory"] makes a VM that can be saved as a clone golden. A VM whose entry
+    makes VMs from entries: create's spec["savedState"] names the entry (its id),
+    spec["goldenMemory"] makes a VM that can be saved as a clone golden, and spec["background"]
+    marks a VM booted only to be saved (run at a lower priority where the backend can). A VM whose entry
     cannot be used boots cold instead, its status message saying why."""
 
     async def save_state(self, vm_id: str, entry_id: str, *, clone: bool = False) -> None:

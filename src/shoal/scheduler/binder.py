@@ -87,13 +87,18 @@ def _bind_one(
     finalizers = vm["metadata"].setdefault("finalizers", [])
     if AGENT_FINALIZER not in finalizers:
         finalizers.append(AGENT_FINALIZER)
+    annotations = vm["metadata"].setdefault("annotations", {})
+    annotations.pop(entries.CLAIM_POOL_ANNOTATION, None)  # of an earlier placement, if any
+    annotations.pop(entries.CLAIM_ENTRY_ANNOTATION, None)
     if decision.pool is not None:
-        annotations = vm["metadata"].setdefault("annotations", {})
         annotations[entries.CLAIM_POOL_ANNOTATION] = decision.pool
-        annotations.pop(entries.CLAIM_ENTRY_ANNOTATION, None)
         if decision.claim is not None:
             annotations[entries.CLAIM_ENTRY_ANNOTATION] = decision.claim.entry_uid
     status = vm.setdefault("status", {})
+    # A VM placed again (restartPolicy OnNodeLost) is given its identity again.
+    status["conditions"] = [
+        c for c in status.get("conditions") or [] if c.get("type") != entries.IDENTITY_CONDITION
+    ]
     status.update(phase="Scheduled", scheduledTime=now_iso(), message="", reason="")
     set_condition(
         status.setdefault("conditions", []),

@@ -45,7 +45,7 @@ from shoal.testguest import guestfiles, reseed
 
 # Bump when the build logic changes in a way the recipe hash (guest files, package list,
 # command line, modules) does not see.
-BUILD_VERSION = "5"
+BUILD_VERSION = "6"
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 PACKAGES = (
@@ -527,6 +527,7 @@ def _populate_rootfs(tree: Path, staging: Path) -> None:
         "etc/hosts": (guestfiles.HOSTS, 0o644),
         "etc/resolv.conf": (guestfiles.RESOLV_CONF, 0o644),
         guestfiles.REFRESH_IDENTITY_PATH.lstrip("/"): (guestfiles.REFRESH_IDENTITY, 0o755),
+        guestfiles.SSHD_LOOP_PATH.lstrip("/"): (guestfiles.SSHD_LOOP, 0o755),
     }
     for rel, (template, mode) in files.items():
         path = staging / rel

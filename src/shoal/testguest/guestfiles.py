@@ -58,15 +58,14 @@ done
 exec switch_root /newroot /sbin/init
 """
 
-# busybox init's table on the root disk. dropbear runs in the foreground under init (respawned
-# if it dies, its log on the console: REFRESH_IDENTITY relies on that to restart it with these
-# arguments and new host keys); `announce` prints the ready line once it listens. The
+# busybox init's table on the root disk. dropbear runs in the foreground under SSHD_LOOP, which
+# init respawns (its log on the console); `announce` prints the ready line once it listens. The
 # console shell starts when Enter is pressed on ttyS0 (askfirst, respawned on exit), which keeps
 # it from competing with sshd for the one vCPU at boot; so does the one on the screen (tty1).
 INITTAB = """\
 ::sysinit:/etc/init.d/rcS
 ::once:/etc/init.d/announce
-::respawn:/usr/sbin/dropbear -F -E -s -p 22 -r /etc/dropbear/dropbear_ed25519_host_key -P /run/dropbear.pid
+::respawn:/usr/lib/shoal/sshd-loop
 ttyS0::askfirst:-/bin/sh
 tty1::askfirst:-/bin/sh
 ::shutdown:/etc/init.d/rcK
@@ -113,6 +112,16 @@ echo "shoal-test-guest: ssh ready on @ADDRESS@:22"
 """.replace("@SSH_LISTENS@", _SSH_LISTENS)
 
 # Where the shoal agent looks for an image's fresh-identity hook, and the program it calls.
+# dropbear again a tenth of a second after it exits: REFRESH_IDENTITY stops the listener to have
+# it start with new host keys, and init would wait a whole second before respawning it.
+SSHD_LOOP_PATH = "/usr/lib/shoal/sshd-loop"
+SSHD_LOOP = """\
+#!/bin/sh
+while :; do
+    /usr/sbin/dropbear -F -E -s -p 22 -r /etc/dropbear/dropbear_ed25519_host_key -P /run/dropbear.pid
+    usleep 100000
+done
+"""
 REFRESH_IDENTITY_PATH = "/usr/lib/shoal/refresh-identity"
 RESEED_CRNG_PATH = "/usr/lib/shoal/reseed-crng"  # reseed.py's program
 
@@ -122,8 +131,8 @@ RESEED_CRNG_PATH = "/usr/lib/shoal/reseed-crng"  # reseed.py's program
 # Clones of one memory image share the kernel's CRNG state and dropbear's host key: reseed the
 # one, replace the other, and restart dropbear's listener so that new connections see the new
 # key. Only the listener is replaced: each connection is served by a child of its own, in a
-# session of its own, so the one running this hook lives on; init starts the new listener (the
-# inittab's respawn line) once the old one is gone. Exits 0 only if all of it worked; otherwise
+# session of its own, so the one running this hook lives on; SSHD_LOOP starts the new listener
+# once the old one is gone. Exits 0 only if all of it worked; otherwise
 # 1, after saying what failed on stderr.
 REFRESH_IDENTITY = """\
 #!/bin/sh
@@ -159,7 +168,7 @@ new_host_keys() {
     done
 }
 
-# Stop the listener; done once init's new one has written its pid file (it does that after
+# Stop the listener; done once SSHD_LOOP's new one has written its pid file (it does that after
 # binding its sockets) and port 22 listens.
 restart_listener() {
     old=$(cat /run/dropbear.pid 2>/dev/null)
@@ -231,6 +240,7 @@ ALL = (
     RCS,
     ANNOUNCE,
     REFRESH_IDENTITY,
+    SSHD_LOOP,
     RCK,
     POWER_BUTTON,
     PROFILE,

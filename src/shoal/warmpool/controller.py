@@ -35,6 +35,8 @@ WATCHED_KINDS = frozenset({"WarmPool", "VMConfig", "Image"})
 # After entries fail (an image that does not boot, a node that cannot save), new ones wait
 # 2, 4, 8... seconds, up to this, until an entry is saved again.
 MAX_BACKOFF = 300.0
+# Entries lost with their node, or whose files went: no reason to make the next ones wait.
+NOT_THE_ENTRYS_FAULT = frozenset({"NodeLost", "SavedStateLost"})
 
 
 @dataclass
@@ -65,6 +67,7 @@ class WarmPools:
         # (namespace, pool) -> the last problem told in an Event (told once, not every pass)
         self._told: dict[tuple[str, str], str] = {}
         self._backoff: dict[tuple[str, str], _Backoff] = {}
+        self._had_pools = True
 
     def _on_changes(self, loop: asyncio.AbstractEventLoop, changes: list[Change]) -> None:
         """Called from the writer's thread: wake the loop for a change it cares about."""
@@ -92,8 +95,8 @@ class WarmPools:
 
     def run_once(self) -> None:
         pools, _ = self.store.list_objects("WarmPool")
-        if not pools:
-            return
+        if not pools and not self._had_pools:
+            return  # (after the last pool went, passes look for its entries until they are gone)
         vms, _ = self.store.list_objects("VirtualMachine")
         by_pool: dict[tuple[str, str], list[Obj]] = {}
         for vm in vms:
@@ -103,9 +106,23 @@ class WarmPools:
         for pool in pools:
             key = (pool["metadata"]["namespace"], pool["metadata"]["name"])
             try:
-                self._sync(pool, by_pool.get(key, []))
+                self._sync(pool, by_pool.pop(key, []))
             except ApiError as error:  # changed meanwhile: the next pass looks again
                 log.debug("warm pool %s/%s: %s", *key, error)
+            except Exception:  # one pool's trouble never stops the others
+                log.exception("warm pool %s/%s failed; retrying", *key)
+        self._had_pools = bool(pools) or bool(by_pool)
+        for (namespace, name), orphans in by_pool.items():
+            # Entries of a pool that is gone (its finalizer removed by hand, say): nothing
+            # would ever claim or discard them.
+            for orphan in orphans:
+                if not orphan["metadata"].get("deletionTimestamp"):
+                    log.info("deleting entry %s of warm pool %s/%s, which is gone",
+                             orphan["metadata"]["name"], namespace, name)  # fmt: skip
+                    with contextlib.suppress(ApiError):
+                        self.objects.delete(
+                            BY_KIND["VirtualMachine"], namespace, orphan["metadata"]["name"]
+                        )
 
     # -- one pool ----------------------------------------------------------------------------
 
@@ -124,11 +141,9 @@ class WarmPools:
             return
         image_name = entries.image_name(config)
         image = self._get("Image", "", image_name) if image_name else None
-        if image_name and image is None:
-            problem = f"Image {image_name!r} (of VMConfig {config['metadata']['name']}) not found"
-            self._set_status(pool, members, problem, "ImageNotFound")
-            return
-        template = entries.template_hash(pool, config, image)
+        missing_image = image_name is not None and image is None
+        # Without its Image no entry can be made, and those there are kept (not judged stale).
+        template = None if missing_image else entries.template_hash(pool, config, image)
         views = {vm["metadata"]["name"]: vm for vm in members}
         seen = [entries.view(vm) for vm in members]
         decided = entries.plan(pool["spec"], template, seen)
@@ -136,11 +151,19 @@ class WarmPools:
         now = time.time()
         if any(view.state == "ready" and (view.saved or 0.0) > backoff.last for view in seen):
             backoff.failures, backoff.until = 0, 0.0  # an entry was saved since the last failure
+        failed = ""
         for entry, why in decided.discard:
-            if self._discard(pool, views[entry], why) and why.startswith("it failed"):
-                backoff.failed(why, now)
+            if not self._discard(pool, views[entry], why) or not why.startswith("it failed"):
+                continue
+            if (views[entry].get("status") or {}).get("reason") not in NOT_THE_ENTRYS_FAULT:
+                failed = why
+        if failed:
+            backoff.failed(failed, now)  # once a pass, however many failed together
         problem = ""
-        if decided.make and now < backoff.until:
+        if missing_image:
+            problem = f"Image {image_name!r} (of VMConfig {config['metadata']['name']}) not found"
+            decided = entries.Plan(make=0, discard=decided.discard)
+        elif decided.make and now < backoff.until:
             at = datetime.fromtimestamp(backoff.until, UTC).strftime("%H:%M:%S")
             problem = (
                 f"{backoff.failures} entries failed in a row, the next is made at {at} UTC "
@@ -148,12 +171,25 @@ class WarmPools:
             )
             decided = entries.Plan(make=0, discard=decided.discard)
         for _ in range(decided.make):
+            if template is None:
+                break
             try:
                 self._make(pool, config, template)
             except ApiError as error:
                 problem = f"an entry was refused: {error.message}"
                 break
-        reason = "EntriesFailing" if now < backoff.until else "EntryRefused"
+        if missing_image:
+            reason = "ImageNotFound"
+        elif now < backoff.until:
+            reason = "EntriesFailing"
+        elif problem:
+            reason = "EntryRefused"
+        elif not ((config["spec"].get("access") or {}).get("secretRef") or {}).get("name"):
+            reason = "NoGuestAccess"
+            problem = (
+                f"VMConfig {config['metadata']['name']} sets no access.secretRef: the pool's VMs "
+                "get no fresh identity"
+            )
         self._set_status(pool, members, problem, reason if problem else "")
 
     def _get(self, kind: str, namespace: str, name: str) -> Obj | None:

@@ -30,6 +30,11 @@ CLAIMED_BY_ANNOTATION = "warmpools.shoal.dev/claimed-by"
 CLAIM_POOL_ANNOTATION = "warmpools.shoal.dev/claimed-from"
 CLAIM_ENTRY_ANNOTATION = "warmpools.shoal.dev/entry"
 SAVED_PHASE = "Saved"
+# The condition of a VM's fresh identity (shoal.agent.identity); dropped when it is placed again.
+IDENTITY_CONDITION = "FreshIdentity"
+# Set by shoal only: a client may not set or change them (one could point a VM at another's entry).
+SCHEDULER_ANNOTATIONS = (CLAIM_POOL_ANNOTATION, CLAIM_ENTRY_ANNOTATION, CLAIMED_BY_ANNOTATION)
+METADATA_PREFIX = "warmpools.shoal.dev/"
 # The VM fields that shape the saved machine: an entry serves a VM only when they are equal.
 SHAPE_FIELDS = ("image", "cpu", "memory", "disk", "os", "arch")
 # The VMConfig fields an entry takes (the rest belong to the job: script, env, access, lease).
@@ -142,10 +147,13 @@ class Plan:
     discard: tuple[tuple[str, str], ...]  # (entry name, why)
 
 
-def plan(spec: Obj, template: str, entries: list[EntryView], now: float | None = None) -> Plan:
+def plan(
+    spec: Obj, template: str | None, entries: list[EntryView], now: float | None = None
+) -> Plan:
     """Which entries go, and how many to make, so that `size` live entries of the current
     template are kept. Entries being deleted (discarded, or consumed by a claim) count for
-    nothing; failed, stale and aged ones go; extra ones go, those still booting first."""
+    nothing; failed, stale and aged ones go; extra ones go, those still booting first. A None
+    template (not known now) judges no entry stale."""
     now = time.time() if now is None else now
     discard: list[tuple[str, str]] = []
     live: list[EntryView] = []
@@ -155,7 +163,7 @@ def plan(spec: Obj, template: str, entries: list[EntryView], now: float | None =
             continue
         if entry.state == "failed":
             discard.append((entry.name, f"it failed: {entry.message or 'no reason given'}"))
-        elif entry.template != template:
+        elif template is not None and entry.template != template:
             discard.append((entry.name, "the pool, its VMConfig or its image changed"))
         elif max_age is not None and now - entry.created > max_age:
             discard.append((entry.name, f"older than maxAgeSeconds ({max_age})"))

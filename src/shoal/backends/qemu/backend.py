@@ -71,6 +71,7 @@ FAILURE_FILE = "failed.json"  # why the VM failed, until it is started again
 # A VM made from a saved state holds it here until its first start loads it.
 INCOMING_STATE = "incoming.state"
 INCOMING_ENTRY = "incoming.json"
+BACKGROUND_NICENESS = 10  # of QEMUs booting warm-pool entries
 COLD_REASON = "booted-cold.txt"  # why a VM made from a saved state booted instead
 RESTORE_TIMEOUT = 120.0
 FAST_POLL = 0.02  # how often a restored guest is asked for its SSH banner
@@ -312,8 +313,13 @@ class QemuBackend:
         )
 
     def _clean_leftovers(self) -> None:
-        """Half-made VM dirs from a create that was interrupted never become VMs."""
-        for path in [*self.vms_dir.glob(".creating-*"), *self.vms_dir.glob(".export-*")]:
+        """Half-made VM dirs from a create that was interrupted never become VMs, nor half-saved
+        entries."""
+        for path in [
+            *self.vms_dir.glob(".creating-*"),
+            *self.vms_dir.glob(".export-*"),
+            *self.saved_dir.glob(".*.part"),
+        ]:
             shutil.rmtree(path, ignore_errors=True)
         mine = str(self.vms_dir.resolve())
         for link in Path(tempfile.gettempdir()).glob("shoal-vm-*"):
@@ -418,6 +424,8 @@ class QemuBackend:
                 network=self.settings.network,
                 image_digest=base.digest,
             )
+            if spec.get("background"):
+                machine = replace(machine, background=True)
             if spec.get("goldenMemory"):
                 memory = str(paths.root / savedstate.MEMORY_FILE)
                 machine = replace(machine, memory_file=memory, memory_shared=True)
@@ -502,6 +510,12 @@ class QemuBackend:
             out = await self._run(self.settings.qemu, "--version", timeout=30, what="QEMU")
             self._qemu_version = out.splitlines()[0].strip() if out.strip() else "unknown"
         return self._qemu_version
+
+    @property
+    def warm_start_guest_os(self) -> tuple[str, ...] | None:
+        """The guest OSes whose VMs can be saved: all it runs on user networking (None); none on
+        a bridge or tap, where nothing here watches a guest answer (so none would be saved)."""
+        return None if self.settings.network == "user" else ()
 
     def _entry_dir(self, entry_id: str) -> Path:
         if not entry_id or "/" in entry_id or entry_id.startswith("."):
@@ -728,6 +742,8 @@ class QemuBackend:
         restoring = incoming.exists()
         if restoring:
             argv += ["-incoming", "defer"]
+        if machine.background:
+            argv = ["nice", "-n", str(BACKGROUND_NICENESS), *argv]
         paths.wanted.write_text("running")
         with paths.serial_log.open("ab") as serial:
             how = "restoring its saved state" if restoring else "booting"

@@ -41,6 +41,9 @@ class Machine:
     # whose memory clones start from) or private (copy-on-write over a golden's file: a clone).
     memory_file: str | None = None
     memory_shared: bool = False
+    # A warm-pool entry booting to be saved: QEMU runs at a lower CPU priority, so that it never
+    # slows the VMs that run jobs (a resume among them).
+    background: bool = False
 
     def save(self, directory: Path) -> None:
         path = directory / MACHINE_FILE
