@@ -4,10 +4,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -19,6 +21,7 @@ from shoal.api.objects import Objects
 from shoal.ci.runners.reconciler import RunnerPools
 from shoal.controllers.gc import GarbageCollector
 from shoal.controllers.imagecache import ImageCacheController
+from shoal.controllers.leadership import DEFAULT_TTL, Leadership
 from shoal.controllers.namespaces import NamespaceFinalizer
 from shoal.controllers.nodelifecycle import NodeLifecycle
 from shoal.errors import AlreadyExists
@@ -60,6 +63,10 @@ class ControllerSettings:
     # The key Secrets are encrypted with; default <data_dir>/encryption.key, made at first start.
     # Controllers sharing one database must share this file.
     encryption_key_file: Path | None = None
+    # Replicas on one database: this one's name (default: host:port:pid) and the leader lease's
+    # length; the leader renews it every third of that, and a replica takes over once it lapses.
+    replica: str | None = None
+    leader_ttl: float = DEFAULT_TTL
 
     @property
     def store_url(self) -> str:
@@ -163,6 +170,15 @@ class ControlPlane:
             grace=settings.node_grace_seconds,
             eviction_timeout=settings.eviction_timeout_seconds,
         )
+        replica = settings.replica or f"{socket.gethostname()}:{settings.port}:{os.getpid()}"
+        self.leadership = Leadership(
+            self.store,
+            self._leader_loops,
+            replica,
+            f"{settings.host}:{settings.port}",
+            settings.leader_ttl,
+        )
+        self.ctx.leadership = self.leadership
         self.admin_token = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._server: uvicorn.Server | None = None
@@ -171,26 +187,23 @@ class ControlPlane:
         ensure_default_namespace(self.store)
         self.admin_token = ensure_admin_token(self.tokens, self.settings.data_dir)
         await self.hub.start()
-        self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
-        self._tasks.append(asyncio.create_task(self.runner_pools.run(), name="runner-pools"))
-        self._tasks.append(asyncio.create_task(self.warm_pools.run(), name="warm-pools"))
-        self._tasks.append(
-            asyncio.create_task(
-                self._every(self.settings.housekeeping_interval, self._housekeeping),
-                name="housekeeping",
-            )
-        )
-        self._tasks.append(
-            asyncio.create_task(
-                self._every(self.settings.housekeeping_interval, self.node_lifecycle.run_once),
-                name="node-lifecycle",
-            )
-        )
+        self._tasks.append(asyncio.create_task(self.leadership.run(), name="leadership"))
         self._tasks.append(
             asyncio.create_task(
                 self._every(TOKEN_REFRESH_SECONDS, self.tokens.refresh), name="token-refresh"
             )
         )
+
+    def _leader_loops(self) -> list[Coroutine[Any, Any, None]]:
+        """What only the leader runs (Leadership starts them fenced with its epoch)."""
+        every = self.settings.housekeeping_interval
+        return [
+            self.scheduler.run(),
+            self.runner_pools.run(),
+            self.warm_pools.run(),
+            self._every(every, self._housekeeping),
+            self._every(every, self.node_lifecycle.run_once),
+        ]
 
     def _housekeeping(self) -> None:
         self.namespaces.run_once()

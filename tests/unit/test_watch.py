@@ -176,6 +176,27 @@ async def test_writes_from_another_process_arrive_by_poll(open_store: Callable[.
         await stop(hub)
 
 
+async def test_writes_from_another_replica_arrive_at_once_on_postgresql(
+    open_store: Callable[..., Store],
+) -> None:
+    """On PostgreSQL a commit is announced (NOTIFY) and the hub reads the log at once: with a
+    poll an hour apart, another replica's writes still arrive, in order, one by one."""
+    mine, other = open_store(), open_store()
+    if mine.dialect != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    hub = await started(mine, poll_interval=3600.0)
+    try:
+        await asyncio.sleep(0.5)  # the listener's LISTEN is in place
+        since = mine.current_rv()
+        stream = hub.changes(since)
+        for i in range(3):
+            other.create(config(f"remote-{i}"))
+            got = await take_changes(stream, 1)
+            assert [(c.name, c.rv) for c in got] == [(f"remote-{i}", since + i + 1)]
+    finally:
+        await stop(hub)
+
+
 async def test_heartbeats_never_go_below_what_was_yielded(store_url: str) -> None:
     store = Store(store_url)
     store.create(config("seed"))

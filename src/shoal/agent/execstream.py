@@ -150,22 +150,36 @@ async def run(connection: guest.GuestConnection, request: ExecRequest, stream: A
     return exit_code(completed)
 
 
+async def run_in_guest(
+    backend: Backend, client: AsyncClient, vm: dict[str, Any], request: ExecRequest, stream: Any
+) -> int:
+    """Log into the VM's guest (as its guest access says) and run request there; its exit code.
+    Raises guest.GuestAccessError, ExecFailed, or what a broken SSH connection raises."""
+    credentials = await guest.credentials_for(client, vm)
+    connection = await guest.connect(backend, str(vm["metadata"]["uid"]), credentials)
+    try:
+        return await run(connection, request, stream)
+    finally:
+        await connection.close()
+
+
 async def serve_exec(
     stream: Any, backend: Backend, client: AsyncClient, request: dict[str, Any]
 ) -> None:
     """An exec stream, past its READY frame: run the command, end with its STATUS frame."""
     vm = {
-        "metadata": {"namespace": request.get("namespace"), "name": request.get("name")},
+        "metadata": {
+            "namespace": request.get("namespace"),
+            "name": request.get("name"),
+            "uid": request.get("vm"),
+        },
         "spec": request.get("spec") or {},
     }
-    connection = None
     try:
         wanted = ExecRequest.of(request)
         env = await resolve_env(client, str(request.get("namespace")), vm["spec"])
         wanted = ExecRequest(**{**wanted.__dict__, "env": env})
-        credentials = await guest.credentials_for(client, vm)
-        connection = await guest.connect(backend, str(request.get("vm")), credentials)
-        code = await run(connection, wanted, stream)
+        code = await run_in_guest(backend, client, vm, wanted, stream)
         status: dict[str, Any] = {"exitCode": code}
     except ExecFailed as failure:
         status = {"error": str(failure), "reason": failure.reason}
@@ -176,9 +190,6 @@ async def serve_exec(
             "error": f"the guest's SSH connection broke: {failure}",
             "reason": "GuestAccessFailed",
         }
-    finally:
-        if connection is not None:
-            await connection.close()
     with contextlib.suppress(Exception):
         await stream.send(frames.json_frame(frames.STATUS, status))
         await stream.close()

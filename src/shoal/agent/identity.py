@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shoal.agent import guest
-from shoal.agent.execstream import ExecFailed, ExecRequest, run
+from shoal.agent.execstream import ExecFailed, ExecRequest, run_in_guest
 from shoal.backends.base import Actual, Backend, VMState
 from shoal.client import AsyncClient
 from shoal.model.meta import get_condition
@@ -151,7 +151,6 @@ class FreshIdentities:
         env = {"SHOAL_VM_NAME": vm["metadata"]["name"], "SHOAL_EPOCH": str(int(time.time()))}
         if state.restored and state.mac:
             env["SHOAL_MAC"] = state.mac
-        connection = None
         began = time.monotonic()
         if self.backend.name == "sim":
             # A sim VM's SSH server runs commands on the node itself: never refresh that.
@@ -160,12 +159,9 @@ class FreshIdentities:
             self.changed(uid)
             return
         try:
-            connection = await guest.connect(
-                self.backend, uid, await guest.credentials_for(self.client, vm)
-            )
             sink = _Collect(os.urandom(ENTROPY_BYTES))
             request = ExecRequest(["sh", "-c", SCRIPT], stdin=True, env=env)
-            code = await run(connection, request, sink)
+            code = await run_in_guest(self.backend, self.client, vm, request, sink)
             if code == 0:
                 took = time.monotonic() - began
                 done = condition(
@@ -181,8 +177,6 @@ class FreshIdentities:
         except Exception as failure:  # a broken SSH connection, a guest that went away
             done = condition("False", "Failed", f"the refresh could not finish: {failure}")
         finally:
-            if connection is not None:
-                await connection.close()
             self._tasks.pop(uid, None)
         self.conditions[uid] = done
         log.info("VM %s: fresh identity: %s", vm["metadata"]["name"], done["message"])

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.agent import guest
-from shoal.agent.execstream import ExecFailed, ExecRequest, resolve_env, run
+from shoal.agent.execstream import ExecFailed, ExecRequest, resolve_env, run_in_guest
 from shoal.backends.base import Backend
 from shoal.client import AsyncClient
 from shoal.model.meta import get_condition
@@ -131,15 +131,11 @@ class StartupScripts:
         uid = vm["metadata"]["uid"]
         namespace = vm["metadata"]["namespace"]
         spec = vm["spec"]
-        connection = None
         try:
             env = await resolve_env(self.client, namespace, spec)
             request = ExecRequest(["sh", "-c", str(spec["startupScript"])], env=env)
-            connection = await guest.connect(
-                self.backend, uid, await guest.credentials_for(self.client, vm)
-            )
             sink = _LogSink(CappedLog(self.log_path(uid)))
-            code = await run(connection, request, sink)
+            code = await run_in_guest(self.backend, self.client, vm, request, sink)
             done = condition(
                 "True" if code == 0 else "False",
                 "Succeeded" if code == 0 else "Failed",
@@ -150,8 +146,6 @@ class StartupScripts:
         except Exception as failure:  # a broken SSH connection, a guest that went away
             done = condition("False", "Failed", f"the script could not finish: {failure}")
         finally:
-            if connection is not None:
-                await connection.close()
             self._tasks.pop(uid, None)
         self.conditions[uid] = done
         log.info("VM %s: startup script %s", vm["metadata"]["name"], done["message"])

@@ -9,14 +9,16 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from shoal.api.auth import Principal, allowed_verbs, authorize, bearer
+from shoal.api.context import ApiContext
 from shoal.api.docs import ERRORS
 from shoal.api.routes import PREFIX, Caller, Ctx, NameParam, NamespaceParam, audit
+from shoal.controllers import LEADER_TTL
 from shoal.errors import Forbidden, NotFound, Unauthorized
 from shoal.events import involved_stub
 from shoal.jointoken import format_join_token
 from shoal.model.meta import API_VERSION, StrictModel
 from shoal.model.registry import KINDS
-from shoal.store import events
+from shoal.store import events, lease
 from shoal.store.store import Obj
 from shoal.store.tokens import TokenRecord
 
@@ -191,6 +193,41 @@ def access_router() -> APIRouter:
             status_code=201,
         )
 
+    @router.get(
+        f"{PREFIX}/controllerstatus",
+        summary="The controller's replicas, which one leads, and its epoch",
+    )
+    def controller_status(ctx: Ctx, caller: Caller) -> JSONResponse:
+        """The replicas on this database (up while their presence lease holds, on the
+        database's clock), the leader (the holder of the leader lease, which runs the loops)
+        and its epoch, the fencing token its writes are checked against."""
+        leader, replicas = lease.read_all(ctx.store)
+        holder = leader.holder if leader is not None and leader.live else None
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": "ControllerStatus",
+            "servedBy": ctx.leadership.replica if ctx.leadership is not None else None,
+            "leader": {
+                "replica": holder,
+                "address": leader.address if holder and leader else None,
+                "epoch": leader.epoch if leader is not None else 0,
+                "expiresInSeconds": round(leader.remaining, 3) if holder and leader else 0.0,
+            },
+            "replicas": [
+                {
+                    "replica": r.holder,
+                    "address": r.address,
+                    "up": r.live,
+                    "leader": r.holder == holder,
+                    "lastSeenSecondsAgo": round(max(0.0, ctx_ttl(ctx) - r.remaining), 3)
+                    if r.live
+                    else round(r.now - r.expires + ctx_ttl(ctx), 3),
+                }
+                for r in replicas
+            ],
+        }
+        return JSONResponse(body)
+
     @router.post(f"{PREFIX}/jointokens", responses=IssuedToken, summary="Create a node join token")
     def create_join_token(
         ctx: Ctx, caller: Caller, body: Annotated[JoinTokenRequest | None, Body()] = None
@@ -251,6 +288,11 @@ def access_router() -> APIRouter:
 
 def _live(record: TokenRecord) -> bool:
     return record.expires_at is None or record.expires_at > time.time()
+
+
+def ctx_ttl(ctx: ApiContext) -> float:
+    """The presence lease's length: how long before it expires a replica was last seen."""
+    return float(ctx.leadership.ttl) if ctx.leadership is not None else LEADER_TTL
 
 
 def _require_admin(caller: Principal) -> None:

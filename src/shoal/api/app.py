@@ -98,12 +98,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
         response_class=PlainTextResponse,
         summary="Can it serve: the store answers",
     )
-    def readyz() -> PlainTextResponse:
+    def readyz(verbose: bool = False) -> PlainTextResponse:
+        """ok when the store answers; with verbose, also which replica this is and whether it
+        leads (`shoal controller status` shows them all)."""
         try:
             ctx.store.current_rv()
         except Exception as error:  # the database is down: not ready, but alive
             return PlainTextResponse(f"store unavailable: {error}", status_code=503)
-        return PlainTextResponse("ok")
+        if not verbose or ctx.leadership is None:
+            return PlainTextResponse("ok")
+        leadership = ctx.leadership
+        role = f"leader (epoch {leadership.epoch})" if leadership.leading else "follower"
+        return PlainTextResponse(f"ok\nstore: ok\nreplica {leadership.replica}: {role}\n")
 
     @app.get("/version", tags=["Health"], summary="Server version")
     def version() -> dict[str, str]:

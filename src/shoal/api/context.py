@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 
@@ -29,6 +30,8 @@ class ApiContext:
     wake_runner_pool: Callable[[str, str], None] = lambda namespace, name: None
     # More /metrics lines, from the controller's loops (runner pools).
     metric_sources: list[Callable[[], list[str]]] = field(default_factory=list)
+    # Which replica this is and whether it leads (shoal.controllers.leadership.Leadership).
+    leadership: Any = None
 
 
 def get_ctx(request: Request) -> ApiContext:

@@ -3,9 +3,11 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 
 from shoal.client import API, Client, Context, Contexts, Obj
 
@@ -96,3 +98,23 @@ def fetch_list(client: Client, plural: str, namespace: str | None, **params: Any
 
 def scope(target: Target, all_namespaces: bool) -> str | None:
     return None if all_namespaces else target.namespace
+
+
+def load_object_file(path: Path, kind: str) -> Obj:
+    """An object of kind from a YAML or JSON file ('-': stdin): a whole object, or just its
+    spec."""
+    try:
+        text = typer.get_text_stream("stdin").read() if str(path) == "-" else path.read_text()
+        data = yaml.safe_load(text)
+    except OSError as error:
+        raise CliError(f"-f {path}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise CliError(f"-f {path}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise CliError(f"-f {path}: expected a {kind} object (a mapping)")
+    if "spec" not in data:
+        data = {"spec": data}
+    data.setdefault("apiVersion", API_VERSION)
+    data.setdefault("kind", kind)
+    data.setdefault("metadata", {})
+    return data

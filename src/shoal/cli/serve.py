@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 
 from shoal import eventloop
+from shoal.cli.controllerstatus import controller_status
+from shoal.controllers import LEADER_TTL
 from shoal.quantity import parse_bytes
 
 # The server side (FastAPI, SQLAlchemy, uvicorn) is imported inside each command, so that the
@@ -165,8 +167,17 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:
             pass
 
-    @app.command()
+    controller_app = typer.Typer(
+        invoke_without_command=True,
+        help="Run the controller (REST API, scheduler and housekeeping loops); `status` shows "
+        "its replicas and which one leads.",
+    )
+    app.add_typer(controller_app, name="controller")
+    controller_app.command("status")(controller_status)
+
+    @controller_app.callback()
     def controller(
+        ctx: typer.Context,
         data_dir: Annotated[
             Path,
             typer.Option(
@@ -212,9 +223,29 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        replica: Annotated[
+            str | None,
+            typer.Option(
+                help="This replica's name among the controllers on one database (default "
+                "HOST:PORT:PID).",
+                show_default=False,
+            ),
+        ] = None,
+        leader_ttl: Annotated[
+            float,
+            typer.Option(
+                min=1.0,
+                help="Seconds the leader lease lasts: the leader renews it every third of that; "
+                "another replica takes over once it lapses.",
+            ),
+        ] = LEADER_TTL,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     ) -> None:
-        """Run the controller: REST API, scheduler and housekeeping loops."""
+        """Run the controller: REST API, scheduler and housekeeping loops. Several replicas on
+        one PostgreSQL database serve the API alike; the holder of the leader lease runs the
+        loops."""
+        if ctx.invoked_subcommand is not None:
+            return
         from shoal.dev import check_loopback, run_controller
         from shoal.server import ControllerSettings
         from shoal.store.sealing import KeyFileError
@@ -241,6 +272,8 @@ def register(app: typer.Typer) -> None:
             eviction_timeout_seconds=eviction_timeout,
             tunnel_idle_timeout=tunnel_idle_timeout,
             encryption_key_file=encryption_key_file.resolve() if encryption_key_file else None,
+            replica=replica,
+            leader_ttl=leader_ttl,
         )
         try:
             with contextlib.suppress(KeyboardInterrupt):

@@ -4,10 +4,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from shoal.cli import vmspec
-from shoal.cli.common import API_VERSION, CliError, ContextOpt, NamespaceOpt, connect, fetch_list
+from shoal.cli.common import (
+    API_VERSION,
+    CliError,
+    ContextOpt,
+    NamespaceOpt,
+    connect,
+    fetch_list,
+    load_object_file,
+)
 from shoal.cli.output import (
     Column,
     Format,
@@ -74,25 +81,6 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def load_file(path: Path) -> Obj:
-    """A VMConfig from YAML or JSON: a whole object, or just its spec."""
-    try:
-        text = typer.get_text_stream("stdin").read() if str(path) == "-" else path.read_text()
-        data = yaml.safe_load(text)
-    except OSError as error:
-        raise CliError(f"-f {path}: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise CliError(f"-f {path}: not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise CliError(f"-f {path}: expected a VMConfig object (a mapping)")
-    if "spec" not in data:
-        data = {"spec": data}
-    data.setdefault("apiVersion", API_VERSION)
-    data.setdefault("kind", "VMConfig")
-    data.setdefault("metadata", {})
-    return data
-
-
 @app.command()
 def create(
     name: Annotated[
@@ -131,7 +119,11 @@ def create(
     namespace: NamespaceOpt = None,
 ) -> None:
     """Create a VMConfig from flags or from a file (flags override the file's spec)."""
-    body: Obj = load_file(filename) if filename else {"apiVersion": API_VERSION, "kind": "VMConfig"}
+    body: Obj = (
+        load_object_file(filename, "VMConfig")
+        if filename
+        else {"apiVersion": API_VERSION, "kind": "VMConfig"}
+    )
     meta: Obj = body.setdefault("metadata", {})
     if name:
         meta["name"] = name

@@ -6,9 +6,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
-from shoal.cli.common import API_VERSION, CliError, ContextOpt, NamespaceOpt, connect, fetch_list
+from shoal.cli.common import (
+    API_VERSION,
+    CliError,
+    ContextOpt,
+    NamespaceOpt,
+    connect,
+    fetch_list,
+    load_object_file,
+)
 from shoal.cli.output import (
     Column,
     Format,
@@ -183,25 +190,6 @@ def wait_full(client: Client, pool: Obj, namespace: str, timeout: float) -> Obj:
 # -- commands ------------------------------------------------------------------------------
 
 
-def load_file(path: Path) -> Obj:
-    """A WarmPool from YAML or JSON: a whole object, or just its spec."""
-    try:
-        text = typer.get_text_stream("stdin").read() if str(path) == "-" else path.read_text()
-        data = yaml.safe_load(text)
-    except OSError as error:
-        raise CliError(f"-f {path}: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise CliError(f"-f {path}: not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise CliError(f"-f {path}: expected a WarmPool object (a mapping)")
-    if "spec" not in data:
-        data = {"spec": data}
-    data.setdefault("apiVersion", API_VERSION)
-    data.setdefault("kind", "WarmPool")
-    data.setdefault("metadata", {})
-    return data
-
-
 @app.command()
 def create(
     name: Annotated[
@@ -271,7 +259,11 @@ def create(
     namespace: NamespaceOpt = None,
 ) -> None:
     """Create a warm pool from flags or from a file (flags override the file's spec)."""
-    body: Obj = load_file(filename) if filename else {"apiVersion": API_VERSION, "kind": "WarmPool"}
+    body: Obj = (
+        load_object_file(filename, "WarmPool")
+        if filename
+        else {"apiVersion": API_VERSION, "kind": "WarmPool"}
+    )
     meta: Obj = body.setdefault("metadata", {})
     if name:
         meta["name"] = name

@@ -49,6 +49,18 @@ changes = Table(
     Column("body", Text, nullable=False),
 )
 
+# Leases on the database's clock: "leader" (its holder runs the controller's loops; its epoch
+# grows at each change of hands and fences the leader's writes) and "replica/<id>" (presence).
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("expires", Float, nullable=False),
+    Column("address", String(256), nullable=False),
+)
+
 tokens = Table(
     "tokens",
     metadata,

@@ -9,6 +9,7 @@ row under lock (SELECT ... FOR UPDATE on PostgreSQL) and checking its resourceVe
 """
 
 import contextlib
+import contextvars
 import re
 import threading
 import uuid
@@ -144,6 +145,35 @@ class _Sql:
         """Execute with params; the driver's cursor."""
         text = self.sqlite if conn.dialect.name == "sqlite" else self.postgresql
         return conn.connection.driver_connection.execute(text, params)  # type: ignore[union-attr]
+
+
+# Set in the controller's leader-only loops (shoal.store.lease.fenced): (holder, epoch). Every
+# transaction they run first checks that the leader lease still has that holder and epoch, under
+# a lock the lease cannot change hands through, so a leader that lost its lease (paused, cut
+# off) never writes after its successor started.
+FENCE: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+    "shoal_fence", default=None
+)
+_FENCE_SQL = _Sql("SELECT holder, epoch FROM leases WHERE name = 'leader'")
+NOTIFY_CHANNEL = "shoal_changes"
+_NOTIFY = _Sql(f"SELECT pg_notify('{NOTIFY_CHANNEL}', %(rv)s)")
+_FENCE_SQL.postgresql += " FOR SHARE"
+
+
+class NotLeader(Conflict):
+    """A leader-only write from a replica that no longer holds the leader lease."""
+
+
+def _check_fence(conn: Connection) -> None:
+    fence = FENCE.get()
+    if fence is None:
+        return
+    row = _FENCE_SQL.run(conn, {}).fetchone()
+    if row is None or (str(row[0]), int(row[1])) != fence:
+        raise NotLeader(
+            f"this replica's leadership (epoch {fence[1]}) has ended: the lease is "
+            f"{row[0] if row else 'gone'}'s at epoch {row[1] if row else '?'}"
+        )
 
 
 _KEY = "kind = %(k)s AND namespace = %(ns)s AND name = %(n)s"
@@ -593,8 +623,12 @@ class Store:
     def tx(self) -> Iterator[Tx]:
         with self._writer_turn or contextlib.nullcontext():
             with self._engine.begin() as conn:
+                _check_fence(conn)
                 tx = Tx(self, conn)
                 yield tx
+                if tx.changes and self.dialect == "postgresql":
+                    # Heard by the other replicas' watch hubs at commit (shoal.store.notify).
+                    _NOTIFY.run(conn, {"rv": str(tx.changes[-1].rv)})
             # Still holding the turn: the next writer's changes cannot be published before these.
             if tx.changes:
                 with self._listeners_lock:

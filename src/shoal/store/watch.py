@@ -2,8 +2,11 @@
 
 Writes of this process reach the hub as they commit (a Store change listener), with their stored
 JSON text, so the hub neither reads nor parses them again. Writes from other processes (more
-controller replicas on one PostgreSQL) are read from the change log: on a poll, or at once when a
-gap in the versions shows that one happened.
+controller replicas on one PostgreSQL) are read from the change log: at once when PostgreSQL
+announces their version (LISTEN/NOTIFY, shoal.store.notify) or a gap in the versions shows that
+one happened, and on a poll otherwise. Versions commit in order (every writer takes the next one
+under the counter's row lock, held to its commit), so reading the log after a version never
+skips one committed later.
 
 Recent changes stay in memory in rings, each keyed by what its watchers can want: every change
 (the scheduler), the changes of one kind, and the changes of the VMs bound to one node (an agent's
@@ -20,6 +23,7 @@ from collections import Counter, deque
 from collections.abc import AsyncGenerator, Iterable
 
 from shoal.errors import Gone
+from shoal.store.notify import Listener
 from shoal.store.objectcache import ObjectCache
 from shoal.store.store import Change, Store
 
@@ -97,6 +101,7 @@ class WatchHub:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._listener: Listener | None = None
         self.cache = ObjectCache()
 
     async def start(self) -> None:
@@ -104,6 +109,9 @@ class WatchHub:
         self.last_rv = await asyncio.to_thread(self._store.current_rv)
         self._rings = {EVERYTHING: Ring(self.last_rv, self._ring_size)}
         self._store.add_change_listener(self._on_commit)
+        if self._store.dialect == "postgresql":
+            self._listener = Listener(self._store.url, self._on_notify)
+            self._listener.start()
         self._task = asyncio.create_task(self._run(), name="watch-hub")
         await self._load_cache()
 
@@ -120,6 +128,9 @@ class WatchHub:
 
     async def stop(self) -> None:
         self._store.remove_change_listener(self._on_commit)
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.stop)
+            self._listener = None
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -131,6 +142,18 @@ class WatchHub:
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._accept, written)
+
+    def _on_notify(self, rv: int) -> None:
+        """A commit announced on PostgreSQL (any replica's, this one's too), on the listener's
+        thread: read the log now if it is news."""
+        loop = self._loop
+        if rv > self.last_rv and loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake_if_behind, rv)
+
+    def _wake_if_behind(self, rv: int) -> None:
+        if rv > self.last_rv and rv not in self._pushed:
+            self._wake.set()
 
     def _accept(self, written: list[Change]) -> None:
         for change in written:

@@ -1,0 +1,107 @@
+"""Controller replicas on one PostgreSQL: one leads (runs the loops) by a lease on the database's
+clock; a paused leader loses it to another replica, which takes over the loops, and once resumed
+it follows instead of writing; any replica serves the API and reports who leads."""
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from helpers import (
+    AgentProcess,
+    ControllerProcess,
+    create_join_token,
+    processes,
+    wait_until,
+)
+from shoal.client import API, Client
+
+pytestmark = pytest.mark.slow
+TTL = 3.0
+
+
+def status(client: Client) -> dict[str, Any]:
+    return dict(client.request("GET", f"{API}/controllerstatus"))
+
+
+def leader(client: Client) -> tuple[str | None, int]:
+    found = status(client)["leader"]
+    return found["replica"], int(found["epoch"])
+
+
+def deploy(client: Client, name: str) -> None:
+    spec = {"image": "sim:1", "cpu": 1, "memory": "1Gi"}
+    client.create("virtualmachines", {"metadata": {"name": name}, "spec": spec}, "default")
+
+
+def running(client: Client, name: str) -> bool:
+    vm = client.get("virtualmachines", name, "default")
+    return (vm.get("status") or {}).get("phase") == "Running"
+
+
+def test_a_paused_leader_loses_the_lease_and_its_successor_runs_the_loops(
+    tmp_path: Path, postgres_db: str
+) -> None:
+    first = ControllerProcess(
+        tmp_path / "a",
+        extra_args=["--database-url", postgres_db, "--replica", "a", "--leader-ttl", str(TTL)],
+    )
+    first.start()
+    shared_key = ["--encryption-key-file", str(first.data_dir / "encryption.key")]  # made by a
+    second = ControllerProcess(
+        tmp_path / "b",
+        extra_args=[
+            "--database-url", postgres_db, "--replica", "b", "--leader-ttl", str(TTL),
+            *shared_key,
+        ],
+    )  # fmt: skip
+    with processes(first, second):
+        second.start()
+        a, b = first.client(), second.client()
+        wait_until(lambda: leader(b) == ("a", 1), what="a leading at epoch 1, seen from b")
+        replicas = wait_until(
+            lambda: (r := status(b)["replicas"]) and len(r) == 2 and all(x["up"] for x in r) and r
+        )
+        assert [(r["replica"], r["leader"]) for r in replicas] == [("a", True), ("b", False)]
+        assert status(a)["servedBy"] == "a" and status(b)["servedBy"] == "b"
+        verbose = httpx.get(f"{second.url}/readyz?verbose=true", verify=False).text
+        assert verbose.splitlines()[-1] == "replica b: follower"
+
+        agent = AgentProcess(
+            second.url, create_join_token(b), "n1", tmp_path / "agent",
+            extra_args=["--heartbeat-interval", "0.5", "--sim-boot-delay", "0.1"],
+        )  # fmt: skip
+        with processes(agent):
+            agent.start()
+            deploy(b, "before")
+            wait_until(lambda: running(b, "before"), what="a VM placed by leader a")
+
+            # a stops answering (and renewing): once its lease lapses, b leads at epoch 2.
+            assert first.process is not None
+            os.killpg(first.process.pid, signal.SIGSTOP)
+            try:
+                wait_until(lambda: leader(b) == ("b", 2), timeout=4 * TTL, what="b leading")
+                deploy(b, "during")
+                wait_until(lambda: running(b, "during"), what="a VM placed by leader b")
+            finally:
+                os.killpg(first.process.pid, signal.SIGCONT)
+
+            # a wakes up believing it leads: its loops' first writes are refused by the epoch
+            # check, and it steps down on its next look at the lease.
+            wait_until(
+                lambda: "no longer leads" in (first.log_path or Path()).read_text(),
+                timeout=4 * TTL,
+                what="a stepping down",
+            )
+            assert leader(a) == ("b", 2)
+            deploy(a, "after")  # a still serves the API; b's loops place the VM
+            wait_until(lambda: running(a, "after"), what="a VM created on a, placed by b")
+
+            # b killed outright: a takes the lease back at epoch 3 and runs the loops again.
+            second.kill()
+            wait_until(lambda: leader(a) == ("a", 3), timeout=4 * TTL, what="a leading again")
+            replicas = status(a)["replicas"]
+            assert [(r["replica"], r["up"]) for r in replicas] == [("a", True), ("b", False)]
