@@ -67,6 +67,16 @@ class ControllerSettings:
     # length; the leader renews it every third of that, and a replica takes over once it lapses.
     replica: str | None = None
     leader_ttl: float = DEFAULT_TTL
+    # HOST:PORT agents reach this replica at (each holds a tunnel channel to every replica);
+    # default the listen address, or this host's name when it listens on every interface.
+    advertise_address: str | None = None
+
+    @property
+    def advertised(self) -> str:
+        if self.advertise_address:
+            return self.advertise_address
+        host = socket.getfqdn() if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     @property
     def store_url(self) -> str:
@@ -175,7 +185,7 @@ class ControlPlane:
             self.store,
             self._leader_loops,
             replica,
-            f"{settings.host}:{settings.port}",
+            settings.advertised,
             settings.leader_ttl,
         )
         self.ctx.leadership = self.leadership

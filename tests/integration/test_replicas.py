@@ -2,7 +2,10 @@
 clock; a paused leader loses it to another replica, which takes over the loops, and once resumed
 it follows instead of writing; any replica serves the API and reports who leads."""
 
+import asyncio
+import base64
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,8 @@ from helpers import (
     wait_until,
 )
 from shoal.client import API, Client
+from shoal.tunnel.client import Endpoint
+from shoal.tunnel.execclient import execute
 
 pytestmark = pytest.mark.slow
 TTL = 3.0
@@ -32,8 +37,22 @@ def leader(client: Client) -> tuple[str | None, int]:
     return found["replica"], int(found["epoch"])
 
 
+async def exec_echo(endpoint: Endpoint) -> bytes:
+    out = bytearray()
+    result = await execute(
+        endpoint, ["echo", "through the tunnel"], stdout=out.extend, stderr=out.extend
+    )
+    assert result.exit_code == 0, out
+    return bytes(out)
+
+
 def deploy(client: Client, name: str) -> None:
-    spec = {"image": "sim:1", "cpu": 1, "memory": "1Gi"}
+    spec = {
+        "image": "sim:1",
+        "cpu": 1,
+        "memory": "1Gi",
+        "access": {"secretRef": {"name": "guest"}},  # a sim guest lets anyone in
+    }
     client.create("virtualmachines", {"metadata": {"name": name}, "spec": spec}, "default")
 
 
@@ -50,12 +69,14 @@ def test_a_paused_leader_loses_the_lease_and_its_successor_runs_the_loops(
         extra_args=["--database-url", postgres_db, "--replica", "a", "--leader-ttl", str(TTL)],
     )
     first.start()
-    shared_key = ["--encryption-key-file", str(first.data_dir / "encryption.key")]  # made by a
+    # Replicas share the encryption key and the TLS CA (as behind one balancer).
+    (tmp_path / "b").mkdir()
+    shutil.copytree(first.data_dir / "tls", tmp_path / "b" / "tls")
     second = ControllerProcess(
         tmp_path / "b",
         extra_args=[
             "--database-url", postgres_db, "--replica", "b", "--leader-ttl", str(TTL),
-            *shared_key,
+            "--encryption-key-file", str(first.data_dir / "encryption.key"),
         ],
     )  # fmt: skip
     with processes(first, second):
@@ -72,12 +93,32 @@ def test_a_paused_leader_loses_the_lease_and_its_successor_runs_the_loops(
 
         agent = AgentProcess(
             second.url, create_join_token(b), "n1", tmp_path / "agent",
-            extra_args=["--heartbeat-interval", "0.5", "--sim-boot-delay", "0.1"],
+            extra_args=[
+                "--heartbeat-interval", "0.5", "--sim-boot-delay", "0.1", "--sim-guest-shell",
+            ],
         )  # fmt: skip
         with processes(agent):
             agent.start()
+            password = base64.b64encode(b"any").decode()
+            b.create(
+                "secrets",
+                {"metadata": {"name": "guest"}, "type": "ssh-auth", "data": {"password": password}},
+                "default",
+            )
             deploy(b, "before")
             wait_until(lambda: running(b, "before"), what="a VM placed by leader a")
+
+            # The agent was given b's address; it holds a tunnel channel to each replica, so an
+            # exec that lands on a reaches it through a's own channel.
+            for replica in (first, second):
+                endpoint = Endpoint(
+                    replica.url, replica.admin_token, first.ca_pem, "default", "before"
+                )
+                result = wait_until(
+                    lambda endpoint=endpoint: asyncio.run(exec_echo(endpoint)),
+                    what=f"an exec through {replica.url}",
+                )
+                assert result == b"through the tunnel\n"
 
             # a stops answering (and renewing): once its lease lapses, b leads at epoch 2.
             assert first.process is not None

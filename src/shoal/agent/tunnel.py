@@ -1,6 +1,12 @@
 """The agent's side of tunnels: a control channel dialed out to the controller, and one stream
 per request the controller sends down it (see shoal.tunnel.broker).
 
+With several controller replicas (behind a load balancer) the agent holds a channel to each
+replica, at the address each advertises (GET controllerstatus, looked at again every
+REPLICAS_EVERY seconds), and dials each stream back to the replica that asked for it: whichever
+replica a client's tunnel lands on, it reaches the agent through its own channel, and no replica
+forwards for another. With one replica the channel goes to the server the agent was given.
+
 Streams:
 - `log`: a VM's serial console log (from its start or its last N bytes, and with follow, what the
   guest prints next);
@@ -23,7 +29,7 @@ from shoal.agent.consoleshare import ConsoleShares, Viewer
 from shoal.agent.execstream import serve_exec
 from shoal.agent.push import PushRefused, serve_push
 from shoal.backends.base import Backend, BackendError, HasConsole, HasDisplay, HasSerialLog
-from shoal.client import AsyncClient, resource_path
+from shoal.client import API, AsyncClient, resource_path
 from shoal.tunnel.protocol import READY, REFUSED, close_code, reason_text
 from shoal.tunnel.relay import relay
 
@@ -31,6 +37,8 @@ log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
 FOLLOW_POLL = 0.25
 KEEPALIVE = 20.0
+# How often the agent looks for replicas come or gone (every agent asks: not too often).
+REPLICAS_EVERY = 30.0
 
 
 class Refused(Exception):
@@ -53,30 +61,72 @@ class TunnelClient:
         self._streams: set[asyncio.Task[None]] = set()
         self._by_vm: dict[str, set[Any]] = {}
         self._consoles = ConsoleShares()
+        self._clients: dict[str, AsyncClient] = {client.server: client}
+        self._up: set[str] = set()  # the servers a channel is up to
 
     async def run(self) -> None:
-        """Keep the control channel up, reconnecting with backoff, until cancelled."""
+        """Keep a control channel up to every replica, until cancelled."""
+        channels: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                servers = await self._replica_servers()
+                for server in set(channels) - set(servers):
+                    channels.pop(server).cancel()
+                for server in servers:
+                    if server not in channels or channels[server].done():
+                        channels[server] = asyncio.create_task(
+                            self._hold(self._client_for(server)), name=f"channel-{server}"
+                        )
+                await asyncio.sleep(REPLICAS_EVERY * random.uniform(0.8, 1.2))
+        finally:
+            for task in [*channels.values(), *self._streams]:
+                task.cancel()
+
+    async def _replica_servers(self) -> list[str]:
+        """The servers to hold a channel to: each live replica's advertised address when there
+        are several, else the server this agent was given."""
+        given = self.client.server
+        try:
+            status = await self.client.request("GET", f"{API}/controllerstatus")
+        except Exception as error:  # an older controller, or it is restarting
+            log.debug("node %s: cannot list the controller's replicas: %s", self.node, error)
+            return [given]
+        addresses = [r["address"] for r in status.get("replicas") or [] if r.get("up")]
+        if len(addresses) < 2 or not all(addresses):
+            return [given]
+        scheme = given.split("://", 1)[0]
+        return sorted(f"{scheme}://{address}" for address in addresses)
+
+    def _client_for(self, server: str) -> AsyncClient:
+        if server not in self._clients:
+            self._clients[server] = AsyncClient(
+                server, self.client.token, ca_pem=self.client.ca_pem
+            )
+        return self._clients[server]
+
+    async def _hold(self, client: AsyncClient) -> None:
+        """Keep one control channel up, reconnecting with backoff, until cancelled."""
         delay = 0.5
         path = resource_path("nodes", None, self.node, "tunnel")
         while True:
             try:
-                async with self.client.websocket(path) as channel:
+                async with client.websocket(path) as channel:
                     delay = 0.5
+                    self._up.add(client.server)
                     self.connected.set()
-                    log.info("node %s: tunnel channel up", self.node)
+                    log.info("node %s: tunnel channel up to %s", self.node, client.server)
                     keepalive = asyncio.create_task(self._keepalive(channel))
                     try:
                         async for message in channel:
-                            self._serve(json.loads(message))
+                            self._serve(json.loads(message), client)
                     finally:
                         keepalive.cancel()
-            except asyncio.CancelledError:
-                for task in self._streams:
-                    task.cancel()
-                raise
             except Exception as error:
-                log.info("node %s: tunnel channel down: %s", self.node, error)
-            self.connected.clear()
+                log.info("node %s: tunnel channel to %s down: %s", self.node, client.server, error)
+            finally:
+                self._up.discard(client.server)
+                if not self._up:
+                    self.connected.clear()
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 15.0)
 
@@ -86,17 +136,20 @@ class TunnelClient:
             await asyncio.sleep(KEEPALIVE)
             await channel.send("{}")
 
-    def _serve(self, request: dict[str, Any]) -> None:
+    def _serve(self, request: dict[str, Any], client: AsyncClient) -> None:
         if request.get("type") != "open" or not isinstance(request.get("id"), str):
             return
-        task = asyncio.create_task(self._stream(request), name=f"stream-{request['id'][:8]}")
+        task = asyncio.create_task(
+            self._stream(request, client), name=f"stream-{request['id'][:8]}"
+        )
         self._streams.add(task)
         task.add_done_callback(self._streams.discard)
 
-    async def _stream(self, request: dict[str, Any]) -> None:
+    async def _stream(self, request: dict[str, Any], client: AsyncClient) -> None:
+        """Serve one stream, dialed to the replica whose channel asked for it."""
         path = resource_path("nodes", None, self.node, f"tunnel/{request['id']}")
         try:
-            async with self.client.websocket(path) as stream:
+            async with client.websocket(path) as stream:
                 kind = request.get("stream")
                 if kind == "push":
                     await stream.send(READY)

@@ -231,6 +231,14 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        advertise_address: Annotated[
+            str | None,
+            typer.Option(
+                help="HOST:PORT agents reach this replica at (they hold a tunnel channel to every "
+                "replica); default the --listen address, or this host's name for 0.0.0.0.",
+                show_default=False,
+            ),
+        ] = None,
         leader_ttl: Annotated[
             float,
             typer.Option(
@@ -274,6 +282,7 @@ def register(app: typer.Typer) -> None:
             encryption_key_file=encryption_key_file.resolve() if encryption_key_file else None,
             replica=replica,
             leader_ttl=leader_ttl,
+            advertise_address=advertise_address,
         )
         try:
             with contextlib.suppress(KeyboardInterrupt):
