@@ -48,11 +48,13 @@ system-deps:
 	command -v busybox >/dev/null || missing="$$missing busybox"; \
 	command -v git >/dev/null || missing="$$missing git"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	  systemctl disable --now postgresql >/dev/null 2>&1 || true; \
 	  systemctl disable --now docker-registry >/dev/null 2>&1 || true; \
+	  systemctl disable --now haproxy >/dev/null 2>&1 || true; \
 	fi
 
 # The web UI's front-end packages, from npm through web/package-lock.json, copied into
