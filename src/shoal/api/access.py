@@ -202,7 +202,7 @@ def access_router() -> APIRouter:
         database's clock), the leader (the holder of the leader lease, which runs the loops)
         and its epoch, the fencing token its writes are checked against."""
         leader, replicas = lease.read_all(ctx.store)
-        holder = leader.holder if leader is not None and leader.live else None
+        holder = lease.replica_of(leader.holder) if leader is not None and leader.live else None
         body = {
             "apiVersion": API_VERSION,
             "kind": "ControllerStatus",

@@ -10,6 +10,7 @@ stops its loops before its lease can expire; one that stops gives the lease up a
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -32,6 +33,9 @@ class Leadership:
         self.store = store
         self.loops = loops
         self.replica = replica
+        # Who holds the lease: the replica's name and this process's own mark, so that a
+        # replica restarted under the same name never inherits its former self's epoch.
+        self.holder = f"{replica}#{secrets.token_hex(4)}"
         self.address = address
         self.ttl = ttl
         self.epoch: int | None = None  # while this replica leads
@@ -52,16 +56,17 @@ class Leadership:
                         lease.heartbeat, self.store, self.replica, self.ttl, self.address
                     )
                     current = await asyncio.to_thread(
-                        lease.acquire, self.store, self.replica, self.ttl, self.address
+                        lease.acquire, self.store, self.holder, self.ttl, self.address
                     )
                     self.lease = current
-                    if current.holder == self.replica:
+                    if current.holder == self.holder:
                         renewed = time.monotonic()
                         if self.epoch != current.epoch:
                             await self._stop("its lease changed")
                             self._start(current.epoch)
                     elif self.leading:
-                        await self._stop(f"replica {current.holder} leads (epoch {current.epoch})")
+                        who = lease.replica_of(current.holder)
+                        await self._stop(f"replica {who} leads (epoch {current.epoch})")
                 except Exception as error:  # the database is down or restarting
                     log.warning(
                         "replica %s: cannot renew the leader lease: %s", self.replica, error
@@ -75,12 +80,12 @@ class Leadership:
             await self._stop("the replica is stopping")
             if epoch is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(lease.release, self.store, self.replica, epoch)
+                    await asyncio.to_thread(lease.release, self.store, self.holder, epoch)
 
     def _start(self, epoch: int) -> None:
         log.info("replica %s leads (epoch %d): starting the loops", self.replica, epoch)
         self.epoch = epoch
-        with lease.fenced(self.replica, epoch):  # the tasks made here carry the fence
+        with lease.fenced(self.holder, epoch):  # the tasks made here carry the fence
             self._tasks = [
                 asyncio.create_task(coro, name=f"leader-{getattr(coro, '__qualname__', 'loop')}")
                 for coro in self.loops()

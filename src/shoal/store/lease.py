@@ -24,6 +24,12 @@ REPLICA_PREFIX = "replica/"
 FORGET_AFTER = 3600.0
 
 
+def replica_of(holder: str) -> str:
+    """The replica's name in a leader lease's holder (NAME#MARK: the mark tells incarnations of
+    one replica apart)."""
+    return holder.partition("#")[0]
+
+
 @dataclass(frozen=True)
 class Lease:
     name: str
