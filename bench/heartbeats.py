@@ -18,6 +18,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench.foundation import Cluster, _percentile
 from shoal import jsoncodec
 from shoal.client import Client, resource_path
@@ -35,19 +37,21 @@ AGENT_NICENESS = 10
 
 
 def _buckets(metrics: str, route: str, method: str) -> list[tuple[float, int]]:
-    """A route's latency histogram from /metrics: (upper bound in seconds, cumulative count)."""
+    """A route's latency histogram from /metrics: (upper bound in seconds, cumulative count),
+    read with prometheus-client's parser."""
     buckets: list[tuple[float, int]] = []
-    for line in metrics.splitlines():
-        if (
-            line.startswith("shoal_http_request_duration_seconds_bucket{")
-            and f'route="{route}"' in line
-            and f'method="{method}"' in line
-        ):
-            bound = line.split('le="')[1].split('"')[0]
-            buckets.append(
-                (float("inf") if bound == "+Inf" else float(bound), int(line.rsplit(" ", 1)[1]))
-            )
-    return buckets
+    for family in text_string_to_metric_families(metrics):
+        if family.name != "shoal_http_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name.endswith("_bucket")
+                and labels.get("route") == route
+                and labels.get("method") == method
+            ):
+                buckets.append((float(labels["le"]), int(sample.value)))
+    return sorted(buckets)
 
 
 HEARTBEAT_ROUTE = "/apis/shoal.dev/v1/nodes/{name}/status"

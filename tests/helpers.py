@@ -285,3 +285,15 @@ def agent_loop() -> Iterator[AgentLoop]:
         yield runner
     finally:
         runner.close()
+
+
+def metric_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A /metrics answer parsed by prometheus-client's own parser: (sample name, labels) ->
+    value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

@@ -164,13 +164,17 @@ class ControlPlane:
             ca_pem=self.tls.ca_pem if self.tls else None,
             tunnel_idle_timeout=settings.tunnel_idle_timeout,
         )
-        self.runner_pools = RunnerPools(self.store, self.ctx.objects)
+        self.ctx.objects.status_observers.append(self.ctx.metrics.status_written)
+        self.runner_pools = RunnerPools(self.store, self.ctx.objects, metrics=self.ctx.metrics)
         self.warm_pools = WarmPools(self.store, self.ctx.objects)
         self.ctx.wake_runner_pool = self.runner_pools.wake
         self.ctx.metric_sources.append(self.runner_pools.metrics)
         self.app = create_app(self.ctx)
         self.scheduler = Scheduler(
-            self.store, self.hub, SchedulerSettings(default_profile=settings.scheduling_profile)
+            self.store,
+            self.hub,
+            SchedulerSettings(default_profile=settings.scheduling_profile),
+            metrics=self.ctx.metrics,
         )
         self.gc = GarbageCollector(self.store, event_ttl=settings.event_ttl)
         self.namespaces = NamespaceFinalizer(self.store, self.tokens)

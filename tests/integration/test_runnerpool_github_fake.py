@@ -18,7 +18,14 @@ import pytest
 
 from fakes.github import RUNNER_SCRIPT, FakeGitHub
 from fakes.serving import Served, serve
-from helpers import AgentProcess, ControllerProcess, create_join_token, processes, wait_until
+from helpers import (
+    AgentProcess,
+    ControllerProcess,
+    create_join_token,
+    metric_samples,
+    processes,
+    wait_until,
+)
 from runnerpool_helpers import (
     create_access_secret,
     create_credentials,
@@ -153,8 +160,10 @@ def test_github_pool_gives_each_job_its_own_vm_and_leaves_nothing_fake(cluster: 
             cafile=str(cluster.controller.data_dir / "tls" / "ca.crt")
         ),
     ).text
-    assert 'shoal_runnerpool_job_wait_seconds_count{namespace="default",pool="gh"}' in metrics
-    assert 'shoal_runnerpool_runners{namespace="default",pool="gh",state="busy"} 0' in metrics
+    samples = metric_samples(metrics)
+    pool = {("namespace", "default"), ("pool", "gh")}
+    assert ("shoal_runnerpool_job_wait_seconds_count", frozenset(pool)) in samples
+    assert samples[("shoal_runnerpool_runners", frozenset({*pool, ("state", "busy")}))] == 0
 
 
 def test_github_pool_webhooks_wake_it_and_bad_ones_are_refused_fake(cluster: Cluster) -> None:

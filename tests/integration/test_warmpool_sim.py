@@ -41,8 +41,7 @@ class Cluster:
 
     def usage(self) -> dict[str, Usage]:
         """What the nodes' VMs reserve, as the binder reads it."""
-        with self.controller.plane.store.tx() as tx:
-            return tx.node_usages(list(NODES))
+        return self.controller.plane.store.node_usages(list(NODES))
 
     def saved(self) -> set[str]:
         return set().union(*(backend.saved_entries() for backend in self.backends.values()))

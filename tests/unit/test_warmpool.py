@@ -162,8 +162,7 @@ def test_saved_entries_hold_their_disk_only(store: Store) -> None:
     store.create(warm_node("n1", cpu=2, vms=2))
     for i in range(5):
         store.create(saved_entry(f"e{i}", "n1"))
-    with store.tx() as tx:
-        usage = tx.node_usages(["n1"])["n1"]
+    usage = store.node_usages(["n1"])["n1"]
     assert (usage.cpu, usage.memory, usage.vms, usage.disk) == (0, 0, 0, 5 * (10 + 1) * GI)
     # A node full of saved entries still takes as many VMs as it has room for.
     for i in range(3):
@@ -296,8 +295,7 @@ def test_two_schedulers_racing_for_entries_never_hand_one_out_twice(store_url: s
         ]
         assert len(taken) == len(set(taken)) == 10
         assert all(vm["spec"].get("nodeName") for vm in jobs)
-        with store.tx() as tx:
-            usages = tx.node_usages([f"n{i}" for i in range(5)])
+        usages = store.node_usages([f"n{i}" for i in range(5)])
         assert sum(u.cpu for u in usages.values()) == 50
         assert all(u.cpu <= 12 and u.vms <= 12 for u in usages.values())
     finally:

@@ -1,12 +1,14 @@
 """What every route needs, hung on app.state.ctx."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
+from prometheus_client.metrics_core import Metric
 
 from shoal.api.objects import Objects
+from shoal.api.telemetry import Metrics
 from shoal.store.store import Store
 from shoal.store.tokens import TokenStore
 from shoal.store.watch import WatchHub
@@ -28,8 +30,9 @@ class ApiContext:
     extra: dict[str, object] = field(default_factory=dict)
     # Syncs a RunnerPool now (namespace, name): what a CI system's webhook delivery does.
     wake_runner_pool: Callable[[str, str], None] = lambda namespace, name: None
-    # More /metrics lines, from the controller's loops (runner pools).
-    metric_sources: list[Callable[[], list[str]]] = field(default_factory=list)
+    # The metrics registry, and more metrics read at each scrape (runner pools' gauges).
+    metrics: Metrics = field(default_factory=Metrics)
+    metric_sources: list[Callable[[], Iterator[Metric]]] = field(default_factory=list)
     # Which replica this is and whether it leads (shoal.controllers.leadership.Leadership).
     leadership: Any = None
 

@@ -1,95 +1,158 @@
-"""Prometheus metrics at /metrics: requests by route and code, their latency, objects by kind."""
+"""Prometheus metrics at /metrics, with prometheus-client: each controller has a registry of its
+own (several run in one process in tests). Events are counted where they happen (requests, the
+scheduler's passes, a VM's first Running, runner pools' runners and jobs); the state of the fleet
+(objects, VMs by phase, pending VMs by reason, nodes' capacity and allocation, warm pools,
+leadership) is read from the store when Prometheus scrapes. docs/operations.md lists them all.
+"""
 
 import time
-from collections import defaultdict
-from typing import Annotated
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shoal.api.auth import Principal, authenticate
 from shoal.api.context import ApiContext
+from shoal.api.telemetry import Metrics
 from shoal.model.registry import KINDS
-
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class Histogram:
-    """One Prometheus histogram with a label set per series."""
-
-    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...] = BUCKETS) -> None:
-        self.name, self.help, self.bounds = name, help_text, buckets
-        self.series: dict[tuple[tuple[str, str], ...], list[int]] = {}
-        self.sums: dict[tuple[tuple[str, str], ...], float] = defaultdict(float)
-
-    def observe(self, value: float, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        counts = self.series.setdefault(key, [0] * (len(self.bounds) + 1))
-        for index, bound in enumerate(self.bounds):
-            if value <= bound:
-                counts[index] += 1
-        counts[-1] += 1
-        self.sums[key] += value
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        for key, counts in sorted(self.series.items()):
-            labels = ",".join(f'{k}="{v}"' for k, v in key)
-            prefix = f"{labels}," if labels else ""
-            for bound, count in zip(self.bounds, counts, strict=False):
-                lines.append(f'{self.name}_bucket{{{prefix}le="{bound}"}} {count}')
-            lines.append(f'{self.name}_bucket{{{prefix}le="+Inf"}} {counts[-1]}')
-            lines.append(f"{self.name}_sum{{{labels}}} {self.sums[key]:.6f}")
-            lines.append(f"{self.name}_count{{{labels}}} {counts[-1]}")
-        return lines
+from shoal.quantity import parse_bytes
 
 
-class RequestMetrics:
-    def __init__(self) -> None:
-        self.counts: dict[tuple[str, str, int], int] = defaultdict(int)
-        self.buckets: dict[tuple[str, str], list[int]] = defaultdict(
-            lambda: [0] * (len(BUCKETS) + 1)
+class FleetCollector(Collector):
+    """The fleet's state, read from the store at each scrape."""
+
+    def __init__(self, ctx: ApiContext, extra: list[Callable[[], Iterator[Metric]]]) -> None:
+        self.ctx = ctx
+        self.extra = extra
+
+    def collect(self) -> Iterator[Metric]:
+        store = self.ctx.store
+        objects = GaugeMetricFamily(
+            "shoal_objects", "Objects in the store by kind.", labels=["kind"]
         )
-        self.sums: dict[tuple[str, str], float] = defaultdict(float)
+        for info in KINDS:
+            objects.add_metric([info.kind], store.count(info.kind))
+        yield objects
+        yield GaugeMetricFamily(
+            "shoal_resource_version", "The store's current resourceVersion.", store.current_rv()
+        )
+        vms, _ = store.list_objects("VirtualMachine")
+        yield from _vm_metrics(vms)
+        nodes, _ = store.list_objects("Node")
+        yield from _node_metrics(store, nodes)
+        pools, _ = store.list_objects("WarmPool")
+        yield from _warm_pool_metrics(pools)
+        yield from self._leadership()
+        for source in self.extra:
+            yield from source()
 
-    def observe(self, method: str, route: str, code: int, seconds: float) -> None:
-        self.counts[(method, route, code)] += 1
-        key = (method, route)
-        self.sums[key] += seconds
-        buckets = self.buckets[key]
-        for index, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                buckets[index] += 1
-        buckets[-1] += 1
+    def _leadership(self) -> Iterator[Metric]:
+        leadership = self.ctx.leadership
+        if leadership is None:
+            return
+        yield GaugeMetricFamily(
+            "shoal_leader", "1 on the replica that leads (runs the loops), else 0.",
+            1.0 if leadership.leading else 0.0,
+        )  # fmt: skip
+        current = leadership.lease
+        yield GaugeMetricFamily(
+            "shoal_leader_epoch",
+            "The leader lease's epoch as this replica last read it (its fencing token).",
+            float(current.epoch if current is not None else 0),
+        )
 
-    def render(self) -> list[str]:
-        lines = [
-            "# HELP shoal_http_requests_total HTTP requests by method, route and code.",
-            "# TYPE shoal_http_requests_total counter",
-        ]
-        for (method, route, code), count in sorted(self.counts.items()):
-            lines.append(
-                f'shoal_http_requests_total{{method="{method}",route="{route}",code="{code}"}} {count}'
-            )
-        lines += [
-            "# HELP shoal_http_request_duration_seconds Time to the response's first byte.",
-            "# TYPE shoal_http_request_duration_seconds histogram",
-        ]
-        for (method, route), buckets in sorted(self.buckets.items()):
-            labels = f'method="{method}",route="{route}"'
-            for bound, count in zip(BUCKETS, buckets, strict=False):
-                lines.append(
-                    f'shoal_http_request_duration_seconds_bucket{{{labels},le="{bound}"}} {count}'
-                )
-            lines.append(
-                f'shoal_http_request_duration_seconds_bucket{{{labels},le="+Inf"}} {buckets[-1]}'
-            )
-            lines.append(
-                f"shoal_http_request_duration_seconds_sum{{{labels}}} {self.sums[(method, route)]:.6f}"
-            )
-            lines.append(f"shoal_http_request_duration_seconds_count{{{labels}}} {buckets[-1]}")
-        return lines
+
+def _vm_metrics(vms: list[dict[str, Any]]) -> Iterator[Metric]:
+    phases: Tally[tuple[str, str]] = Tally()
+    pending: Tally[str] = Tally()
+    for vm in vms:
+        status = vm.get("status") or {}
+        phase = str(status.get("phase") or "Pending")
+        phases[(vm["metadata"]["namespace"], phase)] += 1
+        if phase == "Pending" and not vm["metadata"].get("deletionTimestamp"):
+            pending[_waiting_reason(status)] += 1
+    by_phase = GaugeMetricFamily(
+        "shoal_vms", "VMs by namespace and phase.", labels=["namespace", "phase"]
+    )
+    for (namespace, phase), count in sorted(phases.items()):
+        by_phase.add_metric([namespace, phase], count)
+    yield by_phase
+    waiting = GaugeMetricFamily(
+        "shoal_vms_pending",
+        "Pending VMs by why they wait: the scheduler's most common node reason ('insufficient "
+        "cpu', 'cordoned'...), or 'not tried yet'.",
+        labels=["reason"],
+    )
+    for reason, count in sorted(pending.items()):
+        waiting.add_metric([reason], count)
+    yield waiting
+
+
+def _waiting_reason(status: dict[str, Any]) -> str:
+    """'0/3 nodes available: 2 insufficient cpu, 1 cordoned' -> 'insufficient cpu'."""
+    message = str(status.get("message") or "")
+    if status.get("reason") != "Unschedulable" or ": " not in message:
+        return "not tried yet"
+    first = message.split(": ", 1)[1].split(", ")[0]
+    return first.split(" ", 1)[1] if " " in first else first
+
+
+def _node_metrics(store: Any, nodes: list[dict[str, Any]]) -> Iterator[Metric]:
+    names = [n["metadata"]["name"] for n in nodes]
+    usages = store.node_usages(names) if names else {}
+    capacity = GaugeMetricFamily(
+        "shoal_node_capacity", "What each node offers (allocatable), by resource.",
+        labels=["node", "resource"],
+    )  # fmt: skip
+    allocated = GaugeMetricFamily(
+        "shoal_node_allocated",
+        "What the VMs bound to each node reserve, by resource (saved warm-pool entries: disk).",
+        labels=["node", "resource"],
+    )
+    for node in nodes:
+        name = node["metadata"]["name"]
+        alloc = (node.get("status") or {}).get("allocatable") or {}
+        usage = usages[name]
+        for resource, offered, used in (
+            ("cpu", float(alloc.get("cpu") or 0), usage.cpu),
+            ("memory", _bytes(alloc.get("memory")), usage.memory),
+            ("disk", _bytes(alloc.get("disk")), usage.disk),
+            ("vms", float(alloc.get("vms") or 0), usage.vms),
+        ):
+            capacity.add_metric([name, resource], offered)
+            allocated.add_metric([name, resource], float(used))
+    yield capacity
+    yield allocated
+
+
+def _bytes(value: Any) -> float:
+    return 0.0 if value in (None, "", "0", 0) else float(parse_bytes(str(value)))
+
+
+def _warm_pool_metrics(pools: list[dict[str, Any]]) -> Iterator[Metric]:
+    entries = GaugeMetricFamily(
+        "shoal_warmpool_entries",
+        "Entries of each warm pool by state (ready, refilling, claiming).",
+        labels=["namespace", "pool", "state"],
+    )
+    size = GaugeMetricFamily(
+        "shoal_warmpool_size", "Entries each warm pool keeps.", labels=["namespace", "pool"]
+    )
+    for pool in pools:
+        meta, status = pool["metadata"], pool.get("status") or {}
+        labels = [meta["namespace"], meta["name"]]
+        size.add_metric(labels, float(pool["spec"].get("size") or 0))
+        for state in ("ready", "refilling", "claiming"):
+            entries.add_metric([*labels, state], float(status.get(state) or 0))
+    yield entries
+    yield size
 
 
 class MeasureRequests:
@@ -101,7 +164,7 @@ class MeasureRequests:
     stream per request.
     """
 
-    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
 
@@ -116,14 +179,11 @@ class MeasureRequests:
             nonlocal observed
             if message["type"] == "http.response.start" and not observed:
                 observed = True
-                route = scope.get("route")  # set by the router once it matched
+                route = str(getattr(scope.get("route"), "path", "unmatched"))  # set on match
                 seconds = time.perf_counter() - started
-                self.metrics.observe(
-                    scope["method"],
-                    str(getattr(route, "path", "unmatched")),
-                    int(message["status"]),
-                    seconds,
-                )
+                method = scope["method"]
+                self.metrics.requests.labels(method, route, str(message["status"])).inc()
+                self.metrics.request_seconds.labels(method, route).observe(seconds)
                 timing = (b"server-timing", b"app;dur=%.1f" % (seconds * 1000))
                 message = {**message, "headers": [*message.get("headers", ()), timing]}
             await send(message)
@@ -132,25 +192,10 @@ class MeasureRequests:
 
 
 def install_metrics(app: FastAPI, ctx: ApiContext) -> None:
-    metrics = RequestMetrics()
+    metrics = ctx.metrics
     app.add_middleware(MeasureRequests, metrics=metrics)
+    metrics.registry.register(FleetCollector(ctx, ctx.metric_sources))
 
-    @app.get(
-        "/metrics", tags=["Health"], response_class=PlainTextResponse, summary="Prometheus metrics"
-    )
-    def prometheus(_caller: Annotated[Principal, Depends(authenticate)]) -> PlainTextResponse:
-        lines = metrics.render()
-        lines += [
-            "# HELP shoal_objects Objects in the store by kind.",
-            "# TYPE shoal_objects gauge",
-        ]
-        for info in KINDS:
-            lines.append(f'shoal_objects{{kind="{info.kind}"}} {ctx.store.count(info.kind)}')
-        lines += [
-            "# HELP shoal_resource_version The store's current resourceVersion.",
-            "# TYPE shoal_resource_version gauge",
-            f"shoal_resource_version {ctx.store.current_rv()}",
-        ]
-        for source in ctx.metric_sources:
-            lines += source()
-        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    @app.get("/metrics", tags=["Health"], summary="Prometheus metrics")
+    def prometheus(_caller: Annotated[Principal, Depends(authenticate)]) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -138,6 +138,8 @@ class Objects:
         self.store = store
         self.hooks = hooks or {}
         self.update_hooks = update_hooks or {}
+        # Told of each status written: (kind, the status before, the object after).
+        self.status_observers: list[Callable[[str, Obj | None, Obj], None]] = []
 
     def _update(self, info: KindInfo, current: Obj, incoming: Obj) -> Obj | None:
         """current with incoming's user fields, as the kind's update hook admits it."""
@@ -244,8 +246,11 @@ class Objects:
         self._check_name(info, body, namespace, name)
         expect_rv = (body.get("metadata") or {}).get("resourceVersion")
 
+        previous: list[Obj | None] = []
+
         def change(current: Obj) -> Obj | None:  # current is the caller's own copy
             before = current.get("status")
+            previous[:] = [before]
             if is_patch:
                 current["status"] = merge_patch(before or {}, body.get("status") or {})
             else:
@@ -256,7 +261,11 @@ class Objects:
             current["status"] = checked
             return current
 
-        return self.store.mutate(info.kind, namespace or "", name, change, expect_rv=expect_rv)
+        written = self.store.mutate(info.kind, namespace or "", name, change, expect_rv=expect_rv)
+        if previous and previous[0] != written.get("status"):
+            for observe in self.status_observers:
+                observe(info.kind, previous[0], written)
+        return written
 
     def delete(
         self, info: KindInfo, namespace: str | None, name: str, *, expect_rv: str | None = None

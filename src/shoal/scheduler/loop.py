@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from shoal.api.telemetry import Metrics
 from shoal.events import new_event
 from shoal.model.meta import set_condition
 from shoal.scheduler.binder import Decision, add_held, add_request, bind_many
@@ -65,11 +66,16 @@ def _priority_then_age(vm: Obj) -> tuple[int, str]:
 
 class Scheduler:
     def __init__(
-        self, store: Store, hub: WatchHub, settings: SchedulerSettings | None = None
+        self,
+        store: Store,
+        hub: WatchHub,
+        settings: SchedulerSettings | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
         self.settings = settings or SchedulerSettings()
+        self.metrics = metrics
         self._node_signatures: dict[str, Any] = {}
         self._start = 0
         self._again = False
@@ -86,6 +92,23 @@ class Scheduler:
         queued, _ = self.store.list_objects("VirtualMachine", unbound=True)
         if not any(not vm["metadata"].get("deletionTimestamp") for vm in queued):
             return 0
+        began = time.perf_counter()
+        bound, refused, waiting = self._pass()
+        if self.metrics is not None:
+            self.metrics.scheduling_seconds.observe(time.perf_counter() - began)
+            attempts = self.metrics.scheduling_attempts
+            for result, count in (
+                ("bound", bound),
+                ("refused", refused),
+                ("unschedulable", waiting),
+            ):
+                if count:
+                    attempts.labels(result).inc(count)
+        return bound
+
+    def _pass(self) -> tuple[int, int, int]:
+        """One pass over the unbound VMs: how many were bound, refused by the binder, and left
+        waiting (they fit no node now)."""
         vms, _ = self.store.list_objects("VirtualMachine")
         nodes, _ = self.store.list_objects("Node")
         pools, _ = self.store.list_objects("WarmPool")
@@ -105,7 +128,7 @@ class Scheduler:
         decisions: list[Decision] = []
         waiting: list[tuple[Obj, str]] = []
         hopeless: dict[Request, str] = {}  # requests that fit nowhere in this pass
-        bound = 0
+        bound = decided = 0
         for vm in pending:
             request = Request.of(vm)
             if request in hopeless:  # usage only grows within a pass
@@ -141,12 +164,13 @@ class Scheduler:
                     claim=claim,
                 )
             )
+            decided += 1
             if len(decisions) >= self.settings.batch:
                 bound += self._bind(decisions)
                 decisions = []
         bound += self._bind(decisions)
         self._mark_unschedulable(waiting)
-        return bound
+        return bound, decided - bound, len(waiting)
 
     def _best_entry(
         self,

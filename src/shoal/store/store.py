@@ -769,6 +769,11 @@ class Store:
         with self._read_engine.connect() as conn:
             return {row[0] for row in conn.execute(query)}
 
+    def node_usages(self, node_names: list[str]) -> dict[str, Usage]:
+        """What the VMs bound to each node reserve, read outside any write (Tx.node_usages)."""
+        with self._read_engine.connect() as conn:
+            return Tx(self, conn).node_usages(node_names)
+
     def count(self, kind: str, namespace: str | None = None) -> int:
         query = sa.select(sa.func.count()).where(objects.c.kind == kind)
         if namespace is not None:

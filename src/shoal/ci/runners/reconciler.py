@@ -19,12 +19,15 @@ import functools
 import importlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shoal.api.metrics import Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
 from shoal.api.objects import Objects
+from shoal.api.telemetry import Metrics
 from shoal.ci.runners import runnervm
 from shoal.ci.runners.plan import (
     Plan,
@@ -98,6 +101,7 @@ class RunnerPools:
         providers: Mapping[str, ProviderFactory] | None = None,
         *,
         discover_every: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.objects = objects
@@ -105,32 +109,38 @@ class RunnerPools:
         self.discover_every = discover_every
         self._pools: dict[tuple[str, str], _PoolState] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self.runner_start = Histogram(
+        metrics = metrics or Metrics()
+        self.runner_start = metrics.histogram(
             "shoal_runnerpool_runner_start_seconds",
             "From a runner VM's creation to its runner online in the CI system.",
+            ["namespace", "pool"],
             START_BUCKETS,
         )
-        self.job_wait = Histogram(
+        self.job_wait = metrics.histogram(
             "shoal_runnerpool_job_wait_seconds",
             "From a job queued to a runner taking it (or its cancellation), to within one sync.",
+            ["namespace", "pool"],
             START_BUCKETS,
         )
 
-    def metrics(self) -> list[str]:
-        lines = [
-            "# HELP shoal_runnerpool_runners Runners of each pool by state.",
-            "# TYPE shoal_runnerpool_runners gauge",
-        ]
-        waiting = [
-            "# HELP shoal_runnerpool_jobs_waiting Jobs queued in the CI system for each pool.",
-            "# TYPE shoal_runnerpool_jobs_waiting gauge",
-        ]
+    def metrics(self) -> Iterator[Metric]:
+        """The pools' gauges, read at each scrape (the histograms are in the registry)."""
+        runners = GaugeMetricFamily(
+            "shoal_runnerpool_runners",
+            "Runners of each pool by state.",
+            labels=["namespace", "pool", "state"],
+        )
+        waiting = GaugeMetricFamily(
+            "shoal_runnerpool_jobs_waiting",
+            "Jobs queued in the CI system for each pool.",
+            labels=["namespace", "pool"],
+        )
         for (namespace, pool), state in sorted(self._pools.items()):
-            labels = f'namespace="{namespace}",pool="{pool}"'
             for runner_state, count in state.counts.items():
-                lines.append(f'shoal_runnerpool_runners{{{labels},state="{runner_state}"}} {count}')
-            waiting.append(f"shoal_runnerpool_jobs_waiting{{{labels}}} {state.jobs_waiting}")
-        return [*lines, *waiting, *self.runner_start.render(), *self.job_wait.render()]
+                runners.add_metric([namespace, pool, runner_state], count)
+            waiting.add_metric([namespace, pool], state.jobs_waiting)
+        yield runners
+        yield waiting
 
     def wake(self, namespace: str, name: str) -> None:
         """Sync the pool now (a webhook said something changed); harmless if repeated."""
@@ -339,14 +349,14 @@ class RunnerPools:
         """Runner start times (creation to first seen online), and how long jobs waited: a job
         that has left the queue since the last sync was taken (or cancelled) by now, so its wait
         is known to within one sync interval."""
-        labels = {"namespace": identity.namespace, "pool": identity.pool}
+        labels = (identity.namespace, identity.pool)
         now = time.time()
         for vm in online:
-            self.runner_start.observe(vm.age, **labels)
+            self.runner_start.labels(*labels).observe(vm.age)
         current = {job.id: job.queued_at for job in jobs if job.queued_at is not None}
         for job_id, queued_at in state.queued.items():
             if job_id not in current:
-                self.job_wait.observe(max(0.0, now - queued_at), **labels)
+                self.job_wait.labels(*labels).observe(max(0.0, now - queued_at))
         state.queued = current
 
     async def _annotate(self, identity: PoolIdentity, vm_name: str, annotation: str) -> None:
