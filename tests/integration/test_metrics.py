@@ -49,6 +49,7 @@ def test_metrics_count_requests_by_route_and_code(controller: InProcessControlle
     assert samples[("shoal_http_request_duration_seconds_bucket", inf)] == 3
     assert samples[("shoal_objects", frozenset({("kind", "Namespace")}))] >= 1
     assert samples[("shoal_leader", frozenset())] == 1
+    assert samples[("shoal_watch_streams", frozenset({("kind", "*")}))] >= 1  # the scheduler
     assert samples[("shoal_leader_epoch", frozenset())] >= 1
 
 

@@ -17,6 +17,7 @@ from helpers import (
     AgentProcess,
     ControllerProcess,
     create_join_token,
+    metric_samples,
     processes,
     wait_until,
 )
@@ -119,6 +120,15 @@ def test_a_paused_leader_loses_the_lease_and_its_successor_runs_the_loops(
                     what=f"an exec through {replica.url}",
                 )
                 assert result == b"through the tunnel\n"
+                metrics = httpx.get(
+                    f"{replica.url}/metrics",
+                    headers={"Authorization": f"Bearer {replica.admin_token}"},
+                    verify=False,
+                ).text
+                samples = metric_samples(metrics)
+                exec_out = frozenset({("stream", "exec"), ("direction", "to-client")})
+                assert samples[("shoal_tunnel_bytes_total", exec_out)] > 0
+                assert samples[("shoal_tunnels_open", frozenset({("stream", "exec")}))] == 0
 
             # a stops answering (and renewing): once its lease lapses, b leads at epoch 2.
             assert first.process is not None

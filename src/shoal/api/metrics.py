@@ -50,6 +50,14 @@ class FleetCollector(Collector):
         pools, _ = store.list_objects("WarmPool")
         yield from _warm_pool_metrics(pools)
         yield from self._leadership()
+        streams = GaugeMetricFamily(
+            "shoal_watch_streams",
+            "Watches this replica serves, by kind ('*': all kinds, the scheduler's own).",
+            labels=["kind"],
+        )
+        for kind, count in sorted(self.ctx.hub.watchers_by_kind().items()):
+            streams.add_metric([kind], count)
+        yield streams
         for source in self.extra:
             yield from source()
 

@@ -135,10 +135,23 @@ async def _serve_tunnel(
     except ApiError as error:
         await socket.send_denial_response(JSONResponse(error.status(), status_code=error.code))
         return
+    metrics = _ctx(socket).metrics
+    kind = str(request.get("stream"))
+    counts = (
+        metrics.tunnel_bytes.labels(kind, "to-guest").inc,
+        metrics.tunnel_bytes.labels(kind, "to-client").inc,
+    )
     try:
         await socket.accept(subprotocol=websocket_protocol(socket))
         await socket.send_text(READY)
-        await splice(socket, source, node=node, idle_timeout=_ctx(socket).tunnel_idle_timeout)
+        with metrics.tunnels_open.labels(kind).track_inprogress():
+            await splice(
+                socket,
+                source,
+                node=node,
+                idle_timeout=_ctx(socket).tunnel_idle_timeout,
+                counts=counts,
+            )
     finally:
         await _finish(source)
 

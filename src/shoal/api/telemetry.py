@@ -4,7 +4,7 @@ shoal.api.metrics serves them with the fleet's state)."""
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shoal.model.meta import parse_iso
 
@@ -50,6 +50,18 @@ class Metrics:
             "VMs the scheduler tried to place, by result: bound, unschedulable (fits no node "
             "now) or refused (the binder found its snapshot stale; retried at once).",
             ["result"],
+            registry=self.registry,
+        )
+        self.tunnels_open = Gauge(
+            "shoal_tunnels_open",
+            "Tunnels (port-forward, exec, console, VNC) this replica carries, by stream.",
+            ["stream"],
+            registry=self.registry,
+        )
+        self.tunnel_bytes = Counter(
+            "shoal_tunnel_bytes",
+            "Bytes carried by tunnels, by stream and direction (to the guest or to the client).",
+            ["stream", "direction"],
             registry=self.registry,
         )
         self._first_runs: set[str] = set()

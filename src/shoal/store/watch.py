@@ -188,6 +188,13 @@ class WatchHub:
         for key in touched:
             self._rings[key].wake()
 
+    def watchers_by_kind(self) -> dict[str, int]:
+        """The watches this hub serves, by kind ("*": every kind, the scheduler's own)."""
+        found: Counter[str] = Counter()
+        for (kind, _node), count in self._watchers.items():
+            found[kind or "*"] += count
+        return dict(found)
+
     def _ring(self, key: RingKey) -> Ring:
         ring = self._rings.get(key)
         if ring is None:

@@ -8,6 +8,7 @@ the agent instead of filling the controller's memory."""
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,12 @@ class Closed:
     reason: str
 
 
-async def _carry(source: WebSocket, sink: WebSocket, touched: list[float]) -> Closed:
+Count = Callable[[int], None]
+
+
+async def _carry(
+    source: WebSocket, sink: WebSocket, touched: list[float], count: Count | None
+) -> Closed:
     while True:
         try:
             message = await source.receive()
@@ -48,6 +54,8 @@ async def _carry(source: WebSocket, sink: WebSocket, touched: list[float]) -> Cl
             frame["text"] = message["text"]
         else:
             continue
+        if count is not None:
+            count(len(frame.get("bytes") or frame.get("text") or b""))
         try:
             await sink.send(frame)
         except Exception:  # the far side is gone: its own carry reports how
@@ -67,11 +75,20 @@ async def _close(socket: WebSocket, code: int, reason: str) -> None:
         await socket.close(code, reason_text(reason))
 
 
-async def splice(client: WebSocket, agent: WebSocket, *, node: str, idle_timeout: float) -> None:
-    """Carry frames both ways; close both sides with the reason the first one ended."""
+async def splice(
+    client: WebSocket,
+    agent: WebSocket,
+    *,
+    node: str,
+    idle_timeout: float,
+    counts: tuple[Count, Count] | None = None,
+) -> None:
+    """Carry frames both ways; close both sides with the reason the first one ended. counts:
+    told the size of each frame carried (to the agent, to the client)."""
     touched = [time.monotonic()]
-    upstream = asyncio.create_task(_carry(client, agent, touched))
-    downstream = asyncio.create_task(_carry(agent, client, touched))
+    up, down = counts if counts is not None else (None, None)
+    upstream = asyncio.create_task(_carry(client, agent, touched, up))
+    downstream = asyncio.create_task(_carry(agent, client, touched, down))
     idle = asyncio.create_task(_idle(touched, idle_timeout))
     done = await first_of({upstream, downstream, idle})
     if downstream in done:
