@@ -11,6 +11,7 @@ import pytest
 
 from builders import build_node
 from helpers import InProcessController, metric_samples, wait_until
+from shoal.model.meta import now_iso
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +82,27 @@ def test_the_fleet_and_the_scheduler_are_measured(controller: InProcessControlle
     )
     assert samples[("shoal_scheduler_pass_duration_seconds_count", frozenset())] >= 1
 
-    # The agent's first Running of a VM is timed from its creation.
+    # The agent's first Running of a VM is timed from its creation, and its boot from its start.
+    booting = {"phase": "Starting", "bootTime": now_iso()}
+    client.patch("virtualmachines", "big", {"status": booting}, "default", sub="status")
     client.patch(
         "virtualmachines", "big", {"status": {"phase": "Running"}}, "default", sub="status"
     )
     samples = scrape(controller)
     count = ("shoal_vm_deploy_to_running_seconds_count", frozenset({("namespace", "default")}))
     assert samples[count] == 1
+    boots = frozenset({("node", "m1"), ("start", "booted")})
+    assert samples[("shoal_vm_boot_seconds_count", boots)] == 1
+
+    # An image pull a node reported, then cached: its bytes and time.
+    pull = {"image": "reg/x:1", "state": "Caching", "bytes": 10, "totalBytes": 100}
+    client.patch("nodes", "m1", {"status": {"imagePulls": [pull]}}, sub="status")
+    client.patch(
+        "nodes", "m1", {"status": {"imagePulls": [], "cachedImages": ["reg/x:1"]}}, sub="status"
+    )
+    samples = scrape(controller)
+    assert samples[("shoal_image_pull_bytes_total", frozenset({("node", "m1")}))] == 100
+    assert samples[("shoal_image_pull_duration_seconds_count", frozenset({("node", "m1")}))] == 1
     client.patch(
         "virtualmachines", "big", {"status": {"phase": "Stopped"}}, "default", sub="status"
     )

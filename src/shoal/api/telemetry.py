@@ -64,7 +64,30 @@ class Metrics:
             ["stream", "direction"],
             registry=self.registry,
         )
+        self.boot_seconds = Histogram(
+            "shoal_vm_boot_seconds",
+            "From a VM's start on its node to its guest answering, as its agent reports them, "
+            "by node and how it started (booted, or resumed from a warm-pool entry).",
+            ["node", "start"],
+            buckets=DEPLOY_BUCKETS,
+            registry=self.registry,
+        )
+        self.pull_seconds = Histogram(
+            "shoal_image_pull_duration_seconds",
+            "Image pulls into nodes' caches, from the first report of the pull to the image "
+            "cached, to within a heartbeat.",
+            ["node"],
+            buckets=DEPLOY_BUCKETS,
+            registry=self.registry,
+        )
+        self.pull_bytes = Counter(
+            "shoal_image_pull_bytes",
+            "Bytes of the image pulls done into nodes' caches (as their agents report them).",
+            ["node"],
+            registry=self.registry,
+        )
         self._first_runs: set[str] = set()
+        self._pulls: dict[tuple[str, str], tuple[float, int]] = {}  # (node, image): since, bytes
 
     def histogram(self, name: str, help_text: str, labels: list[str], buckets: Any) -> Histogram:
         """A histogram of another part of the controller (runner pools), in this registry."""
@@ -73,11 +96,22 @@ class Metrics:
     def status_written(
         self, kind: str, before: dict[str, Any] | None, after: dict[str, Any]
     ) -> None:
-        """A status was written (Objects.status_observers): count a VM's first Running."""
+        """A status was written (Objects.status_observers): a VM's boot and first Running, a
+        node's image pulls."""
+        if kind == "Node":
+            self._node_status(after)
+            return
         if kind != "VirtualMachine" or (after.get("status") or {}).get("phase") != "Running":
             return
         if (before or {}).get("phase") == "Running":
             return
+        status = after.get("status") or {}
+        if status.get("bootTime") and after["spec"].get("nodeName"):
+            resumed = "warmpools.shoal.dev/entry" in (after["metadata"].get("annotations") or {})
+            booted = parse_iso(status["bootTime"]).timestamp()
+            self.boot_seconds.labels(
+                after["spec"]["nodeName"], "resumed" if resumed else "booted"
+            ).observe(max(0.0, time.time() - booted))
         meta = after["metadata"]
         if meta["uid"] in self._first_runs:
             return
@@ -86,3 +120,21 @@ class Metrics:
         self._first_runs.add(meta["uid"])
         created = parse_iso(meta["creationTimestamp"]).timestamp()
         self.deploy_to_running.labels(meta["namespace"]).observe(max(0.0, time.time() - created))
+
+    def _node_status(self, node: dict[str, Any]) -> None:
+        """A pull reported in a node's status, then gone with its image cached, is done."""
+        name = node["metadata"]["name"]
+        status = node.get("status") or {}
+        now = time.time()
+        pulling = set()
+        for pull in status.get("imagePulls") or []:
+            key = (name, str(pull.get("image")))
+            pulling.add(key)
+            since, _ = self._pulls.get(key, (now, 0))
+            self._pulls[key] = (since, int(pull.get("totalBytes") or pull.get("bytes") or 0))
+        cached = set(status.get("cachedImages") or [])
+        for key in [k for k in self._pulls if k[0] == name and k not in pulling]:
+            since, size = self._pulls.pop(key)
+            if key[1] in cached:
+                self.pull_seconds.labels(name).observe(now - since)
+                self.pull_bytes.labels(name).inc(size)
