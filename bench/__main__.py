@@ -18,6 +18,7 @@ from bench import (
     images,
     jobs,
     qemu,
+    replicas,
     runnerpools,
     scheduler,
     tunnels,
@@ -75,6 +76,8 @@ def main() -> int:
         rows += ui.run()
     if "warm" in wanted:  # not in the default set: boots 20 guests, takes minutes
         rows += warm.run()
+    if "replicas" in wanted:  # not in the default set: PostgreSQL, HAProxy, ~2 minutes
+        rows += replicas.run()
     if "warmpool" in wanted:  # not in the default set: boots ~40 guests, takes minutes
         rows += warmpool.run()
     width = max(len(r["name"]) for r in rows)
