@@ -9,6 +9,7 @@ from typer.core import TyperGroup
 
 from shoal import __version__
 from shoal.cli import (
+    admin,
     console,
     context,
     events,
@@ -116,6 +117,7 @@ app.add_typer(serviceaccount.app, name="serviceaccount", help="Manage service ac
 app.add_typer(token.app, name="token", help="Create and revoke service-account tokens.")
 app.add_typer(rolebinding.app, name="rolebinding", help="Grant roles in a namespace.")
 app.command("events")(events.events)
+app.add_typer(admin.app, name="admin", help="Back up and restore a controller's database.")
 # `shoal dev`, `shoal controller` and `shoal agent` live in serve.py.
 serve.register(app)
 
