@@ -18,6 +18,7 @@ from shoal.api.metrics import install_metrics
 from shoal.api.origin import OriginCheck
 from shoal.api.routes import add_all_kind_routes
 from shoal.api.streams import streams_router
+from shoal.api.usage import usage_router
 from shoal.api.watchmux import watch_mux_router
 from shoal.api.webhooks import webhooks_router
 from shoal.errors import ApiError, BadRequest, Invalid, MethodNotAllowed, NotFound
@@ -131,6 +132,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(actions_router())
     app.include_router(access_router())
     app.include_router(webhooks_router())
+    app.include_router(usage_router())
     streams = streams_router()
     streams.routes.extend(watch_mux_router().routes)
     app.include_router(streams)

@@ -28,6 +28,7 @@ from shoal.cli import (
     serviceaccount,
     ssh,
     token,
+    usage,
     vm,
     vmconfig,
     vmpush,
@@ -117,6 +118,7 @@ app.add_typer(serviceaccount.app, name="serviceaccount", help="Manage service ac
 app.add_typer(token.app, name="token", help="Create and revoke service-account tokens.")
 app.add_typer(rolebinding.app, name="rolebinding", help="Grant roles in a namespace.")
 app.command("events")(events.events)
+app.command("usage")(usage.usage)
 app.add_typer(admin.app, name="admin", help="Back up and restore a controller's database.")
 # `shoal dev`, `shoal controller` and `shoal agent` live in serve.py.
 serve.register(app)

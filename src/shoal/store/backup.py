@@ -26,7 +26,6 @@ after the backup was taken, gets 410 Gone and relists, rather than missing the c
 restored controller numbers anew.
 """
 
-import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -82,18 +81,6 @@ def _key_of_sealed(body: str) -> str | None:
     return parts[1] if len(parts) >= 3 and parts[0] == VERSION else None
 
 
-@contextlib.contextmanager
-def _snapshot(store: Store) -> Iterator[Connection]:
-    """A read transaction that sees the store as of its first statement, whatever commits
-    during it."""
-    with store.read_engine.connect() as conn, conn.begin():
-        if store.dialect == "postgresql":
-            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        # On SQLite the read engine's plain BEGIN and WAL mode make a read transaction see the
-        # database as of its first read, while writers go on.
-        yield conn
-
-
 def _rows(conn: Connection, query: sa.Select[Any], batch: int) -> Iterator[sa.Row[Any]]:
     """The rows of a query, fetched a batch at a time (a server-side cursor on PostgreSQL)."""
     result = conn.execution_options(yield_per=batch).execute(query)
@@ -117,7 +104,7 @@ def backup(
             progress(done)
 
     counts = {"objects": 0, "tokens": 0}
-    with _snapshot(store) as conn:
+    with store.snapshot() as conn:
         rv = int(conn.execute(sa.select(counters.c.value).where(counters.c.name == "rv")).one()[0])
         sealed = sa.select(objects.c.body).where(objects.c.kind.in_(SEALED_KINDS))
         keys = {_key_of_sealed(row[0]) for row in _rows(conn, sealed, batch)}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from shoal.store.clock import read_now as _now
 from shoal.store.schema import leases
 from shoal.store.store import FENCE, Store
 
@@ -46,14 +47,6 @@ class Lease:
     @property
     def remaining(self) -> float:
         return max(0.0, self.expires - self.now)
-
-
-def _now(conn: Connection) -> float:
-    if conn.dialect.name == "postgresql":
-        query = "SELECT EXTRACT(EPOCH FROM clock_timestamp())"
-    else:
-        query = "SELECT (julianday('now') - 2440587.5) * 86400.0"
-    return float(conn.execute(sa.text(query)).scalar_one())
 
 
 def _row(conn: Connection, name: str, *, lock: bool) -> tuple[str, int, float, str] | None:

@@ -61,6 +61,26 @@ leases = Table(
     Column("address", String(256), nullable=False),
 )
 
+# What each VM held and when: one row per stretch a VM was bound to a node holding cpu and
+# memory (opened at its bind, closed when it is deleted, saved as a warm-pool entry, or moved),
+# written in the transaction that changed it (shoal.store.usage).
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("uid", String(36), nullable=False),
+    Column("namespace", String(63), nullable=False),
+    Column("name", String(253), nullable=False),
+    Column("image", String(512), nullable=False),
+    Column("node", String(63), nullable=False),
+    Column("cpu", Integer, nullable=False),
+    Column("memory", BigInteger, nullable=False),
+    Column("started", Float, nullable=False),
+    Column("ended", Float, nullable=True),
+    Index("ix_usage_uid_ended", "uid", "ended"),
+    Index("ix_usage_started", "started"),
+)
+
 tokens = Table(
     "tokens",
     metadata,

@@ -30,6 +30,7 @@ from shoal.errors import AlreadyExists, Conflict, Gone, NotFound
 from shoal.model.meta import now_iso
 from shoal.model.warmpool import is_saved
 from shoal.quantity import parse_bytes
+from shoal.store import usage
 from shoal.store.schema import changes, counters, objects
 from shoal.store.sealing import SEALED_KINDS, KeyFileError, Sealer, SealingError
 
@@ -620,12 +621,23 @@ class Store:
             yield conn
 
     @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read transaction that sees the store as of its first statement, whatever commits
+        during it (REPEATABLE READ on PostgreSQL; on SQLite, a read transaction in WAL mode)."""
+        with self._read_engine.connect() as conn, conn.begin():
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield conn
+
+    @contextmanager
     def tx(self) -> Iterator[Tx]:
         with self._writer_turn or contextlib.nullcontext():
             with self._engine.begin() as conn:
                 _check_fence(conn)
                 tx = Tx(self, conn)
                 yield tx
+                if any(change.kind == "VirtualMachine" for change in tx.changes):
+                    usage.record(conn, tx.changes)  # what the VMs hold, with the write
                 if tx.changes and self.dialect == "postgresql":
                     # Heard by the other replicas' watch hubs at commit (shoal.store.notify).
                     _NOTIFY.run(conn, {"rv": str(tx.changes[-1].rv)})
