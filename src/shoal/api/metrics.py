@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -204,6 +204,12 @@ def install_metrics(app: FastAPI, ctx: ApiContext) -> None:
     app.add_middleware(MeasureRequests, metrics=metrics)
     metrics.registry.register(FleetCollector(ctx, ctx.metric_sources))
 
-    @app.get("/metrics", tags=["Health"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["Health"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
     def prometheus(_caller: Annotated[Principal, Depends(authenticate)]) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
