@@ -2,7 +2,9 @@
 
 import asyncio
 import contextlib
+import faulthandler
 import ipaddress
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +133,8 @@ def _import_test_guest(plane: ControlPlane) -> str | None:
 
 
 async def run_controller(settings: ControllerSettings, announce: Callable[[str], None]) -> None:
+    # SIGUSR1 prints every thread's stack on stderr: what a stuck controller is doing.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     plane = ControlPlane(settings)
 
     async def ready() -> None:

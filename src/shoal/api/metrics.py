@@ -43,6 +43,12 @@ class FleetCollector(Collector):
         yield GaugeMetricFamily(
             "shoal_resource_version", "The store's current resourceVersion.", store.current_rv()
         )
+        yield GaugeMetricFamily(
+            "shoal_watch_hub_resource_version",
+            "The last resourceVersion this replica's watch hub has read (behind the store's: "
+            "its watches lag).",
+            self.ctx.hub.last_rv,
+        )
         vms, _ = store.list_objects("VirtualMachine")
         yield from _vm_metrics(vms)
         nodes, _ = store.list_objects("Node")

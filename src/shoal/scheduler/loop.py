@@ -316,9 +316,18 @@ class Scheduler:
         dirty.set()
 
         async def follow() -> None:
-            async for change in self.hub.changes(self.hub.last_rv, heartbeat=RESYNC_SECONDS):
-                if self._wants_pass(change):
-                    dirty.set()
+            # The hub's stream can end in an error (the store unreachable while a watcher was
+            # behind its rings, a compaction): follow again from now, after a pass, for ever.
+            while True:
+                try:
+                    since = self.hub.last_rv
+                    async for change in self.hub.changes(since, heartbeat=RESYNC_SECONDS):
+                        if self._wants_pass(change):
+                            dirty.set()
+                except Exception as error:
+                    log.warning("scheduler: following changes failed (%s); again from now", error)
+                    await asyncio.sleep(1)
+                dirty.set()
 
         follower = asyncio.create_task(follow(), name="scheduler-follow")
         try:
