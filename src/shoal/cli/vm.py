@@ -1,5 +1,6 @@
 """`shoal vm`: deploy, list, get, delete, and power actions on VirtualMachines."""
 
+import time
 from typing import Annotated
 
 import typer
@@ -32,6 +33,7 @@ from shoal.cli.output import (
 from shoal.cli.removal import delete_each
 from shoal.cli.wait import follow, phase_text, vm_reaches
 from shoal.client import Obj
+from shoal.errors import ApiError
 
 PLURAL = "virtualmachines"
 
@@ -264,34 +266,50 @@ def delete(
         delete_each(target, PLURAL, "VM", names, target.namespace, wait=wait, timeout=timeout)
 
 
-def _power(action: str, phase: str, name: str, wait: bool, timeout: float, target: Target) -> None:
-    vm = target.client.action(PLURAL, name, action, target.namespace)
-    if not wait:
-        typer.echo(f"VM {name}: {action} requested ({phase_text(vm)})")
-        return
-    gone_ok = action == "stop" and bool(dig(vm, "spec.ephemeral"))
-    final = wait_phase(target, vm, phase, timeout, gone_ok=gone_ok)
-    typer.echo(f"VM {name} is {dig(final, 'status.phase', phase)}")
+def _power(
+    action: str, phase: str, names: list[str], wait: bool, timeout: float, target: Target
+) -> None:
+    """Ask for the action on every VM, then wait for each; report failures and exit 1 if any."""
+    deadline = time.monotonic() + timeout
+    requested: list[Obj] = []
+    failed = False
+    for name in names:
+        try:
+            vm = target.client.action(PLURAL, name, action, target.namespace)
+        except ApiError as error:
+            typer.echo(f"error: {error.message}", err=True)
+            failed = True
+            continue
+        requested.append(vm)
+        if not wait:
+            typer.echo(f"VM {name}: {action} requested ({phase_text(vm)})")
+    for vm in requested if wait else []:
+        gone_ok = action == "stop" and bool(dig(vm, "spec.ephemeral"))
+        remaining = max(0.0, deadline - time.monotonic())
+        final = wait_phase(target, vm, phase, remaining, gone_ok=gone_ok)
+        typer.echo(f"VM {vm['metadata']['name']} is {dig(final, 'status.phase', phase)}")
+    if failed:
+        raise typer.Exit(1)
 
 
 def _action_command(action: str, phase: str, doc: str) -> None:
     def command(
-        name: NameArg,
+        names: Annotated[list[str], typer.Argument(help="Names of the VMs.", show_default=False)],
         wait: Annotated[
-            bool, typer.Option("--wait", help=f"Wait until the VM's phase is {phase}.")
+            bool, typer.Option("--wait", help=f"Wait until every VM's phase is {phase}.")
         ] = False,
         timeout: TimeoutOpt = 600.0,
         context: ContextOpt = None,
         namespace: NamespaceOpt = None,
     ) -> None:
         with connect(context, namespace) as target:
-            _power(action, phase, name, wait, timeout, target)
+            _power(action, phase, names, wait, timeout, target)
 
     command.__doc__ = doc
     app.command(action)(command)
 
 
-_action_command("start", "Running", "Start a VM (power state Running).")
-_action_command("stop", "Stopped", "Stop a VM (an ephemeral VM is deleted once stopped).")
-_action_command("suspend", "Suspended", "Suspend a running VM, keeping its memory state.")
-_action_command("resume", "Running", "Resume a suspended VM.")
+_action_command("start", "Running", "Start VMs (power state Running).")
+_action_command("stop", "Stopped", "Stop VMs (an ephemeral VM is deleted once stopped).")
+_action_command("suspend", "Suspended", "Suspend running VMs, keeping their memory state.")
+_action_command("resume", "Running", "Resume suspended VMs.")
