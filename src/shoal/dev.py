@@ -5,6 +5,7 @@ import contextlib
 import faulthandler
 import ipaddress
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,9 +133,18 @@ def _import_test_guest(plane: ControlPlane) -> str | None:
     return TEST_GUEST_IMAGE
 
 
+def print_tasks() -> None:
+    for task in asyncio.all_tasks():
+        print(f"Task {task.get_name()}:", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
 async def run_controller(settings: ControllerSettings, announce: Callable[[str], None]) -> None:
-    # SIGUSR1 prints every thread's stack on stderr: what a stuck controller is doing.
+    # SIGUSR1 prints every thread's stack on stderr, SIGUSR2 every asyncio task's: what a stuck
+    # controller is doing.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, print_tasks)
     plane = ControlPlane(settings)
 
     async def ready() -> None:

@@ -316,3 +316,56 @@ async def test_stop_returns_when_a_write_just_woke_the_hub(store_url: str) -> No
         )
     finally:
         store.close()
+
+
+def lose_commits_after(store: Store, rv: int) -> None:
+    """What a database that lost acknowledged commits looks like when it comes back: the
+    objects, log entries and version counter of every change after rv are gone."""
+    import sqlalchemy as sa
+
+    from shoal.store.schema import changes, counters, objects
+
+    with store.engine.begin() as conn:
+        conn.execute(sa.delete(objects).where(objects.c.rv > rv))
+        conn.execute(sa.delete(changes).where(changes.c.rv > rv))
+        conn.execute(sa.update(counters).where(counters.c.name == "rv").values(value=rv))
+
+
+async def test_a_store_that_lost_commits_makes_every_watch_relist(
+    open_store: Callable[..., Store],
+) -> None:
+    """The database comes back without the last changes it acknowledged and hands their versions
+    out again for other changes: the hub notices (its last change is not in the log as it saw
+    it), moves the versions past every one it handed out, and its watchers get Gone and relist
+    instead of missing the new changes or keeping objects that no longer exist."""
+    mine, other = open_store(), open_store()  # the changes after the loss come from a replica
+    hub = await started(mine, poll_interval=0.05)
+    try:
+        mine.create(config("kept"))
+        kept = mine.current_rv()
+        stream = hub.changes(kept)
+        mine.create(config("lost-1"))
+        mine.create(config("lost-2"))
+        seen = [c.name for c in await take_changes(stream, 2)]
+        assert seen == ["lost-1", "lost-2"] and hub.last_rv == kept + 2
+
+        lose_commits_after(mine, kept)
+        other.create(config("new-1"))
+        other.create(config("new-2"))  # the versions lost-1 and lost-2 had, reused
+        with anyio.fail_after(PATIENCE), pytest.raises(Gone):
+            await take_changes(stream, 1)
+        assert hub.history_resets == 1
+
+        # Every version handed out before is Gone now; a relist sees what the store holds and
+        # a watch from it sees what comes next.
+        with pytest.raises(Gone):
+            mine.changes_since(kept + 2)
+        items, rv = mine.list_objects("VMConfig")
+        assert sorted(i["metadata"]["name"] for i in items) == ["kept", "new-1", "new-2"]
+        assert rv > kept + 2
+        await caught_up(hub, rv)
+        after = hub.changes(rv)
+        other.create(config("next"))
+        assert [c.name for c in await take_changes(after, 1)] == ["next"]
+    finally:
+        await stop(hub)

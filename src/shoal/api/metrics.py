@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,6 +48,13 @@ class FleetCollector(Collector):
             "The last resourceVersion this replica's watch hub has read (behind the store's: "
             "its watches lag).",
             self.ctx.hub.last_rv,
+        )
+        yield CounterMetricFamily(
+            "shoal_watch_history_resets",
+            "Times this replica found that the database had lost changes it had seen (a crash "
+            "under asynchronous commit, a failover to a standby that was behind): every watch "
+            "relisted.",
+            self.ctx.hub.history_resets,
         )
         vms, _ = store.list_objects("VirtualMachine")
         yield from _vm_metrics(vms)

@@ -38,7 +38,7 @@ from shoal.errors import ApiError
 from shoal.model.meta import now_iso
 from shoal.store.schema import changes, counters, objects, tokens
 from shoal.store.sealing import SEALED_FIELD, SEALED_KINDS, VERSION
-from shoal.store.store import Store, _index_columns
+from shoal.store.store import Store, _index_columns, restart_versions
 
 FORMAT = "shoal-backup"
 FORMAT_VERSION = 1
@@ -307,8 +307,7 @@ def restore(
             current = conn.execute(sa.select(counters.c.value).where(counters.c.name == "rv"))
             rv = max(top, int(current.one()[0])) + bump
             counts = _load(conn, store, records, top, progress)
-            for name in ("rv", "compacted"):
-                conn.execute(sa.update(counters).where(counters.c.name == name).values(value=rv))
+            restart_versions(conn, rv)
     except (sa.exc.IntegrityError, sa.exc.DataError) as error:
         raise BackupError(
             f"the store refused a row of the backup (one held twice, or damaged): {error.orig}"

@@ -801,6 +801,17 @@ class Store:
         with self._read_engine.connect() as conn:
             return self._current_rv(conn)
 
+    def start_history_after(self, seen: int) -> int:
+        """After the database lost commits it had acknowledged (a crash under asynchronous
+        commit, a failover to a standby that was behind): move the version past every one handed
+        out (`seen`, and any reused since) and start the change log there, so no version names
+        two different states and every watcher from before gets Gone and relists. Returns the
+        new version."""
+        with self.writing() as conn:
+            point = max(self._current_rv(conn), seen) + 1
+            restart_versions(conn, point)
+        return point
+
     def changes_since(self, rv: int, limit: int = 10_000) -> list[Change]:
         """Changes after rv in order; Gone when the log no longer reaches back to rv."""
         with self._read_engine.connect() as conn, conn.begin():
@@ -834,6 +845,12 @@ class Store:
     @property
     def read_engine(self) -> Engine:
         return self._read_engine
+
+
+def restart_versions(conn: Connection, rv: int) -> None:
+    """Make rv the current version and the change log's start: nothing before it resumes."""
+    for name in ("rv", "compacted"):
+        conn.execute(sa.update(counters).where(counters.c.name == name).values(value=rv))
 
 
 def _check_preconditions(current: Obj, expect_rv: str | None, expect_uid: str | None) -> None:

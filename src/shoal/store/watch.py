@@ -19,6 +19,7 @@ that falls behind the log's compaction gets Gone (410) and relists.
 import asyncio
 import bisect
 import contextlib
+import logging
 from collections import Counter, deque
 from collections.abc import AsyncGenerator, Iterable
 
@@ -26,6 +27,8 @@ from shoal.errors import Gone
 from shoal.store.notify import Listener
 from shoal.store.objectcache import ObjectCache
 from shoal.store.store import Change, Store
+
+log = logging.getLogger(__name__)
 
 BATCH = 5000
 
@@ -72,6 +75,9 @@ class Ring:
             self.floor = self.changes.popleft().rv
             self.rvs.popleft()
 
+    def last(self) -> Change | None:
+        return self.changes[-1] if self.changes else None
+
     def after(self, cursor: int) -> list[Change] | None:
         """Its changes after cursor, or None when the ring no longer reaches back that far."""
         if cursor < self.floor:
@@ -94,6 +100,7 @@ class WatchHub:
         self._ring_size = ring_size
         self._poll_interval = poll_interval
         self.last_rv = 0
+        self.history_resets = 0  # times the store was found to have lost changes the hub saw
         self._rings: dict[RingKey, Ring] = {EVERYTHING: Ring(0, ring_size)}
         self._watchers: Counter[RingKey] = Counter()  # per-node rings are dropped at zero
         self._keyed_kinds: Counter[str] = Counter()  # kinds with per-node rings, and how many
@@ -227,13 +234,21 @@ class WatchHub:
                 async with asyncio.timeout(self._poll_interval):
                     await self._wake.wait()
             self._wake.clear()
+            # The log is read from the last change the hub has, to see that it is still there
+            # as it was: a database can come back from a crash or a failover without commits it
+            # had acknowledged, and then hand out the same versions again for other changes.
+            known = self._rings[EVERYTHING].last()
+            since = known.rv - 1 if known is not None and known.rv == self.last_rv else self.last_rv
             try:
-                batch = await asyncio.to_thread(self._store.changes_since, self.last_rv, BATCH)
+                batch = await asyncio.to_thread(self._store.changes_since, since, BATCH)
             except Gone:
                 await self._restart_from_now()
                 continue
             except Exception:  # the database may be restarting; the next poll retries
                 await asyncio.sleep(self._poll_interval)
+                continue
+            if since < self.last_rv and known is not None and (not batch or batch[0] != known):
+                await self._history_lost()
                 continue
             # Commits of this process may have been heard while the log was read.
             fresh = [change for change in batch if change.rv > self.last_rv]
@@ -242,6 +257,18 @@ class WatchHub:
             self._drain_pushed()
             if len(batch) == BATCH:
                 self._wake.set()
+
+    async def _history_lost(self) -> None:
+        log.warning(
+            "the store no longer holds change %d as this controller saw it: the database lost "
+            "commits (a crash under asynchronous commit, or a failover to a standby that was "
+            "behind); versions start again past it and every watch relists",
+            self.last_rv,
+        )
+        self.history_resets += 1
+        with contextlib.suppress(Exception):  # another replica may be doing the same
+            await asyncio.to_thread(self._store.start_history_after, self.last_rv)
+        await self._restart_from_now()
 
     async def _restart_from_now(self) -> None:
         """The log was compacted past what the hub has read (it was stalled while others wrote):
