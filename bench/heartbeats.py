@@ -6,7 +6,11 @@ on its own), the heartbeat route's p99 from the controller's /metrics histogram,
 heartbeats served in the measured window.
 
 It measures the steady state: the clients start once every agent has joined and heartbeated from
-its heartbeat loop, and the VMs they list and watch are running."""
+its heartbeat loop, and the VMs they list and watch are running.
+
+`measure` runs that window against any controller (the replicas bench runs it against one and
+three replicas on PostgreSQL, through a balancer); `run` is this bench: one controller on SQLite.
+"""
 
 import gc
 import multiprocessing
@@ -14,7 +18,9 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,18 +63,29 @@ def _buckets(metrics: str, route: str, method: str) -> list[tuple[float, int]]:
 HEARTBEAT_ROUTE = "/apis/shoal.dev/v1/nodes/{name}/status"
 
 
-def _count(metrics: str, route: str, method: str = "PATCH") -> int:
-    """How many requests a route has answered, from /metrics."""
-    buckets = _buckets(metrics, route, method)
+def _summed_buckets(metrics: list[str], route: str, method: str) -> list[tuple[float, int]]:
+    """A route's histogram summed over several controllers' /metrics (one per replica)."""
+    summed: dict[float, int] = {}
+    for text in metrics:
+        for bound, count in _buckets(text, route, method):
+            summed[bound] = summed.get(bound, 0) + count
+    return sorted(summed.items())
+
+
+def _count(metrics: list[str], route: str, method: str = "PATCH") -> int:
+    """How many requests a route has answered, from /metrics (summed over replicas)."""
+    buckets = _summed_buckets(metrics, route, method)
     return buckets[-1][1] if buckets else 0
 
 
-def _histogram_p99(before: str, after: str, route: str, method: str) -> float | None:
+def _histogram_p99(before: list[str], after: list[str], route: str, method: str) -> float | None:
     """The smallest bucket bound holding 99% of a route's requests between two /metrics readings
-    (Prometheus-style, coarse): those of the measured minute, not of the fleet joining."""
-    start = dict(_buckets(before, route, method))
+    (Prometheus-style, coarse; summed over replicas): those of the measured window, not of the
+    fleet joining."""
+    start = dict(_summed_buckets(before, route, method))
     buckets = [
-        (bound, count - start.get(bound, 0)) for bound, count in _buckets(after, route, method)
+        (bound, count - start.get(bound, 0))
+        for bound, count in _summed_buckets(after, route, method)
     ]
     if not buckets or buckets[-1][1] == 0:
         return None
@@ -103,7 +120,9 @@ CALLS = ("list nodes", "list vms", "get node", "watch vms (first event)")
 PARSE = "list nodes: the client's parse of the page"
 
 
-def _client(index: int, url: str, token: str, ca: str, stop: float) -> dict[str, list[float]]:
+def _client(
+    index: int, url: str, token: str, ca: str, stop: float, agents: int
+) -> dict[str, list[float]]:
     """One client: a list, get or watch every REQUEST_INTERVAL until stop (open loop, as people
     and dashboards behave: a slow server meets the same load instead of less of it).
 
@@ -115,13 +134,14 @@ def _client(index: int, url: str, token: str, ca: str, stop: float) -> dict[str,
     # For one minute refcounting frees enough: no collector pause inside a timing.
     gc.disable()
     http = Client(url, token, ca_pem=ca)._http
-    node = f"sim-{1 + index * 37 % AGENTS}"
+    node = f"sim-{1 + index * 37 % agents}"
     timings: dict[str, list[float]] = {name: [] for name in (*CALLS, PARSE)}
 
     def received(path: str, **params: Any) -> bytes:
         response = http.get(path, params=params)
         response.raise_for_status()
-        return response.content
+        content: bytes = response.content
+        return content
 
     def first_event() -> None:
         params = {"watch": "1", "timeoutSeconds": "5"}
@@ -152,69 +172,111 @@ def _client(index: int, url: str, token: str, ca: str, stop: float) -> dict[str,
     return timings
 
 
+@dataclass
+class Load:
+    """What one window under the heartbeat load measured."""
+
+    timings: dict[str, list[float]]  # by call (CALLS and PARSE), in ms, as the clients saw them
+    heartbeats_per_second: float  # heartbeats the controller(s) served in the window
+    heartbeat_p99: float | None  # ms, the heartbeat route's bucket bound holding 99%
+
+
+def measure(
+    client: Client,
+    url: str,
+    token: str,
+    ca: str,
+    *,
+    agents: int,
+    seconds: float,
+    metrics: Callable[[], list[str]],
+) -> Load:
+    """The steady-state window: once `agents` simulated agents (sim-1..sim-N, already joined and
+    heartbeating) have all heartbeated from their heartbeat loop and VMS VMs run, CLIENTS client
+    processes list, get and watch through `url` for `seconds`. `metrics` reads /metrics of every
+    controller serving (one text per replica): the heartbeat route's figures are summed over
+    them."""
+    # Measure the steady state, not the fleet joining or the VMs starting: every agent has
+    # registered, opened its watch and tunnel, and heartbeated once more from its heartbeat
+    # loop, and the VMs the clients list and watch are running.
+    _wait_for_heartbeats(client, since=now_iso())
+    for i in range(VMS):
+        client.create(
+            "virtualmachines",
+            {
+                "metadata": {"name": f"hb-{i}"},
+                "spec": {"image": "sim:1", "cpu": 1, "memory": "1Gi"},
+            },
+            "default",
+        )
+    _wait_for_running(client, VMS)
+    timings: dict[str, list[float]] = {name: [] for name in (*CALLS, PARSE)}
+    stop = time.monotonic() + seconds
+    metrics_before = metrics()
+    window_started = time.monotonic()
+    # Each client is a process of its own, as twenty people or dashboards are: in one process,
+    # twenty threads would wait on each other's turn at the interpreter (and its garbage
+    # collector) and count that wait as the server's.
+    fork = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(CLIENTS, mp_context=fork) as pool:
+        futures = [pool.submit(_client, i, url, token, ca, stop, agents) for i in range(CLIENTS)]
+        for future in futures:
+            for name, values in future.result().items():
+                timings[name] += values
+    metrics_after = metrics()
+    window = time.monotonic() - window_started
+    served = _count(metrics_after, HEARTBEAT_ROUTE) - _count(metrics_before, HEARTBEAT_ROUTE)
+    return Load(
+        timings=timings,
+        heartbeats_per_second=served / window,
+        heartbeat_p99=_histogram_p99(metrics_before, metrics_after, HEARTBEAT_ROUTE, "PATCH"),
+    )
+
+
+def rows(load: Load, prefix: str = "", note: str = "") -> list[dict[str, Any]]:
+    """A window's rows: each call's p50 (its name followed by `note`) and p99, the heartbeats
+    served per second and the heartbeat route's p99, every name after `prefix`."""
+    found: list[dict[str, Any]] = []
+    for name, values in load.timings.items():
+        found.append(
+            {"name": f"{prefix}{name} p50{note}", "value": statistics.median(values), "unit": "ms"}
+        )
+        found.append(
+            {"name": f"{prefix}{name} p99", "value": _percentile(values, 0.99), "unit": "ms"}
+        )
+    found.append(
+        {
+            "name": f"{prefix}heartbeats served per second",
+            "value": load.heartbeats_per_second,
+            "unit": "/s",
+        }
+    )
+    if load.heartbeat_p99 is not None:
+        found.append(
+            {
+                "name": f"{prefix}heartbeat PATCH p99 (server, bucket bound)",
+                "value": load.heartbeat_p99,
+                "unit": "ms",
+            }
+        )
+    return found
+
+
 def run() -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         cluster = Cluster(Path(tmp))
         try:
             cluster.start_with(agents=AGENTS, heartbeat=10.0, agent_niceness=AGENT_NICENESS)
             client = cluster.client
-            # Measure the steady state, not the fleet joining or the VMs starting: every agent has
-            # registered, opened its watch and tunnel, and heartbeated once more from its
-            # heartbeat loop, and the VMs the clients list and watch are running.
-            _wait_for_heartbeats(client, since=now_iso())
-            for i in range(VMS):
-                client.create(
-                    "virtualmachines",
-                    {
-                        "metadata": {"name": f"hb-{i}"},
-                        "spec": {"image": "sim:1", "cpu": 1, "memory": "1Gi"},
-                    },
-                    "default",
-                )
-            _wait_for_running(client, VMS)
-            timings: dict[str, list[float]] = {name: [] for name in (*CALLS, PARSE)}
-            stop = time.monotonic() + SECONDS
-            metrics_before = client._http.get("/metrics").text
-            window_started = time.monotonic()
-            # Each client is a process of its own, as twenty people or dashboards are: in one
-            # process, twenty threads would wait on each other's turn at the interpreter (and
-            # its garbage collector) and count that wait as the server's.
-            fork = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(CLIENTS, mp_context=fork) as pool:
-                futures = [
-                    pool.submit(_client, i, cluster.url, cluster.token, cluster.ca, stop)
-                    for i in range(CLIENTS)
-                ]
-                for future in futures:
-                    for name, values in future.result().items():
-                        timings[name] += values
-            metrics = client._http.get("/metrics").text
-            window = time.monotonic() - window_started
-            rows = []
-            for name, values in timings.items():
-                rows.append(
-                    {
-                        "name": f"{name} p50 ({AGENTS} agents, {CLIENTS} clients)",
-                        "value": statistics.median(values),
-                        "unit": "ms",
-                    }
-                )
-                rows.append(
-                    {"name": f"{name} p99", "value": _percentile(values, 0.99), "unit": "ms"}
-                )
-            heartbeat = _histogram_p99(metrics_before, metrics, HEARTBEAT_ROUTE, "PATCH")
-            served = _count(metrics, HEARTBEAT_ROUTE) - _count(metrics_before, HEARTBEAT_ROUTE)
-            rows.append(
-                {"name": "heartbeats served per second", "value": served / window, "unit": "/s"}
+            load = measure(
+                client,
+                cluster.url,
+                cluster.token,
+                cluster.ca,
+                agents=AGENTS,
+                seconds=SECONDS,
+                metrics=lambda: [client._http.get("/metrics").text],
             )
-            if heartbeat is not None:
-                rows.append(
-                    {
-                        "name": "heartbeat PATCH p99 (server, bucket bound)",
-                        "value": heartbeat,
-                        "unit": "ms",
-                    }
-                )
-            return rows
+            return rows(load, note=f" ({AGENTS} agents, {CLIENTS} clients)")
         finally:
             cluster.stop()
