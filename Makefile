@@ -73,7 +73,7 @@ run: deps system-deps web-deps
 test: deps system-deps web-deps
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: deps web-deps
+bench: deps web-deps system-deps
 	$(PY) -m bench
 
 lint: deps

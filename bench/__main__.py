@@ -54,6 +54,7 @@ def main() -> int:
         "tunnels",
         "runnerpools",
         "ui",
+        "replicas",
     }
     rows = []
     if "foundation" in wanted:
@@ -76,7 +77,7 @@ def main() -> int:
         rows += ui.run()
     if "warm" in wanted:  # not in the default set: boots 20 guests, takes minutes
         rows += warm.run()
-    if "replicas" in wanted:  # not in the default set: PostgreSQL, HAProxy, ~2 minutes
+    if "replicas" in wanted:  # PostgreSQL, HAProxy and 3 replicas, ~4 minutes
         rows += replicas.run()
     if "warmpool" in wanted:  # not in the default set: boots ~40 guests, takes minutes
         rows += warmpool.run()
