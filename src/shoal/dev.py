@@ -33,6 +33,7 @@ class DevSettings:
     qemu: QemuSettings = field(default_factory=lambda: QemuSettings(state_dir=Path(".")))
     heartbeat_interval: float = 5.0
     test_image: bool = True  # with qemu: register the built test guest as Image test-guest
+    tls: bool = False  # HTTPS with a CA of its own (kubectl sends tokens only over HTTPS)
 
 
 def check_loopback(host: str) -> None:
@@ -42,7 +43,7 @@ def check_loopback(host: str) -> None:
         loopback = host == "localhost"
     if not loopback:
         raise ValueError(
-            f"shoal dev serves plain HTTP and listens on loopback only, not {host}; "
+            f"shoal dev listens on loopback only, not {host}; "
             "use `shoal controller` (TLS) to serve a network"
         )
 
@@ -57,12 +58,13 @@ async def run_dev(settings: DevSettings, announce: Callable[[str], None]) -> Non
             data_dir=settings.data_dir,
             host=settings.host,
             port=settings.port,
-            tls=False,
+            tls=settings.tls,
             bookmark_interval=5.0,
         )
     )
     agents: asyncio.Task[None] | None = None
     url = plane.settings.url
+    ca_pem = plane.tls.ca_pem.decode() if plane.tls is not None else None
 
     async def ready() -> None:
         nonlocal agents
@@ -71,7 +73,7 @@ async def run_dev(settings: DevSettings, announce: Callable[[str], None]) -> Non
         for name in names:
             plane.tokens.revoke_subject("Node", "", name)
             token, _ = plane.tokens.issue("Node", "", name)
-            credentials[name] = Credentials(token, None)
+            credentials[name] = Credentials(token, ca_pem)
         plan = AgentPlan(
             server=url,
             names=names,
@@ -86,7 +88,12 @@ async def run_dev(settings: DevSettings, announce: Callable[[str], None]) -> Non
             imported: str | None = await asyncio.to_thread(_import_test_guest, plane)
             image_hint = imported or image_hint
         contexts = Contexts.load()
-        contexts.contexts[DEV_CONTEXT] = Context(server=url, token=plane.admin_token)
+        contexts.contexts[DEV_CONTEXT] = Context(
+            server=url,
+            token=plane.admin_token,
+            caFingerprint=plane.tls.fingerprint if plane.tls is not None else None,
+            caCert=ca_pem,
+        )
         contexts.current = DEV_CONTEXT
         contexts.save()
         announce(

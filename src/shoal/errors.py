@@ -46,6 +46,14 @@ class MethodNotAllowed(ApiError):
     code, reason = 405, "MethodNotAllowed"
 
 
+class NotAcceptable(ApiError):
+    code, reason = 406, "NotAcceptable"
+
+
+class UnsupportedMediaType(ApiError):
+    code, reason = 415, "UnsupportedMediaType"
+
+
 class AlreadyExists(ApiError):
     code, reason = 409, "AlreadyExists"
 
@@ -80,7 +88,9 @@ def error_from_status(code: int, body: Any) -> ApiError:
         Forbidden,
         NotFound,
         MethodNotAllowed,
+        NotAcceptable,
         Gone,
+        UnsupportedMediaType,
         Invalid,
         TooManyRequests,
         Unavailable,

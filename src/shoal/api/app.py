@@ -14,6 +14,9 @@ from shoal.api.access import access_router
 from shoal.api.actions import actions_router
 from shoal.api.context import ApiContext
 from shoal.api.docs import ERRORS
+from shoal.api.kube.discovery import discovery_router, version_info
+from shoal.api.kube.events import core_events_router
+from shoal.api.kube.openapi import openapi_v3_router
 from shoal.api.metrics import install_metrics
 from shoal.api.origin import OriginCheck
 from shoal.api.routes import add_all_kind_routes
@@ -114,7 +117,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.get("/version", tags=["Health"], summary="Server version")
     def version() -> dict[str, str]:
-        return {"version": __version__, "apiVersion": "shoal.dev/v1", "store": ctx.store.dialect}
+        """Kubernetes' version fields (the API level shoal follows; `version` is shoal's own),
+        and the store's dialect."""
+        return {**version_info(), "store": ctx.store.dialect}
 
     @app.get(
         "/ca.crt",
@@ -128,6 +133,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return Response(ctx.ca_pem, media_type="application/x-pem-file")
 
     install_metrics(app, ctx)
+    app.include_router(discovery_router())
+    app.include_router(core_events_router())
+    app.include_router(openapi_v3_router())
     add_all_kind_routes(app.router)
     app.include_router(actions_router())
     app.include_router(access_router())

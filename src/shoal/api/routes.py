@@ -6,9 +6,9 @@ Every handler authorizes first, then does its store work in one transaction (obj
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -18,6 +18,15 @@ from shoal.api import listing
 from shoal.api.auth import Principal, authenticate, authorize, bearer
 from shoal.api.context import ApiContext, get_ctx
 from shoal.api.docs import ERRORS, list_model
+from shoal.api.kube.tables import (
+    TABLE_TYPE,
+    IncludeObject,
+    list_table,
+    object_table,
+    table_events,
+    table_only,
+    wants_table,
+)
 from shoal.api.listing import (
     list_page,
     list_response,
@@ -26,13 +35,30 @@ from shoal.api.listing import (
     watch,
     watch_start,
 )
-from shoal.errors import BadRequest, Forbidden
+from shoal.errors import BadRequest, Forbidden, UnsupportedMediaType
 from shoal.model.registry import KINDS, KindInfo
 from shoal.store import events
 from shoal.store.sealing import SEALED_KINDS
 from shoal.store.store import Obj
 
 PREFIX = "/apis/shoal.dev/v1"
+IncludeObjectParam = Annotated[
+    IncludeObject,
+    Query(description="With a Table answer: what each row carries of its object (as Kubernetes)."),
+]
+AcceptHeader = Annotated[str | None, Header(include_in_schema=False)]
+FieldValidation = Annotated[
+    str | None,
+    Query(
+        max_length=16,
+        description="Strict, Warn or Ignore: shoal always validates strictly (a body with fields "
+        "its kind does not have is refused, 422), which none of them forbids.",
+    ),
+]
+DryRun = Annotated[
+    str | None,
+    Query(max_length=16, description="Not supported: any value is refused (400)."),
+]
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 NamespaceParam = Annotated[
     str, Path(min_length=1, max_length=63, pattern=NAME_PATTERN, description="a namespace")
@@ -298,8 +324,12 @@ def add_list_route(
         watch_: Annotated[bool, Query(alias="watch")] = False,
         resourceVersion: Annotated[str | None, Query(max_length=32)] = None,
         timeoutSeconds: Annotated[int | None, Query(ge=1, le=86400)] = None,
+        includeObject: IncludeObjectParam = IncludeObject.metadata,
+        allowWatchBookmarks: Annotated[bool | None, Query()] = None,
+        accept: AcceptHeader = None,
     ) -> Response:
-        return await handlers.list(
+        table_only(accept)
+        answer = await handlers.list(
             call.ctx,
             call.caller,
             call.namespace,
@@ -310,6 +340,23 @@ def add_list_route(
             watch_,
             resourceVersion,
             timeoutSeconds,
+        )
+        if not wants_table(accept):
+            return answer
+        if isinstance(answer, StreamingResponse):
+            # Without allowWatchBookmarks, kubectl is not sent the bookmarks shoal's own clients
+            # rely on (they ask for JSON, and always get them).
+            events = table_events(
+                handlers.info,
+                cast(AsyncIterator[bytes], answer.body_iterator),
+                includeObject,
+                bool(allowWatchBookmarks),
+                call.ctx.store,
+            )
+            return StreamingResponse(events, media_type=TABLE_TYPE)
+        return Response(
+            list_table(handlers.info, bytes(answer.body), includeObject, call.ctx.store),
+            media_type=TABLE_TYPE,
         )
 
     router.add_api_route(path, list_or_watch, methods=["GET"], name=f"list_{path}", **doc)
@@ -366,15 +413,42 @@ def add_kind_routes(router: APIRouter, info: KindInfo) -> None:
         responses={201: one[200], **ERRORS},
         summary=f"Create a {info.kind}",
     )
-    def create(call: Scoped, body: Annotated[model, Body()]) -> Response:
+    def create(
+        call: Scoped,
+        body: Annotated[model, Body()],
+        fieldValidation: FieldValidation = None,
+        dryRun: DryRun = None,
+    ) -> Response:
+        check_write_options(fieldValidation, dryRun)
         return handlers.create(call.ctx, call.caller, call.namespace, body)
 
     @router.get(item, tags=tags, responses=one, summary=f"Read a {info.kind}")
-    def get(call: Scoped, name: NameParam) -> Response:
-        return handlers.get(call.ctx, call.caller, call.namespace, name)
+    def get(
+        call: Scoped,
+        name: NameParam,
+        includeObject: IncludeObjectParam = IncludeObject.metadata,
+        accept: AcceptHeader = None,
+    ) -> Response:
+        """The object; with `Accept: application/json;as=Table;v=v1;g=meta.k8s.io`, a one-row
+        Table of the `shoal ... list` columns (what `kubectl get KIND NAME` prints)."""
+        table_only(accept)
+        answer = handlers.get(call.ctx, call.caller, call.namespace, name)
+        if not wants_table(accept):
+            return answer
+        return Response(
+            object_table(info, bytes(answer.body), includeObject, call.ctx.store),
+            media_type=TABLE_TYPE,
+        )
 
     @router.put(item, tags=tags, responses=one, summary=f"Replace a {info.kind}")
-    def replace(call: Scoped, name: NameParam, body: Annotated[model, Body()]) -> Response:
+    def replace(
+        call: Scoped,
+        name: NameParam,
+        body: Annotated[model, Body()],
+        fieldValidation: FieldValidation = None,
+        dryRun: DryRun = None,
+    ) -> Response:
+        check_write_options(fieldValidation, dryRun)
         return handlers.replace(call.ctx, call.caller, call.namespace, name, body)
 
     @router.patch(
@@ -384,8 +458,15 @@ def add_kind_routes(router: APIRouter, info: KindInfo) -> None:
         openapi_extra=MERGE_PATCH,
         summary=f"Patch a {info.kind} (JSON merge patch)",
     )
-    async def patch(request: Request, call: Scoped, name: NameParam) -> Response:
-        body = await read_json(request)
+    async def patch(
+        request: Request,
+        call: Scoped,
+        name: NameParam,
+        fieldValidation: FieldValidation = None,
+        dryRun: DryRun = None,
+    ) -> Response:
+        check_write_options(fieldValidation, dryRun)
+        body = await read_patch(request)
         return await run_in_threadpool(
             handlers.patch, call.ctx, call.caller, call.namespace, name, body
         )
@@ -395,7 +476,9 @@ def add_kind_routes(router: APIRouter, info: KindInfo) -> None:
         call: Scoped,
         name: NameParam,
         resourceVersion: Annotated[str | None, Query(max_length=32)] = None,
+        dryRun: DryRun = None,
     ) -> Response:
+        check_write_options(None, dryRun)
         return handlers.delete(call.ctx, call.caller, call.namespace, name, resourceVersion)
 
     if not info.has_status:
@@ -408,7 +491,14 @@ def add_kind_routes(router: APIRouter, info: KindInfo) -> None:
     @router.put(
         item + "/status", tags=tags, responses=one, summary=f"Replace a {info.kind}'s status"
     )
-    def put_status(call: Scoped, name: NameParam, body: Annotated[model, Body()]) -> Response:
+    def put_status(
+        call: Scoped,
+        name: NameParam,
+        body: Annotated[model, Body()],
+        fieldValidation: FieldValidation = None,
+        dryRun: DryRun = None,
+    ) -> Response:
+        check_write_options(fieldValidation, dryRun)
         dumped = body.model_dump(mode="json", exclude_none=True)
         return handlers.write_status(call.ctx, call.caller, call.namespace, name, dumped, False)
 
@@ -419,10 +509,61 @@ def add_kind_routes(router: APIRouter, info: KindInfo) -> None:
         openapi_extra=MERGE_PATCH,
         summary=f"Patch a {info.kind}'s status",
     )
-    async def patch_status(request: Request, call: Scoped, name: NameParam) -> Response:
-        body = await read_json(request)
+    async def patch_status(
+        request: Request,
+        call: Scoped,
+        name: NameParam,
+        fieldValidation: FieldValidation = None,
+        dryRun: DryRun = None,
+    ) -> Response:
+        check_write_options(fieldValidation, dryRun)
+        body = await read_patch(request)
         return await run_in_threadpool(
             handlers.write_status, call.ctx, call.caller, call.namespace, name, body, True
+        )
+
+
+MERGE_TYPES = ("application/merge-patch+json", "application/json", "")
+PATCH_HINTS = {
+    "application/apply-patch+yaml": "server-side apply is not supported: use client-side "
+    "`kubectl apply` (without --server-side), which sends a JSON merge patch",
+    "application/apply-patch+cbor": "server-side apply is not supported: use client-side "
+    "`kubectl apply` (without --server-side), which sends a JSON merge patch",
+    "application/strategic-merge-patch+json": "strategic merge patches are for Kubernetes' "
+    "built-in types: send a JSON merge patch (`kubectl patch --type merge`)",
+    "application/json-patch+json": "JSON patches (RFC 6902) are not supported: send a JSON "
+    "merge patch (`kubectl patch --type merge`)",
+}
+
+
+async def read_patch(request: Request) -> Any:
+    """A PATCH body: a JSON merge patch (RFC 7396). Other patch types get 415 with what to use."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in MERGE_TYPES:
+        raise UnsupportedMediaType(
+            PATCH_HINTS.get(
+                media_type,
+                f"{media_type} is not a patch type shoal takes: send application/merge-patch+json",
+            )
+        )
+    return await read_json(request)
+
+
+def check_write_options(field_validation: str | None, dry_run: str | None) -> None:
+    """fieldValidation: shoal always validates strictly (unknown fields are refused, 422), which
+    satisfies Strict and is stricter than Warn or Ignore (kubectl --validate=false sends Ignore):
+    a body without unknown fields passes under any of them. dryRun: not supported, so refused
+    (kubectl diff and --dry-run=server would otherwise change the object)."""
+    if field_validation not in (None, "", "Strict", "Warn", "Ignore"):
+        raise BadRequest(
+            f"fieldValidation={field_validation} is not one of Strict, Warn, Ignore",
+            field="fieldValidation",
+        )
+    if dry_run is not None:
+        raise BadRequest(
+            "dryRun is not supported: shoal has no server-side dry run (kubectl diff and "
+            "--dry-run=server need one); use kubectl's --dry-run=client",
+            field="dryRun",
         )
 
 

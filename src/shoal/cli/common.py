@@ -39,7 +39,19 @@ NamespaceOpt = Annotated[
 ]
 
 
+# A context given to this process from elsewhere (the `kubectl shoal` plugin: kubectl's current
+# context); it stands for the current one.
+_given: tuple[str, Context] | None = None
+
+
+def use_context(name: str, context: Context) -> None:
+    global _given
+    _given = (name, context)
+
+
 def load_context(name: str | None) -> tuple[str, Context]:
+    if _given is not None and name is None:
+        return _given
     contexts = Contexts.load()
     chosen = name or contexts.current
     if not chosen:

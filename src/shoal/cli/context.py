@@ -187,3 +187,42 @@ def delete(name: NameArg) -> None:
         contexts.current = None
     contexts.save()
     typer.echo(f"context {name} deleted")
+
+
+@app.command()
+def kubeconfig(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="The shoal context (default: the current one).", show_default=False),
+    ] = None,
+    kube_context: Annotated[
+        str | None,
+        typer.Option(help="Name of the kubectl context, cluster and user (default: shoal-NAME)."),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--kubeconfig",
+            help="The kubeconfig to write into (default: the first file of $KUBECONFIG, else "
+            "~/.kube/config).",
+        ),
+    ] = None,
+    set_current: Annotated[bool, typer.Option(help="Make it kubectl's current context.")] = True,
+) -> None:
+    """Write a shoal context into a kubeconfig, so stock kubectl talks to shoal (`kubectl get vms`).
+
+    Merges a cluster (server and CA), a user (the token) and a context of one name, keeping the
+    file's other entries; the file is written 0600. kubectl sends tokens only over HTTPS.
+    """
+    from shoal.cli.common import load_context
+    from shoal.kubeconfig import KubeconfigError, default_path, merge_context
+
+    chosen, context = load_context(name)
+    entry = kube_context or f"shoal-{chosen}"
+    path = file or default_path()
+    try:
+        merge_context(path, entry, context, make_current=set_current)
+    except KubeconfigError as error:
+        raise CliError(str(error)) from None
+    current = " (now kubectl's current context)" if set_current else ""
+    typer.echo(f"kubectl context {entry} written to {path}{current}")

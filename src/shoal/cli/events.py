@@ -14,14 +14,13 @@ from shoal.cli.output import (
     Column,
     Format,
     OutputOpt,
-    age,
     dig,
-    field,
     print_data,
     print_table,
 )
 from shoal.cli.parse import parse_object_ref
 from shoal.client import Obj
+from shoal.columns import TABLES
 from shoal.errors import Gone, Unavailable
 
 PLURAL = "events"
@@ -29,24 +28,8 @@ PLURAL = "events"
 CLUSTER_EVENTS_NAMESPACE = "default"
 
 
-def last_seen(event: Obj) -> str:
-    return age(event.get("lastTimestamp") or event.get("firstTimestamp"))
-
-
-def object_text(event: Obj) -> str:
-    involved = event.get("involvedObject") or {}
-    return f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}"
-
-
-COLUMNS: list[Column] = [
-    ("LAST SEEN", last_seen),
-    ("TYPE", field("type", "Normal")),
-    ("REASON", field("reason")),
-    ("OBJECT", object_text),
-    ("COUNT", field("count", "1")),
-    ("MESSAGE", field("message")),
-]
-NAMESPACE_COLUMN: Column = ("NAMESPACE", field("metadata.namespace"))
+TABLE = TABLES["Event"]
+COLUMNS = TABLE.columns
 
 
 def sort_key(event: Obj) -> str:
@@ -171,7 +154,7 @@ def events(
             scope = CLUSTER_EVENTS_NAMESPACE
         listing = fetch_list(target.client, PLURAL, scope, fieldSelector=selector)
         items = sorted(listing["items"], key=sort_key)
-        columns = [NAMESPACE_COLUMN, *COLUMNS] if scope is None else COLUMNS
+        columns = TABLE.chosen(all_namespaces=scope is None)
         printer = RowPrinter(columns, items)
         if output in (Format.json, Format.yaml) and not watch:
             print_data(listing, output)
@@ -193,9 +176,5 @@ def events(
     if not items:
         typer.echo("No events found.", err=True)
         return
-    headers = [h for h, _ in columns]
-    rows = [[get(e) for _, get in columns] for e in items]
-    if output is Format.wide:
-        rows = [[*r, str(e.get("source", ""))] for r, e in zip(rows, items, strict=True)]
-        headers = [*headers, "SOURCE"]
-    print_table(headers, rows)
+    chosen = TABLE.chosen(all_namespaces=scope is None, wide=output is Format.wide)
+    print_table([h for h, _ in chosen], [[get(e) for _, get in chosen] for e in items])

@@ -16,11 +16,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from shoal.cli import imagecache
 from shoal.cli.common import API_VERSION, CliError, ContextOpt, Target, connect, fetch_list
 from shoal.cli.output import (
-    Column,
     Format,
     OutputOpt,
     created_age,
-    field,
     human_size,
     print_data,
     print_kv,
@@ -29,6 +27,7 @@ from shoal.cli.output import (
 )
 from shoal.cli.removal import delete_each
 from shoal.client import Obj
+from shoal.columns import TABLES, image_size, image_source
 from shoal.images import credentials
 from shoal.images.chunks import DEFAULT_CHUNK_SIZE, check_chunk_size
 from shoal.images.containerdisk import LAYER_TYPES
@@ -47,29 +46,9 @@ app = typer.Typer(help="Manage VM images.", no_args_is_help=True)
 app.add_typer(imagecache.app, name="cache")
 
 
-def _source(obj: Obj) -> str:
-    source = (obj.get("spec") or {}).get("source") or {}
-    if source.get("oci"):
-        return str(source["oci"])
-    local = source.get("local") or {}
-    return str((local.get("disk") or {}).get("path", "<none>"))
-
-
-def _size(obj: Obj) -> str:
-    local = ((obj.get("spec") or {}).get("source") or {}).get("local") or {}
-    size = sum(int(entry.get("size") or 0) for entry in local.values() if entry)
-    return human_size(size) if size else "<unknown>"
-
-
-COLUMNS: list[Column] = [
-    ("NAME", field("metadata.name")),
-    ("OS", field("spec.os")),
-    ("ARCH", field("spec.arch")),
-    ("BOOT", field("spec.boot")),
-    ("SIZE", _size),
-    ("AGE", created_age),
-]
-WIDE: list[Column] = [("SOURCE", _source), ("SSH USER", field("spec.sshUser"))]
+TABLE = TABLES["Image"]
+COLUMNS = TABLE.columns
+WIDE = TABLE.wide
 
 
 def describe(obj: Obj) -> None:
@@ -77,12 +56,12 @@ def describe(obj: Obj) -> None:
     local = (spec.get("source") or {}).get("local") or {}
     pairs = [
         ("Name", obj["metadata"]["name"]),
-        ("Source", _source(obj)),
+        ("Source", image_source(obj)),
         ("OS", str(spec.get("os"))),
         ("Arch", str(spec.get("arch"))),
         ("Boot", f"{spec.get('boot')} ({spec.get('firmware')})"),
         ("SSH user", str(spec.get("sshUser"))),
-        ("Size", _size(obj)),
+        ("Size", image_size(obj)),
         ("Age", created_age(obj)),
     ]
     for role in ("disk", "kernel", "initrd"):

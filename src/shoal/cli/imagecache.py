@@ -16,11 +16,9 @@ from rich.progress import (
 
 from shoal.cli.common import CliError, ContextOpt, connect, fetch_list
 from shoal.cli.output import (
-    Column,
     Format,
     OutputOpt,
     created_age,
-    field,
     print_kv,
     print_list,
     print_object,
@@ -28,6 +26,7 @@ from shoal.cli.output import (
 from shoal.cli.parse import parse_pairs
 from shoal.cli.removal import delete_each
 from shoal.client import Obj
+from shoal.columns import TABLES, imagecache_ready, imagecache_targets
 from shoal.model.meta import API_VERSION
 
 PLURAL = "imagecaches"
@@ -36,36 +35,16 @@ POLL = 0.5
 app = typer.Typer(help="Keep images pulled on nodes ahead of time.", no_args_is_help=True)
 
 
-def _targets(obj: Obj) -> str:
-    spec = obj.get("spec") or {}
-    if spec.get("allNodes"):
-        return "all nodes"
-    if spec.get("nodes"):
-        return ",".join(spec["nodes"])
-    return ",".join(f"{k}={v}" for k, v in (spec.get("nodeSelector") or {}).items())
-
-
-def _ready(obj: Obj) -> str:
-    status = obj.get("status") or {}
-    return f"{status.get('ready', 0)}/{status.get('desired', 0)}"
-
-
-COLUMNS: list[Column] = [
-    ("NAME", field("metadata.name")),
-    ("IMAGE", field("spec.image")),
-    ("NODES", _targets),
-    ("READY", _ready),
-    ("FAILED", field("status.failed")),
-    ("AGE", created_age),
-]
+TABLE = TABLES["ImageCache"]
+COLUMNS = TABLE.columns
 
 
 def describe(obj: Obj) -> None:
     pairs = [
         ("Name", obj["metadata"]["name"]),
         ("Image", obj["spec"]["image"]),
-        ("Nodes", _targets(obj)),
-        ("Ready", _ready(obj)),
+        ("Nodes", imagecache_targets(obj)),
+        ("Ready", imagecache_ready(obj)),
         ("Age", created_age(obj)),
     ]
     for node, entry in sorted(((obj.get("status") or {}).get("nodes") or {}).items()):
@@ -112,7 +91,7 @@ def _follow(target_client: object, name: str, timeout: float) -> Obj:
                 return obj
             if time.monotonic() > deadline:
                 raise CliError(
-                    f"image cache {name}: {_ready(obj)} nodes ready after {timeout:.0f}s"
+                    f"image cache {name}: {imagecache_ready(obj)} nodes ready after {timeout:.0f}s"
                 )
             time.sleep(POLL)
 
@@ -162,7 +141,9 @@ def add(
     if output in (Format.json, Format.yaml):
         print_object(created, output, describe)
     elif wait:
-        typer.echo(f"image cache {created['metadata']['name']}: {_ready(created)} nodes ready")
+        typer.echo(
+            f"image cache {created['metadata']['name']}: {imagecache_ready(created)} nodes ready"
+        )
     else:
         typer.echo(f"image cache {created['metadata']['name']} created")
 

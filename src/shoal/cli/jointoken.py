@@ -5,16 +5,13 @@ from typing import Annotated
 import typer
 
 from shoal.cli.common import ContextOpt, connect
-from shoal.cli.output import Column, Format, OutputOpt, age, print_list, until
+from shoal.cli.output import Format, OutputOpt, print_list
 from shoal.cli.parse import parse_duration
+from shoal.columns import JOIN_TOKEN_COLUMNS
 
 app = typer.Typer(help="Tokens that let new hosts join.", no_args_is_help=True)
 
-COLUMNS: list[Column] = [
-    ("ID", lambda t: str(t.get("id", ""))),
-    ("CREATED", lambda t: age(t.get("createdAt"))),
-    ("EXPIRES", lambda t: until(t.get("expiresAt"))),
-]
+COLUMNS = JOIN_TOKEN_COLUMNS
 
 
 @app.command()

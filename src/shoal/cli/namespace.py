@@ -6,12 +6,10 @@ import typer
 
 from shoal.cli.common import API_VERSION, ContextOpt, connect, fetch_list
 from shoal.cli.output import (
-    Column,
     Format,
     OutputOpt,
     created_age,
     dig,
-    field,
     labels_text,
     print_data,
     print_kv,
@@ -21,6 +19,7 @@ from shoal.cli.output import (
 from shoal.cli.parse import parse_pairs
 from shoal.cli.removal import delete_each
 from shoal.client import Obj
+from shoal.columns import TABLES
 
 PLURAL = "namespaces"
 
@@ -28,12 +27,9 @@ app = typer.Typer(help="Manage namespaces.", no_args_is_help=True)
 
 NameArg = Annotated[str, typer.Argument(help="Name of the namespace.", show_default=False)]
 
-COLUMNS: list[Column] = [
-    ("NAME", field("metadata.name")),
-    ("STATUS", field("status.phase", "Active")),
-    ("AGE", created_age),
-]
-WIDE: list[Column] = [("LABELS", lambda o: labels_text(dig(o, "metadata.labels")))]
+TABLE = TABLES["Namespace"]
+COLUMNS = TABLE.columns
+WIDE = TABLE.wide
 
 
 def describe(obj: Obj) -> None:

@@ -1,7 +1,5 @@
 """`shoal node`: hosts, their capacity and use; cordon, drain, labels, join tokens."""
 
-import contextlib
-from dataclasses import dataclass
 from typing import Annotated
 
 import typer
@@ -19,15 +17,15 @@ from shoal.cli.output import (
     labels_text,
     print_data,
     print_kv,
+    print_list,
     print_object,
     print_section,
-    print_table,
 )
 from shoal.cli.parse import parse_label_edits
 from shoal.cli.wait import Objects, all_gone, follow
 from shoal.client import Obj
+from shoal.columns import Usage, bytes_text, node_columns, node_status, usage_by_node
 from shoal.errors import Forbidden
-from shoal.quantity import describe_bytes, parse_bytes
 
 PLURAL = "nodes"
 
@@ -37,75 +35,11 @@ app.add_typer(jointoken.app, name="join-token", help="Tokens that let new hosts 
 NameArg = Annotated[str, typer.Argument(help="Name of the node.", show_default=False)]
 
 
-@dataclass
-class Usage:
-    cpu: int = 0
-    memory: int = 0
-    vms: int = 0
-
-
-def usage_by_node(vms: list[Obj]) -> dict[str, Usage]:
-    """What the VMs bound to each node reserve (every bound VM holds its share until gone)."""
-    usage: dict[str, Usage] = {}
-    for vm in vms:
-        spec = vm.get("spec") or {}
-        node = spec.get("nodeName")
-        if not node:
-            continue
-        used = usage.setdefault(node, Usage())
-        used.cpu += int(spec.get("cpu") or 0)
-        with contextlib.suppress(ValueError):
-            used.memory += parse_bytes(spec.get("memory") or 0)
-        used.vms += 1
-    return usage
-
-
-def _size(value: int) -> str:
-    return describe_bytes(value) if value else "0"
-
-
-def _alloc_bytes(node: Obj, key: str) -> str:
-    value = dig(node, f"status.allocatable.{key}", "0")
-    try:
-        return _size(parse_bytes(value)) if value not in ("0", 0) else "0"
-    except ValueError:
-        return str(value)
-
-
-def node_status(node: Obj) -> str:
-    ready = next((c for c in dig(node, "status.conditions", []) if c.get("type") == "Ready"), None)
-    text = "Ready" if ready is not None and ready.get("status") == "True" else "NotReady"
-    if dig(node, "spec.unschedulable"):
-        text += ",SchedulingDisabled"
-    if dig(node, "metadata.deletionTimestamp"):
-        text += ",Terminating"
-    return text
-
-
 def node_row(node: Obj, used: Usage | None, wide: bool) -> list[str]:
-    cpu_alloc = dig(node, "status.allocatable.cpu", 0)
-    cpu = f"{used.cpu}/{cpu_alloc}" if used else f"?/{cpu_alloc}"
-    memory = _alloc_bytes(node, "memory")
-    memory = f"{_size(used.memory)}/{memory}" if used else f"?/{memory}"
-    row = [
-        node["metadata"]["name"],
-        node_status(node),
-        str(dig(node, "status.backend", "<unknown>")),
-        str(dig(node, "status.arch", "<unknown>")),
-        cpu,
-        memory,
-        str(used.vms) if used else "?",
-        created_age(node),
-    ]
-    if wide:
-        row += [
-            str(dig(node, "status.os", "")),
-            ",".join(dig(node, "status.addresses", [])) or "<none>",
-            str(dig(node, "status.agentVersion", "")),
-            age(dig(node, "status.lastHeartbeatTime")),
-            labels_text(dig(node, "metadata.labels")),
-        ]
-    return row
+    """One node's cells, with what its VMs use (None: not known)."""
+    usage = None if used is None else {str(dig(node, "metadata.name", "")): used}
+    table = node_columns(usage)
+    return [get(node) for _, get in table.chosen(wide=wide)]
 
 
 def _vms(target: Target, node: str | None = None) -> list[Obj] | None:
@@ -138,19 +72,8 @@ def list_(
         typer.echo("No nodes found.", err=True)
         return
     usage = usage_by_node(vms) if vms is not None else None
-    wide = output is Format.wide
-    headers = ["NAME", "STATUS", "BACKEND", "ARCH", "CPU", "MEMORY", "VMS", "AGE"]
-    if wide:
-        headers += ["OS", "ADDRESSES", "VERSION", "HEARTBEAT", "LABELS"]
-    rows = [
-        node_row(
-            node,
-            None if usage is None else usage.get(node["metadata"]["name"], Usage()),
-            wide,
-        )
-        for node in listing["items"]
-    ]
-    print_table(headers, rows)
+    table = node_columns(usage)
+    print_list(listing, output, table.columns, table.wide)
 
 
 @app.command()
@@ -179,7 +102,7 @@ def get(name: NameArg, output: OutputOpt = Format.table, context: ContextOpt = N
                 ("Allocatable", _resources(alloc)),
                 (
                     "Used",
-                    f"cpu={used.cpu} memory={_size(used.memory)} vms={used.vms}"
+                    f"cpu={used.cpu} memory={bytes_text(used.memory)} vms={used.vms}"
                     if used
                     else "<unknown>",
                 ),

@@ -4,7 +4,6 @@ import io
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -16,7 +15,20 @@ from rich.text import Text
 
 from shoal.client import Obj
 
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+# The values and columns live in shoal.columns (shared with the server's kubectl Tables); they are
+# imported here, as X as X, for the modules that take them from this one.
+from shoal.columns import TIME_FORMAT as TIME_FORMAT
+from shoal.columns import Column as Column
+from shoal.columns import Getter as Getter
+from shoal.columns import age as age
+from shoal.columns import created_age as created_age
+from shoal.columns import dig as dig
+from shoal.columns import field as field
+from shoal.columns import human_duration as human_duration
+from shoal.columns import human_size as human_size
+from shoal.columns import labels_text as labels_text
+from shoal.columns import parse_time as parse_time
+from shoal.columns import until as until
 
 
 class Format(StrEnum):
@@ -35,88 +47,6 @@ OutputOpt = Annotated[
         case_sensitive=False,
     ),
 ]
-
-Getter = Callable[[Obj], str]
-Column = tuple[str, Getter]
-
-
-# -- values -------------------------------------------------------------------------------
-
-
-def dig(obj: Any, path: str, default: Any = None) -> Any:
-    """The value at a dotted path, or default when any step is missing."""
-    value = obj
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return default
-        value = value[part]
-    return default if value is None else value
-
-
-def field(path: str, default: str = "") -> Getter:
-    def get(obj: Obj) -> str:
-        value = dig(obj, path)
-        return default if value is None or value == "" else str(value)
-
-    return get
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
-
-
-def human_size(size: int) -> str:
-    """Bytes for people: 1 decimal, binary units (22.0Mi)."""
-    value = float(size)
-    for unit in ("", "Ki", "Mi", "Gi", "Ti"):
-        if value < 1024 or unit == "Ti":
-            return f"{value:.0f}{unit}" if unit == "" else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{size}"
-
-
-def human_duration(seconds: float) -> str:
-    """kubectl-like: 5s, 3m, 2h, 4d (whole units, rounded down)."""
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 86400:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
-
-
-def age(timestamp: str | None, now: datetime | None = None) -> str:
-    """How long ago timestamp was, e.g. "3m"; "<unknown>" when absent or unreadable."""
-    if not timestamp:
-        return "<unknown>"
-    try:
-        then = parse_time(timestamp)
-    except ValueError:
-        return "<unknown>"
-    return human_duration(((now or datetime.now(UTC)) - then).total_seconds())
-
-
-def until(timestamp: str | None, now: datetime | None = None) -> str:
-    """How long until timestamp, e.g. "in 59m"; "never" when absent, "expired" when past."""
-    if not timestamp:
-        return "never"
-    try:
-        then = parse_time(timestamp)
-    except ValueError:
-        return timestamp
-    left = (then - (now or datetime.now(UTC))).total_seconds()
-    return "expired" if left <= 0 else f"in {human_duration(left)}"
-
-
-def created_age(obj: Obj) -> str:
-    return age(dig(obj, "metadata.creationTimestamp"))
-
-
-def labels_text(labels: dict[str, str] | None) -> str:
-    return ",".join(f"{k}={v}" for k, v in (labels or {}).items()) or "<none>"
-
 
 # -- consoles -----------------------------------------------------------------------------
 

@@ -7,12 +7,10 @@ import typer
 
 from shoal.cli.common import API_VERSION, CliError, ContextOpt, NamespaceOpt, connect, fetch_list
 from shoal.cli.output import (
-    Column,
     Format,
     OutputOpt,
     created_age,
     dig,
-    field,
     print_data,
     print_kv,
     print_list,
@@ -22,6 +20,7 @@ from shoal.cli.output import (
 from shoal.cli.parse import parse_subject
 from shoal.cli.removal import delete_each
 from shoal.client import Obj
+from shoal.columns import TABLES
 
 PLURAL = "rolebindings"
 
@@ -37,22 +36,8 @@ class Role(StrEnum):
     connect = "connect"
 
 
-def subject_text(subject: Obj) -> str:
-    if subject.get("kind") == "ServiceAccount":
-        return f"serviceaccount:{subject.get('namespace') or ''}:{subject.get('name')}"
-    return f"{str(subject.get('kind', '')).lower()}:{subject.get('name')}"
-
-
-def subjects_text(obj: Obj) -> str:
-    return ",".join(subject_text(s) for s in obj.get("subjects") or [])
-
-
-COLUMNS: list[Column] = [
-    ("NAME", field("metadata.name")),
-    ("ROLE", field("roleRef.name")),
-    ("SUBJECTS", subjects_text),
-    ("AGE", created_age),
-]
+TABLE = TABLES["RoleBinding"]
+COLUMNS = TABLE.columns
 
 
 def describe(obj: Obj) -> None:
@@ -131,7 +116,7 @@ def list_(
     """List role bindings."""
     with connect(context, namespace) as target:
         listing = fetch_list(target.client, PLURAL, None if all_namespaces else target.namespace)
-    first: list[Column] = [("NAMESPACE", field("metadata.namespace"))] if all_namespaces else []
+    first = TABLE.first(all_namespaces=all_namespaces)
     print_list(listing, output, COLUMNS, first=first)
 
 

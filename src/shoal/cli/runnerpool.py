@@ -9,13 +9,11 @@ import yaml
 
 from shoal.cli.common import API_VERSION, CliError, ContextOpt, NamespaceOpt, connect, fetch_list
 from shoal.cli.output import (
-    Column,
     Format,
     OutputOpt,
     age,
     conditions_rows,
     created_age,
-    field,
     print_kv,
     print_list,
     print_object,
@@ -23,6 +21,7 @@ from shoal.cli.output import (
 )
 from shoal.cli.removal import delete_each
 from shoal.client import Obj
+from shoal.columns import TABLES, runnerpool_states, runnerpool_target
 
 PLURAL = "runnerpools"
 
@@ -32,48 +31,9 @@ app = typer.Typer(
 )
 
 
-def _target(obj: Obj) -> str:
-    spec = obj.get("spec") or {}
-    provider = spec.get("provider", "")
-    target = spec.get(provider) or {}
-    if provider == "github":
-        where = target.get("organization") or target.get("repository") or ""
-        return f"github {where} [{','.join(target.get('labels') or [])}]"
-    if provider == "jenkins":
-        return f"jenkins {target.get('url', '')} [{target.get('label', '')}]"
-    if provider == "buildkite":
-        return f"buildkite {target.get('organization', '')} queue={target.get('queue', '')}"
-    return str(provider)
-
-
-def _runners(obj: Obj) -> str:
-    counts = (obj.get("status") or {}).get("runners") or {}
-    live = sum(int(counts.get(k, 0)) for k in ("starting", "idle", "busy", "finishing"))
-    return f"{live}/{(obj.get('spec') or {}).get('maxRunners', 0)}"
-
-
-def _counts(obj: Obj) -> str:
-    counts = (obj.get("status") or {}).get("runners") or {}
-    return " ".join(f"{k}={counts.get(k, 0)}" for k in ("starting", "idle", "busy", "finishing"))
-
-
-def _synced(obj: Obj) -> str:
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    synced = next((c for c in conditions if c.get("type") == "Synced"), None)
-    if synced is None:
-        return "-"
-    return "True" if synced.get("status") == "True" else str(synced.get("reason") or "False")
-
-
-COLUMNS: list[Column] = [
-    ("NAME", field("metadata.name")),
-    ("CI", _target),
-    ("RUNNERS", _runners),
-    ("WAITING", field("status.jobsWaiting", "0")),
-    ("SYNCED", _synced),
-    ("AGE", created_age),
-]
-WIDE: list[Column] = [("STATES", _counts), ("MESSAGE", field("status.message"))]
+TABLE = TABLES["RunnerPool"]
+COLUMNS = TABLE.columns
+WIDE = TABLE.wide
 
 
 def describe(obj: Obj) -> None:
@@ -82,12 +42,12 @@ def describe(obj: Obj) -> None:
     pairs = [
         ("Name", obj["metadata"]["name"]),
         ("Namespace", obj["metadata"].get("namespace", "")),
-        ("CI", _target(obj)),
+        ("CI", runnerpool_target(obj)),
         ("Credentials", (spec.get("credentialsRef") or {}).get("name", "")),
         ("Template", template.get("config") or template.get("image") or ""),
         ("Max runners", str(spec.get("maxRunners", ""))),
         ("Min idle", str(spec.get("minIdle", 0))),
-        ("Runners", _counts(obj)),
+        ("Runners", runnerpool_states(obj)),
         ("Jobs waiting", str(status.get("jobsWaiting", 0))),
         (
             "Last sync",
@@ -267,7 +227,7 @@ def list_(
     """List runner pools with their runners and waiting jobs."""
     with connect(context, namespace) as target:
         listing = fetch_list(target.client, PLURAL, None if all_namespaces else target.namespace)
-    first: list[Column] = [("NAMESPACE", field("metadata.namespace"))] if all_namespaces else []
+    first = TABLE.first(all_namespaces=all_namespaces)
     print_list(listing, output, COLUMNS, WIDE, first=first)
 
 

@@ -17,11 +17,9 @@ import typer
 
 from shoal.cli.common import API_VERSION, CliError, ContextOpt, NamespaceOpt, connect, fetch_list
 from shoal.cli.output import (
-    Column,
     Format,
     OutputOpt,
     created_age,
-    field,
     labels_text,
     print_data,
     print_kv,
@@ -30,6 +28,7 @@ from shoal.cli.output import (
 from shoal.cli.parse import parse_pairs
 from shoal.cli.removal import delete_each
 from shoal.client import Obj
+from shoal.columns import TABLES
 
 PLURAL = "secrets"
 HIDDEN = "values hidden (null): add --reveal to print them"
@@ -78,12 +77,8 @@ def hidden(obj: Obj) -> Obj:
     return {**obj, "data": {key: None for key in obj.get("data") or {}}}
 
 
-COLUMNS: list[Column] = [
-    ("NAME", field("metadata.name")),
-    ("TYPE", field("type")),
-    ("KEYS", lambda obj: ",".join(_keys(obj)) or "<none>"),
-    ("AGE", created_age),
-]
+TABLE = TABLES["Secret"]
+COLUMNS = TABLE.columns
 
 
 def _size(value: str | None) -> str:
@@ -297,7 +292,7 @@ def list_(
         shown = {**listing, "items": [hidden(item) for item in items]}
         _print_hidden(shown, output, any(item.get("data") for item in items))
         return
-    first: list[Column] = [("NAMESPACE", field("metadata.namespace"))] if all_namespaces else []
+    first = TABLE.first(all_namespaces=all_namespaces)
     print_list(listing, output, COLUMNS, first=first)
 
 

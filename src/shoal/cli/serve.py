@@ -72,8 +72,15 @@ def register(app: typer.Typer) -> None:
             Path, typer.Option(help="Where the database, tokens and VM state live.")
         ] = Path(".shoal-dev"),
         listen: Annotated[
-            str, typer.Option(help="HOST:PORT to serve plain HTTP on (loopback only).")
+            str, typer.Option(help="HOST:PORT to serve on (loopback only).")
         ] = "127.0.0.1:8420",
+        tls: Annotated[
+            bool,
+            typer.Option(
+                help="Serve HTTPS with a CA of its own (in DATA_DIR/tls; the CLI context pins "
+                "it). kubectl sends tokens only over HTTPS."
+            ),
+        ] = False,
         backend: Annotated[
             str, typer.Option(help="auto (qemu when QEMU runs guests here, else sim), sim or qemu.")
         ] = "auto",
@@ -143,6 +150,7 @@ def register(app: typer.Typer) -> None:
             port=port,
             backend=backend,
             nodes=nodes,
+            tls=tls,
             sim=SimSettings(
                 boot_delay=sim_boot_delay,
                 cpu=sim_cpu,

@@ -6,13 +6,11 @@ import typer
 
 from shoal.cli.common import API_VERSION, ContextOpt, NamespaceOpt, connect, fetch_list
 from shoal.cli.output import (
-    Column,
     Format,
     OutputOpt,
     age,
     created_age,
     dig,
-    field,
     labels_text,
     print_data,
     print_kv,
@@ -23,6 +21,7 @@ from shoal.cli.output import (
 )
 from shoal.cli.removal import delete_each
 from shoal.client import Obj
+from shoal.columns import TABLES
 
 PLURAL = "serviceaccounts"
 
@@ -30,12 +29,9 @@ app = typer.Typer(help="Manage service accounts.", no_args_is_help=True)
 
 NameArg = Annotated[str, typer.Argument(help="Name of the service account.", show_default=False)]
 
-COLUMNS: list[Column] = [
-    ("NAME", field("metadata.name")),
-    ("TOKENS", lambda o: str(len(dig(o, "status.tokens", [])))),
-    ("AGE", created_age),
-]
-WIDE: list[Column] = [("DESCRIPTION", field("spec.description"))]
+TABLE = TABLES["ServiceAccount"]
+COLUMNS = TABLE.columns
+WIDE = TABLE.wide
 
 
 def token_rows(obj: Obj) -> list[list[str]]:
@@ -92,7 +88,7 @@ def list_(
     """List service accounts."""
     with connect(context, namespace) as target:
         listing = fetch_list(target.client, PLURAL, None if all_namespaces else target.namespace)
-    first: list[Column] = [("NAMESPACE", field("metadata.namespace"))] if all_namespaces else []
+    first = TABLE.first(all_namespaces=all_namespaces)
     print_list(listing, output, COLUMNS, WIDE, first=first)
 
 

@@ -16,13 +16,11 @@ from shoal.cli.common import (
     fetch_list,
 )
 from shoal.cli.output import (
-    Column,
     Format,
     OutputOpt,
     conditions_rows,
     created_age,
     dig,
-    field,
     labels_text,
     print_data,
     print_kv,
@@ -33,6 +31,7 @@ from shoal.cli.output import (
 from shoal.cli.removal import delete_each
 from shoal.cli.wait import follow, phase_text, vm_reaches
 from shoal.client import Obj
+from shoal.columns import TABLES, vm_phase, vm_ports
 from shoal.errors import ApiError
 
 PLURAL = "virtualmachines"
@@ -48,36 +47,9 @@ NameArg = Annotated[str, typer.Argument(help="Name of the VM.", show_default=Fal
 
 # -- columns -------------------------------------------------------------------------------
 
-
-def vm_phase(vm: Obj) -> str:
-    if dig(vm, "metadata.deletionTimestamp"):
-        return "Terminating"
-    return str(dig(vm, "status.phase", "Pending"))
-
-
-def vm_ports(vm: Obj) -> str:
-    mapped = dig(vm, "status.ports", [])
-    if mapped:
-        return ",".join(f"{p.get('address', '')}:{p['host']}->{p['guest']}" for p in mapped)
-    wanted = dig(vm, "spec.ports", [])
-    return ",".join(str(p["guest"]) for p in wanted) or "<none>"
-
-
-NAMESPACE_COLUMN: Column = ("NAMESPACE", field("metadata.namespace"))
-COLUMNS: list[Column] = [
-    ("NAME", field("metadata.name")),
-    ("PHASE", vm_phase),
-    ("NODE", field("spec.nodeName", "<none>")),
-    ("IMAGE", field("spec.image")),
-    ("CPU", field("spec.cpu")),
-    ("MEMORY", field("spec.memory")),
-    ("AGE", created_age),
-]
-WIDE: list[Column] = [
-    ("DISK", field("spec.disk")),
-    ("PORTS", vm_ports),
-    ("MESSAGE", field("status.message")),
-]
+TABLE = TABLES["VirtualMachine"]
+COLUMNS = TABLE.columns
+WIDE = TABLE.wide
 
 
 def describe(vm: Obj) -> None:
@@ -236,7 +208,7 @@ def list_(
             labelSelector=selector,
             fieldSelector=field_selector,
         )
-    first = [NAMESPACE_COLUMN] if all_namespaces or output is Format.wide else []
+    first = TABLE.first(all_namespaces=all_namespaces, wide=output is Format.wide)
     print_list(listing, output, COLUMNS, WIDE, first=first)
 
 

@@ -16,11 +16,9 @@ from shoal.cli.common import (
     load_object_file,
 )
 from shoal.cli.output import (
-    Column,
     Format,
     OutputOpt,
     created_age,
-    field,
     labels_text,
     print_kv,
     print_list,
@@ -29,30 +27,16 @@ from shoal.cli.output import (
 from shoal.cli.parse import parse_pairs
 from shoal.cli.removal import delete_each
 from shoal.client import Obj
+from shoal.columns import TABLES
 
 PLURAL = "vmconfigs"
 
 app = typer.Typer(help="Manage VMConfigs (named VM templates).", no_args_is_help=True)
 
 
-def _ports(obj: Obj) -> str:
-    return ",".join(str(p["guest"]) for p in (obj.get("spec") or {}).get("ports") or []) or "<none>"
-
-
-COLUMNS: list[Column] = [
-    ("NAME", field("metadata.name")),
-    ("IMAGE", field("spec.image")),
-    ("CPU", field("spec.cpu")),
-    ("MEMORY", field("spec.memory")),
-    ("DISK", field("spec.disk")),
-    ("OS", field("spec.os")),
-    ("AGE", created_age),
-]
-WIDE: list[Column] = [
-    ("ARCH", field("spec.arch")),
-    ("PORTS", _ports),
-    ("SELECTOR", lambda o: labels_text((o.get("spec") or {}).get("nodeSelector"))),
-]
+TABLE = TABLES["VMConfig"]
+COLUMNS = TABLE.columns
+WIDE = TABLE.wide
 
 
 def describe(obj: Obj) -> None:
@@ -182,7 +166,7 @@ def list_(
             None if all_namespaces else target.namespace,
             labelSelector=selector,
         )
-    first: list[Column] = [("NAMESPACE", field("metadata.namespace"))] if all_namespaces else []
+    first = TABLE.first(all_namespaces=all_namespaces)
     print_list(listing, output, COLUMNS, WIDE, first=first)
 
 

@@ -17,15 +17,11 @@ from shoal.cli.common import (
     load_object_file,
 )
 from shoal.cli.output import (
-    Column,
     Format,
-    Getter,
     OutputOpt,
-    age,
     conditions_rows,
     created_age,
     dig,
-    field,
     labels_text,
     print_kv,
     print_list,
@@ -35,9 +31,10 @@ from shoal.cli.output import (
 from shoal.cli.parse import parse_duration, parse_pairs
 from shoal.cli.removal import delete_each
 from shoal.cli.vm import PLURAL as VM_PLURAL
-from shoal.cli.vm import TimeoutOpt, vm_phase
+from shoal.cli.vm import TimeoutOpt
 from shoal.cli.wait import Judge, Objects, Verdict, follow
 from shoal.client import Client, Obj
+from shoal.columns import TABLES, seconds, vm_phase, warmpool_last_discard, warmpool_ready
 from shoal.model.warmpool import POOL_LABEL
 
 PLURAL = "warmpools"
@@ -65,42 +62,9 @@ SizeOpt = Annotated[
 
 # -- columns -------------------------------------------------------------------------------
 
-
-def _ready(obj: Obj) -> str:
-    return f"{dig(obj, 'status.ready', 0)}/{dig(obj, 'spec.size', 0)}"
-
-
-def _seconds(path: str) -> Getter:
-    def get(obj: Obj) -> str:
-        value = dig(obj, path)
-        return "-" if value is None else f"{value}s"
-
-    return get
-
-
-def _last_discard(obj: Obj) -> str:
-    reason = dig(obj, "status.lastDiscardReason")
-    if not reason:
-        return "-"
-    when = dig(obj, "status.lastDiscardTime")
-    return f"{reason} ({age(when)} ago)" if when else str(reason)
-
-
-COLUMNS: list[Column] = [
-    ("NAME", field("metadata.name")),
-    ("CONFIG", field("spec.config")),
-    ("MODE", field("spec.mode", "suspended")),
-    ("READY", _ready),
-    ("REFILLING", field("status.refilling", "0")),
-    ("CLAIMING", field("status.claiming", "0")),
-    ("AGE", created_age),
-]
-WIDE: list[Column] = [
-    ("NODE-SELECTOR", lambda o: labels_text(dig(o, "spec.nodeSelector"))),
-    ("MAX-IDLE", _seconds("spec.maxIdleSeconds")),
-    ("MAX-AGE", _seconds("spec.maxAgeSeconds")),
-    ("LAST-DISCARD", _last_discard),
-]
+TABLE = TABLES["WarmPool"]
+COLUMNS = TABLE.columns
+WIDE = TABLE.wide
 ENTRY_HEADERS = ["NAME", "NODE", "PHASE", "AGE"]
 
 
@@ -125,12 +89,12 @@ def describe(obj: Obj, entries: list[Obj]) -> None:
         ("Mode", str(spec.get("mode", "suspended"))),
         ("Size", str(spec.get("size", ""))),
         ("Node selector", labels_text(spec.get("nodeSelector"))),
-        ("Max idle", _seconds("spec.maxIdleSeconds")(obj)),
-        ("Max age", _seconds("spec.maxAgeSeconds")(obj)),
-        ("Ready", _ready(obj)),
+        ("Max idle", seconds("spec.maxIdleSeconds")(obj)),
+        ("Max age", seconds("spec.maxAgeSeconds")(obj)),
+        ("Ready", warmpool_ready(obj)),
         ("Refilling", str(status.get("refilling", 0))),
         ("Claiming", str(status.get("claiming", 0))),
-        ("Last discard", _last_discard(obj)),
+        ("Last discard", warmpool_last_discard(obj)),
         ("Age", created_age(obj)),
     ]
     if status.get("message"):
@@ -147,7 +111,7 @@ def describe(obj: Obj, entries: list[Obj]) -> None:
 
 def _progress_text(pool: Obj) -> str:
     status = pool.get("status") or {}
-    text = f"{_ready(pool)} ready, {status.get('refilling', 0)} refilling"
+    text = f"{warmpool_ready(pool)} ready, {status.get('refilling', 0)} refilling"
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
     if ready and ready.get("reason") not in ("Full", "Refilling") and ready.get("message"):
         text += f" ({ready['reason']}: {ready['message']})"
@@ -288,7 +252,7 @@ def create(
     if output in (Format.json, Format.yaml):
         print_object(created, output, lambda obj: describe(obj, []))
     elif wait:
-        typer.echo(f"{NOUN} {created['metadata']['name']}: {_ready(created)} ready")
+        typer.echo(f"{NOUN} {created['metadata']['name']}: {warmpool_ready(created)} ready")
     else:
         typer.echo(f"{NOUN} {created['metadata']['name']} created")
 
@@ -305,7 +269,7 @@ def list_(
     """List warm pools with how many of their entries are ready."""
     with connect(context, namespace) as target:
         listing = fetch_list(target.client, PLURAL, None if all_namespaces else target.namespace)
-    first: list[Column] = [("NAMESPACE", field("metadata.namespace"))] if all_namespaces else []
+    first = TABLE.first(all_namespaces=all_namespaces)
     print_list(listing, output, COLUMNS, WIDE, first=first)
 
 

@@ -20,10 +20,20 @@ class KindInfo:
     has_status: bool
     # Dotted paths that cannot change once they hold a value.
     immutable: tuple[str, ...] = ()
+    # What discovery tells kubectl: short names (`kubectl get vm`) and categories
+    # (`kubectl get shoal`: every kind; `kubectl get all`: the ones a team runs).
+    short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ("shoal",)
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
 
 
 KINDS: tuple[KindInfo, ...] = (
-    KindInfo("Namespace", "namespaces", False, kinds.Namespace, ("spec",), True),
+    KindInfo(
+        "Namespace", "namespaces", False, kinds.Namespace, ("spec",), True, short_names=("ns",)
+    ),
     KindInfo("Node", "nodes", False, kinds.Node, ("spec",), True),
     KindInfo(
         "VirtualMachine",
@@ -33,15 +43,55 @@ KINDS: tuple[KindInfo, ...] = (
         ("spec",),
         True,
         immutable=("spec.image", "spec.nodeName", "spec.config", "spec.os", "spec.arch"),
+        short_names=("vm", "vms"),
+        categories=("shoal", "all"),
     ),
-    KindInfo("VMConfig", "vmconfigs", True, kinds.VMConfig, ("spec",), False),
-    KindInfo("Image", "images", False, kinds.Image, ("spec",), True, immutable=("spec.source",)),
-    KindInfo("ImageCache", "imagecaches", False, kinds.ImageCache, ("spec",), True),
+    KindInfo("VMConfig", "vmconfigs", True, kinds.VMConfig, ("spec",), False, short_names=("vmc",)),
+    KindInfo(
+        "Image",
+        "images",
+        False,
+        kinds.Image,
+        ("spec",),
+        True,
+        immutable=("spec.source",),
+        short_names=("img",),
+    ),
+    KindInfo(
+        "ImageCache", "imagecaches", False, kinds.ImageCache, ("spec",), True, short_names=("ic",)
+    ),
     # type and data are top-level, as in Kubernetes; data is encrypted at rest (store.sealing).
     KindInfo("Secret", "secrets", True, kinds.Secret, ("type", "data"), False, immutable=("type",)),
-    KindInfo("RunnerPool", "runnerpools", True, RunnerPool, ("spec",), True),
-    KindInfo("WarmPool", "warmpools", True, WarmPool, ("spec",), True, immutable=("spec.mode",)),
-    KindInfo("ServiceAccount", "serviceaccounts", True, kinds.ServiceAccount, ("spec",), True),
+    KindInfo(
+        "RunnerPool",
+        "runnerpools",
+        True,
+        RunnerPool,
+        ("spec",),
+        True,
+        short_names=("rp",),
+        categories=("shoal", "all"),
+    ),
+    KindInfo(
+        "WarmPool",
+        "warmpools",
+        True,
+        WarmPool,
+        ("spec",),
+        True,
+        immutable=("spec.mode",),
+        short_names=("wp",),
+        categories=("shoal", "all"),
+    ),
+    KindInfo(
+        "ServiceAccount",
+        "serviceaccounts",
+        True,
+        kinds.ServiceAccount,
+        ("spec",),
+        True,
+        short_names=("sa",),
+    ),
     KindInfo(
         "RoleBinding", "rolebindings", True, kinds.RoleBinding, ("roleRef", "subjects"), False
     ),
@@ -61,6 +111,7 @@ KINDS: tuple[KindInfo, ...] = (
             "source",
         ),
         False,
+        short_names=("ev",),
     ),
 )
 

@@ -1,0 +1,1 @@
+"""What stock kubectl (and other Kubernetes API clients) need from the API: discovery, Tables, OpenAPI v3."""
