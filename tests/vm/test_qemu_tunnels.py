@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helpers import SHOAL, kill_group
 from qemu_dev import TEST_IMAGE, QemuDev
@@ -77,6 +78,36 @@ def _echo(conn: socket.socket, payload: bytes) -> bytes:
     return b"".join(chunks)
 
 
+def _kubectl_shoal(dev: QemuDev, base: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """kubectl (the venv's) running the kubectl-shoal plugin, with a kubeconfig naming this
+    shoal dev and no shoal context at all."""
+    kubeconfig = base / "kubeconfig"
+    token = (dev.data_dir / "admin.token").read_text().strip()
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "d", "cluster": {"server": f"http://127.0.0.1:{dev.port}"}}],
+                "users": [{"name": "d", "user": {"token": token}}],
+                "contexts": [{"name": "d", "context": {"cluster": "d", "user": "d"}}],
+                "current-context": "d",
+            }
+        )
+    )
+    bin_dir = Path(SHOAL).parent
+    env = {
+        **dev.cli.env,
+        "KUBECONFIG": str(kubeconfig),
+        "SHOAL_CONFIG": str(base / "no-shoal-contexts.yaml"),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    return subprocess.run(
+        [str(bin_dir / "kubectl"), "shoal", *args],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
 def test_ssh_scp_console_vnc_and_node_ports_through_tunnels(
     qemu_dev: QemuDev, guest_image: TestGuest, tmp_path: Path
 ) -> None:
@@ -92,6 +123,9 @@ def test_ssh_scp_console_vnc_and_node_ports_through_tunnels(
     uname = dev.cli.run("ssh", "t1", *key, "--", "uname", "-a", timeout=120)
     assert uname.stdout.startswith("Linux shoal-test-guest"), uname.stdout
     assert dev.cli.run("ssh", "t1", *key, "--", "exit 7", check=False).returncode == 7
+    # The same through kubectl: `kubectl shoal ssh` on kubectl's context (not shoal's).
+    plugin = _kubectl_shoal(dev, tmp_path, "ssh", "t1", *key, "--", "hostname")
+    assert plugin.returncode == 0 and plugin.stdout.strip(), plugin.stderr
 
     # 50 MB in and out with scp, through the tunnel; the guest keeps it in a tmpfs.
     big = tmp_path / "big.bin"

@@ -25,6 +25,7 @@ from shoal.api.usage import usage_router
 from shoal.api.watchmux import watch_mux_router
 from shoal.api.webhooks import webhooks_router
 from shoal.errors import ApiError, BadRequest, Invalid, MethodNotAllowed, NotFound
+from shoal.model.registry import BY_PLURAL
 from shoal.web.site import install_site
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,42 @@ def validation_error(error: RequestValidationError) -> ApiError:
     return Invalid("; ".join(f"{c['field']}: {c['message']}" for c in causes), causes=causes)
 
 
+def status_of(request: Request, error: ApiError, body: dict[str, Any] | None = None) -> Any:
+    """The error's Status. An Invalid one names what was refused the way Kubernetes does (the
+    kind, from the route; the name, from the route or the body; each cause with its reason), so
+    kubectl prints `The VirtualMachine "x" is invalid: spec.cpu: ...`."""
+    status = error.status()
+    if not isinstance(error, Invalid):
+        return status
+    details = dict(status.get("details") or {})
+    plural = _plural_of(request.url.path)
+    info = BY_PLURAL.get(plural or "")
+    name = request.path_params.get("name") or ((body or {}).get("metadata") or {}).get("name")
+    if info is not None:
+        details.setdefault("group", "shoal.dev")
+        details.setdefault("kind", info.kind)
+    if isinstance(name, str) and name:
+        details.setdefault("name", name)
+    causes = details.get("causes")
+    if not causes and details.get("field"):
+        field = str(details["field"])
+        causes = [{"field": field, "message": error.message.removeprefix(f"{field}: ")}]
+    if causes:
+        details["causes"] = [{"reason": "FieldValueInvalid", **cause} for cause in causes]
+    status["details"] = details
+    return status
+
+
+def _plural_of(path: str) -> str | None:
+    parts = path.strip("/").split("/")
+    if parts[:3] != ["apis", "shoal.dev", "v1"] or len(parts) < 4:
+        return None
+    rest = parts[3:]
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        return rest[2]
+    return rest[0]
+
+
 def create_app(ctx: ApiContext) -> FastAPI:
     app = FastAPI(
         title="shoal",
@@ -60,13 +97,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.state.ctx = ctx
 
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse(error.status(), status_code=error.code)
+    async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(status_of(request, error), status_code=error.code)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         api_error = validation_error(error)
-        return JSONResponse(api_error.status(), status_code=api_error.code)
+        body = error.body if isinstance(error.body, dict) else None
+        return JSONResponse(status_of(request, api_error, body), status_code=api_error.code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:

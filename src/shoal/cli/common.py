@@ -40,13 +40,20 @@ NamespaceOpt = Annotated[
 
 
 # A context given to this process from elsewhere (the `kubectl shoal` plugin: kubectl's current
-# context); it stands for the current one.
+# context); it stands for the current one. Child CLI processes (ssh's ProxyCommand) are started
+# through the module that gave it, so that they find it too.
 _given: tuple[str, Context] | None = None
+_cli_module = "shoal"
 
 
-def use_context(name: str, context: Context) -> None:
-    global _given
-    _given = (name, context)
+def use_context(name: str, context: Context, module: str) -> None:
+    global _given, _cli_module
+    _given, _cli_module = (name, context), module
+
+
+def cli_module() -> str:
+    """The module to run (`python -m MODULE`) for a child process of this CLI."""
+    return _cli_module
 
 
 def load_context(name: str | None) -> tuple[str, Context]:

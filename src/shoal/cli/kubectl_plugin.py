@@ -20,8 +20,12 @@ def main() -> None:
     except (KubeconfigError, OSError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(1)
-    use_context(f"kubectl:{name}", context)
+    use_context(f"kubectl:{name}", context, module=__name__)
     from shoal.cli.main import main as shoal_main
 
     sys.argv[0] = "kubectl shoal"
     shoal_main()
+
+
+if __name__ == "__main__":  # ssh's ProxyCommand under `kubectl shoal ssh`
+    main()

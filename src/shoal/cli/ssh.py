@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from shoal.cli.common import CliError, ContextOpt, NamespaceOpt, connect
+from shoal.cli.common import CliError, ContextOpt, NamespaceOpt, cli_module, connect
 from shoal.errors import NotFound
 from shoal.model.meta import DNS_NAME
 
@@ -66,7 +66,7 @@ def _guest_user(context: str | None, namespace: str | None, vm: str) -> str:
 
 
 def _proxy_command(context: str | None, namespace: str | None, vm: str) -> str:
-    argv = [sys.executable, "-m", "shoal", "port-forward", "--stdio"]
+    argv = [sys.executable, "-m", cli_module(), "port-forward", "--stdio"]
     if context:
         argv += ["--context", context]
     if namespace:
