@@ -263,6 +263,10 @@ def test_view_token_sees_but_may_not_delete(kube: KubeDev) -> None:
 
     listed = kube.kubectl("get", "vms", kubeconfig=viewer)
     assert "guarded" in listed.stdout
+    assert kube.kubectl("auth", "can-i", "list", "vms", kubeconfig=viewer).stdout.strip() == "yes"
+    may_not = kube.kubectl("auth", "can-i", "delete", "vms", check=False, kubeconfig=viewer)
+    assert may_not.stdout.strip().startswith("no"), may_not.stdout
+    assert kube.kubectl("auth", "can-i", "delete", "vms").stdout.strip() == "yes"  # admin
     refused = kube.kubectl("delete", "vm", "guarded", check=False, kubeconfig=viewer)
     assert refused.returncode != 0
     assert "Error from server (Forbidden)" in refused.stderr, refused.stderr

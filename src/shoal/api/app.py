@@ -14,6 +14,7 @@ from shoal.api.access import access_router
 from shoal.api.actions import actions_router
 from shoal.api.context import ApiContext
 from shoal.api.docs import ERRORS
+from shoal.api.kube.access_review import access_review_router
 from shoal.api.kube.discovery import discovery_router, version_info
 from shoal.api.kube.events import core_events_router
 from shoal.api.kube.openapi import openapi_v3_router
@@ -174,6 +175,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(discovery_router())
     app.include_router(core_events_router())
     app.include_router(openapi_v3_router())
+    app.include_router(access_review_router())
     add_all_kind_routes(app.router)
     app.include_router(actions_router())
     app.include_router(access_router())

@@ -567,7 +567,14 @@ def check_write_options(field_validation: str | None, dry_run: str | None) -> No
         )
 
 
+NOT_JSON = ("application/vnd.kubernetes.protobuf", "application/cbor", "application/yaml")
+
+
 async def read_json(request: Request) -> Any:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type in NOT_JSON:
+        # Kubernetes clients send protobuf or CBOR first and fall back to JSON on a 415.
+        raise UnsupportedMediaType(f"{media_type} is not served: send application/json")
     raw = await request.body()
     try:
         return jsoncodec.loads(raw)

@@ -58,6 +58,8 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class TypeMeta(StrictModel):
+    """What every kind has: apiVersion and metadata (the API describes them the same for all)."""
+
     apiVersion: Literal["shoal.dev/v1"] = "shoal.dev/v1"
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
 
@@ -66,14 +68,21 @@ class TypeMeta(StrictModel):
 
 
 class NamespaceSpec(StrictModel):
-    pass
+    """A namespace has nothing to set: it is a name that scopes objects and role bindings."""
 
 
 class NamespaceStatus(StrictModel):
+    """Whether the namespace is in use or being emptied."""
+
     phase: Literal["Active", "Terminating"] = "Active"
+    """Active, or Terminating once it is deleted: its objects are being deleted, and the
+    namespace goes when the last one is gone."""
 
 
 class Namespace(TypeMeta):
+    """A scope for names, and the unit of access: RoleBindings grant roles in one namespace.
+    Cluster-scoped."""
+
     kind: Literal["Namespace"] = "Namespace"
     spec: NamespaceSpec = Field(default_factory=NamespaceSpec)
     status: NamespaceStatus = Field(default_factory=NamespaceStatus)
@@ -83,47 +92,88 @@ class Namespace(TypeMeta):
 
 
 class NodeSpec(StrictModel):
+    """What an operator decides about a node: whether and which VMs it takes."""
+
     unschedulable: bool = False
+    """Cordoned: the scheduler places no new VMs on the node; the VMs already there stay
+    (`shoal node cordon` and `uncordon` set it)."""
     dedicatedNamespaces: list[DNSLabel] = Field(default_factory=list)
+    """When not empty, only VMs of these namespaces are placed on the node."""
     maxVMs: Annotated[int, Field(ge=0, le=10000)] | None = None
+    """At most this many VMs on the node, below the VM count its agent reports as allocatable.
+    Unset: the agent's count."""
     maxMacOSVMs: Annotated[int, Field(ge=0, le=1000)] = 2
+    """At most this many macOS guests on the node at once. Default 2, what Apple's licence
+    allows per Mac."""
 
 
 class Resources(StrictModel):
+    """An amount of each resource a node has or offers VMs."""
+
     cpu: Annotated[int, Field(ge=0, le=100000)] = 0
+    """CPUs, counted as the vCPUs VMs ask for."""
     memory: SizeQuantity | Literal["0"] = "0"
+    """Memory, in bytes with a suffix like 64Gi."""
     disk: SizeQuantity | Literal["0"] = "0"
+    """Disk space for VM disks, in bytes with a suffix like 500Gi."""
     vms: Annotated[int, Field(ge=0, le=10000)] = 0
+    """How many VMs, whatever their size."""
 
 
 class ImagePull(StrictModel):
+    """An image the node's agent is pulling into its cache for an ImageCache, or failed to."""
+
     image: Annotated[str, Field(min_length=1, max_length=512)]
+    """The image, as the ImageCache names it: an Image's name or an OCI reference."""
     state: Literal["Caching", "Failed"]
+    """Caching while the pull runs; Failed when it failed (it is tried again after a minute)."""
     bytes: Annotated[int, Field(ge=0)] = 0
+    """Compressed bytes pulled so far."""
     totalBytes: Annotated[int, Field(ge=0)] = 0
+    """Compressed bytes to pull in all; 0 until known."""
     message: Annotated[str, Field(max_length=4096)] = ""
+    """Why the pull failed."""
 
 
 class NodeStatus(StrictModel):
+    """What the node's agent reports at every heartbeat: resources, platform, cache, health."""
+
     capacity: Resources = Field(default_factory=Resources)
+    """What the node has in all."""
     allocatable: Resources = Field(default_factory=Resources)
+    """What the node offers VMs, at most its capacity. The scheduler places a VM only where its
+    cpu, memory, disk and a VM slot fit within it, next to the VMs bound there already."""
     arch: Arch | None = None
+    """The host's CPU architecture: only VMs of this arch are placed on the node."""
     os: Literal["linux", "darwin"] | None = None
+    """The host's operating system: linux or darwin (macOS)."""
     backend: Annotated[str, Field(max_length=32)] | None = None
+    """What runs the node's VMs: qemu, tart, or sim (simulated VMs, for tests)."""
     accelerator: Annotated[str, Field(max_length=32)] | None = None
-    # Why the agent runs guests under this accelerator (or why QEMU runs none).
+    """The accelerator guests run under: kvm, hvf, or tcg (QEMU's emulation); unset on a
+    backend without one (sim)."""
     acceleratorReason: Annotated[str, Field(max_length=1024)] = ""
+    """Why the agent runs guests under this accelerator (or why QEMU runs none)."""
     agentVersion: Annotated[str, Field(max_length=64)] | None = None
-    # The guest OSes whose VMs this node's backend can save as warm-pool entries (and start
-    # VMs from): none on a backend that cannot.
+    """The shoal version of the node's agent."""
     warmStart: list[GuestOS] = Field(default_factory=list)
+    """The guest OSes whose VMs this node's backend can save as warm-pool entries (and start
+    VMs from): none on a backend that cannot."""
     guestOS: list[GuestOS] = Field(default_factory=lambda: list[GuestOS](["linux"]))
+    """The guest OSes the node's backend can run: a VM of another os is not placed here."""
     cachedImages: list[Annotated[str, Field(max_length=512)]] = Field(default_factory=list)
-    # Images the agent is pulling into its cache, or failed to (for ImageCache status).
+    """The images in the node's cache, as VMs name them: references (host/repo:tag,
+    host/repo@sha256:...) and the names of the Images whose source.oci is one. The scheduler
+    prefers nodes that hold a VM's image."""
     imagePulls: list["ImagePull"] = Field(default_factory=list, max_length=256)
+    """Images the agent is pulling into its cache, or failed to (for ImageCache status)."""
     addresses: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list)
+    """The node's network addresses."""
     conditions: list[Condition] = Field(default_factory=list)
+    """Ready (the agent heartbeats; False once it has been silent for the grace, 40 s by
+    default) and AcceleratorWorks (guests still start under the node's accelerator)."""
     lastHeartbeatTime: str | None = None
+    """When the agent last reported (RFC 3339, UTC)."""
 
     @model_validator(mode="after")
     def _allocatable_within_capacity(self) -> "NodeStatus":
@@ -147,6 +197,9 @@ def _bytes_or_zero(value: str) -> int:
 
 
 class Node(TypeMeta):
+    """A host that runs VMs: its agent creates the Node when it joins and keeps its status
+    current. Cluster-scoped; its labels are the tags VMs select nodes by."""
+
     kind: Literal["Node"] = "Node"
     spec: NodeSpec = Field(default_factory=NodeSpec)
     status: NodeStatus = Field(default_factory=NodeStatus)
@@ -156,15 +209,22 @@ class Node(TypeMeta):
 
 
 class PortMapping(StrictModel):
+    """A guest port to reach from outside the guest; status.ports says where it is."""
+
     guest: Port
+    """The guest's TCP port."""
     node: Annotated[int, Field(ge=0, le=65535)] | None = None
+    """Publish the guest port on the node's address at this port; 0 picks a free one. Unset:
+    not published on the node's address (shoal's own tunnels reach every port anyway)."""
     protocol: Literal["tcp"] = "tcp"
+    """Only tcp."""
 
 
 class SecretRef(StrictModel):
     """A Secret in the referring object's own namespace."""
 
     name: DNSLabel
+    """The Secret's name."""
 
 
 class GuestAccess(StrictModel):
@@ -176,24 +236,39 @@ class GuestAccess(StrictModel):
         Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")]
         | None
     ) = None
+    """The guest user to log in as. Unset: the Secret's username, else the Image's sshUser
+    (root for an image named by OCI reference)."""
     secretRef: SecretRef | None = None
+    """An ssh-auth Secret of the namespace: the private key and/or password to log in with.
+    Exec and a startup script need it."""
 
 
 class SecretKeyRef(StrictModel):
+    """One key of a Secret in the referring object's own namespace."""
+
     name: DNSLabel
+    """The Secret's name."""
     key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._A-Za-z0-9]+$")]
+    """The key in the Secret's data; the Secret must hold it."""
 
 
 class EnvVarSource(StrictModel):
+    """Where an environment variable's value comes from, instead of value."""
+
     secretKeyRef: SecretKeyRef
+    """A key of a Secret: the variable gets its decoded value."""
 
 
 class EnvVar(StrictModel):
     """One variable of the guest commands' environment: a value, or one key of a Secret."""
 
     name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    """The variable's name: letters, digits and '_', not starting with a digit."""
     value: Annotated[str, Field(max_length=65536)] | None = None
+    """The variable's value. Give exactly one of value and valueFrom."""
     valueFrom: EnvVarSource | None = None
+    """Take the value from a key of a Secret, so it is not written in the spec. Give exactly
+    one of value and valueFrom."""
 
     @model_validator(mode="after")
     def _one_source(self) -> "EnvVar":
@@ -206,34 +281,57 @@ class VMTemplate(StrictModel):
     """The fields a VMConfig can hold and a VirtualMachine can set; VM fields override."""
 
     image: Annotated[str, Field(min_length=1, max_length=512)]
+    """The image to boot: the name of an Image, or an OCI reference
+    (host[:port]/repository[:tag][@sha256:...]) its node pulls."""
     cpu: Cpu = 2
+    """Virtual CPUs (vCPUs), 1 to 512, reserved on the VM's node. Default 2."""
     memory: MemoryQuantity = "2Gi"
+    """The guest's memory, in bytes with a suffix like 4Gi or 512Mi; at least 64Mi. Reserved
+    on the VM's node. Default 2Gi."""
     disk: DiskQuantity = "10Gi"
+    """The size of the VM's disk, in bytes with a suffix like 20Gi; at least 64Mi. Reserved on
+    the VM's node. Default 10Gi."""
     os: GuestOS = "linux"
+    """The guest's operating system, linux or macos: only nodes that can run it (their
+    status.guestOS) take the VM."""
     arch: Arch = "amd64"
+    """The guest's CPU architecture, amd64 or arm64: only nodes of that arch take the VM."""
     nodeSelector: Labels = Field(default_factory=dict)
+    """Node labels (tags) a node must all have to take the VM."""
     ports: list[PortMapping] = Field(default_factory=list, max_length=64)
+    """Guest ports to publish, each guest port at most once; status.ports says where they
+    are."""
     powerState: PowerState = "Running"
+    """What the VM should be: Running, Stopped or Suspended. The start, stop, suspend and
+    resume actions set it; the node's agent makes it so."""
     ephemeral: bool = False
+    """Delete the VM once it has stopped (or failed)."""
     ttlSeconds: Annotated[int, Field(ge=1, le=10 * 365 * 86400)] | None = None
+    """Delete the VM this many seconds after its creation, whatever it is doing."""
     priority: Annotated[int, Field(ge=-1000000, le=1000000)] = 0
-    # Soft tags: nodes that have them score higher, nodes that lack them still qualify.
+    """Higher is scheduled first (among VMs waiting for a node). Default 0."""
     preferredNodeSelector: Labels = Field(default_factory=dict)
-    # pack (most allocated first) or spread (least allocated first); empty: the cluster default.
+    """Soft tags: nodes that have them score higher, nodes that lack them still qualify."""
     schedulingProfile: Literal["pack", "spread"] | None = None
-    # What happens when the VM's node is lost: Never (the VM goes Failed, reason NodeLost) or
-    # OnNodeLost (it goes back to Pending and is scheduled again, restartCount + 1).
+    """How to choose among the nodes that fit: pack (most allocated first, so others stay free
+    for big VMs) or spread (least allocated first). Unset: the cluster's default."""
     restartPolicy: Literal["Never", "OnNodeLost"] = "Never"
+    """What happens when the VM's node is lost: Never (the VM goes Failed, reason NodeLost) or
+    OnNodeLost (it goes back to Pending and is scheduled again, restartCount + 1)."""
     startupScript: Annotated[str, Field(max_length=65536)] | None = None
+    """A script run once in the guest (as sh -c, with env in its environment) the first time
+    the VM is Ready; it needs access.secretRef. Its outcome is the StartupScript condition."""
     access: GuestAccess | None = None
+    """How the node's agent logs in to the guest, for exec and the startup script."""
     env: list[EnvVar] = Field(default_factory=list, max_length=256)
-    # With ephemeral: stop the VM when its startup script ends (and so delete it): a one-shot
-    # runner VM cleans up after itself.
+    """The environment of guest commands (exec) and the startup script."""
     deleteWhenScriptExits: bool = False
-    # An owner's lease: the VM is deleted once this long has passed since its creation or the
-    # last POST .../renew (what `shoal run` does while it runs), so a client that dies leaves
-    # nothing behind.
+    """With ephemeral: stop the VM when its startup script ends (and so delete it): a one-shot
+    runner VM cleans up after itself. Needs startupScript and ephemeral: true."""
     leaseSeconds: Annotated[int, Field(ge=10, le=7 * 86400)] | None = None
+    """An owner's lease: the VM is deleted once this long has passed since its creation or the
+    last POST .../renew (what `shoal run` does while it runs), so a client that dies leaves
+    nothing behind."""
 
     @field_validator("ports")
     @classmethod
@@ -261,40 +359,78 @@ def secret_names(spec: dict[str, Any]) -> set[str]:
 
 
 class VMConfigSpec(VMTemplate):
-    pass
+    """A VM template: every field a VirtualMachine's spec has but config and nodeName."""
 
 
 class VMConfig(TypeMeta):
+    """A named VM template. A VirtualMachine that names it in spec.config starts from its spec,
+    and the fields the VM sets override it."""
+
     kind: Literal["VMConfig"] = "VMConfig"
     spec: VMConfigSpec
 
 
 class VirtualMachineSpec(VMTemplate):
+    """The VM a client asks for: its image, size, placement, power state and guest access."""
+
     image: Annotated[str, Field(min_length=1, max_length=512)] = ""
+    """The image to boot: the name of an Image, or an OCI reference
+    (host[:port]/repository[:tag][@sha256:...]) its node pulls. Required unless config names
+    a VMConfig that sets it. Cannot be changed once set."""
     config: DNSLabel | None = None
+    """A VMConfig of the namespace to start from: on create, its spec is the base and the fields
+    this VM sets override it. Cannot be changed once set."""
     nodeName: DNSLabel | None = None
+    """The node the VM is bound to. Set by the scheduler: a client cannot write it (choose nodes
+    with nodeSelector). Cannot be changed once set."""
 
 
 class MappedPort(StrictModel):
+    """Where a guest port can be reached on the VM's node."""
+
     guest: Port
+    """The guest's port."""
     host: Port
+    """The node's port it is forwarded from."""
     address: Annotated[str, Field(max_length=256)] = "127.0.0.1"
+    """The node's address the port listens on: 127.0.0.1 (loopback), or the node's address
+    for a port published with spec.ports[].node."""
 
 
 class VirtualMachineStatus(StrictModel):
+    """What the VM is, as the scheduler and its node's agent report it."""
+
     phase: Phase = "Pending"
+    """Where the VM is in its life: Pending, Scheduled (bound to a node), Starting, Running,
+    Suspended, Saved (a warm-pool entry, saved and ready to hand out), Stopping, Stopped,
+    Failed, or Terminating once it is being deleted."""
     reason: Annotated[str, Field(max_length=128)] = ""
+    """Why the VM is in its phase, as one CamelCase word: Unschedulable, NodeLost,
+    ImagePullFailed..."""
     message: Annotated[str, Field(max_length=32768)] = ""
+    """What is happening, in words: why the VM waits for a node, an image pull's progress, why
+    it failed."""
     addresses: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list)
+    """The guest's IP addresses."""
     ports: list[MappedPort] = Field(default_factory=list)
+    """Where the guest's ports are forwarded on the node."""
     conditions: list[Condition] = Field(default_factory=list)
+    """Scheduled, Ready (the guest answers), StartupScript (the startup script's outcome),
+    and the warm-pool conditions (Saved, FreshIdentity)."""
     bootTime: str | None = None
+    """When the guest last booted (RFC 3339, UTC)."""
     scheduledTime: str | None = None
+    """When the scheduler bound the VM to its node (RFC 3339, UTC)."""
     restartCount: Annotated[int, Field(ge=0)] = 0
+    """How many times the VM was scheduled again after its node was lost (restartPolicy:
+    OnNodeLost)."""
     observedGeneration: Annotated[int, Field(ge=0)] = 0
+    """The metadata.generation whose spec the node's agent last acted on."""
 
 
 class VirtualMachine(TypeMeta):
+    """A VM: where it runs, what it boots, and the state its node's agent keeps it in."""
+
     kind: Literal["VirtualMachine"] = "VirtualMachine"
     spec: VirtualMachineSpec
     status: VirtualMachineStatus = Field(default_factory=VirtualMachineStatus)

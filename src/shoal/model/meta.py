@@ -64,9 +64,12 @@ Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
 
 
 class StrictModel(BaseModel):
-    """Every model rejects unknown fields, so a typo is an error and not a silent default."""
+    """Every model rejects unknown fields, so a typo is an error and not a silent default.
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    A string right under a field is its description (use_attribute_docstrings): it reaches the
+    JSON schema, and so `kubectl explain` (shoal.api.kube.openapi)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_attribute_docstrings=True)
 
 
 class ObjectMeta(StrictModel):
@@ -93,11 +96,19 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 
 
 class Condition(StrictModel):
+    """One aspect of an object's state, as in Kubernetes: whether it holds (True, False or
+    Unknown), why, and since when."""
+
     type: Annotated[str, Field(min_length=1, max_length=63)]
+    """What the condition is about, in CamelCase: Ready, Scheduled, StartupScript, Synced..."""
     status: ConditionStatus
+    """Whether the condition holds: True, False or Unknown."""
     reason: Annotated[str, Field(max_length=128)] = ""
+    """Why the condition is in its status, as one CamelCase word a program can match."""
     message: Annotated[str, Field(max_length=32768)] = ""
+    """Why the condition is in its status, in words for a person."""
     lastTransitionTime: str | None = None
+    """When the status last changed (RFC 3339, UTC)."""
 
 
 def now_iso() -> str:

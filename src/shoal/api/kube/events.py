@@ -30,6 +30,7 @@ from shoal.api.routes import (
     cluster_call,
     namespaced_call,
 )
+from shoal.errors import NotFound
 from shoal.model.registry import BY_KIND
 
 CORE = "v1"
@@ -134,4 +135,23 @@ def core_events_router() -> APIRouter:
         methods=["GET"],
         summary="List or watch every namespace's Events as core v1 Events",
     )
+
+    @router.api_route(
+        "/api/v1/{rest:path}",
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )
+    def not_served(rest: str) -> Response:
+        """The rest of the core API (Pods, Services, ...): a 404 that says what to use instead,
+        since `kubectl logs|exec|port-forward|attach` look for Pods."""
+        resource = (
+            rest.split("/")[2]
+            if rest.startswith("namespaces/") and rest.count("/") >= 2
+            else rest.split("/")[0]
+        )
+        raise NotFound(
+            f"shoal serves no {resource} (of the core API it has only events): for a VM, use "
+            "`kubectl shoal logs|exec|ssh|port-forward|console NAME`"
+        )
+
     return router
