@@ -210,8 +210,16 @@ def test_label_annotate_patch_wait_and_delete(kube: KubeDev) -> None:
     kube.kubectl("label", "vm", "edited", "stage=test")
     kube.kubectl("annotate", "vm", "edited", "owner=ci")
     kube.kubectl("patch", "vm", "edited", "--type", "merge", "-p", '{"spec":{"priority":5}}')
+    editor = kube.base / "editor.sh"  # kubectl edit runs $EDITOR on the object's YAML
+    editor.write_text('#!/bin/sh\nsed -i "s/stage: test/stage: edited/" "$1"\n')
+    editor.chmod(0o755)
+    edited = subprocess.run(
+        [KUBECTL, "edit", "vm", "edited"], env={**kube.env, "EDITOR": str(editor)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert edited.returncode == 0 and "edited" in edited.stdout, edited.stderr
     vm = yaml.safe_load(kube.kubectl("get", "vm", "edited", "-o", "yaml").stdout)
-    assert vm["metadata"]["labels"]["stage"] == "test"
+    assert vm["metadata"]["labels"]["stage"] == "edited"
     assert vm["metadata"]["annotations"]["owner"] == "ci"
     assert vm["spec"]["priority"] == 5
     refused = kube.kubectl("patch", "vm", "edited", "--type", "json", "-p", "[]", check=False)
