@@ -5,6 +5,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -124,6 +125,17 @@ class ControllerProcess:
 
     def client(self, token: str | None = None) -> Client:
         return Client(self.url, token or self.admin_token, ca_pem=self.ca_pem)
+
+
+def another_replica(
+    first: ControllerProcess, base: Path, extra_args: list[str]
+) -> ControllerProcess:
+    """A replica beside `first` on its database (given in extra_args): sharing its TLS CA and its
+    encryption key, as replicas behind one balancer do. Not started."""
+    base.mkdir(parents=True)
+    shutil.copytree(first.data_dir / "tls", base / "tls")
+    key = ["--encryption-key-file", str(first.data_dir / "encryption.key")]
+    return ControllerProcess(base, extra_args=[*extra_args, *key])
 
 
 def create_join_token(client: Client, ttl: int = 3600) -> str:

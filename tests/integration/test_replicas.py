@@ -5,7 +5,6 @@ it follows instead of writing; any replica serves the API and reports who leads.
 import asyncio
 import base64
 import os
-import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from helpers import (
     AgentProcess,
     ControllerProcess,
+    another_replica,
     create_join_token,
     metric_samples,
     processes,
@@ -70,16 +70,11 @@ def test_a_paused_leader_loses_the_lease_and_its_successor_runs_the_loops(
         extra_args=["--database-url", postgres_db, "--replica", "a", "--leader-ttl", str(TTL)],
     )
     first.start()
-    # Replicas share the encryption key and the TLS CA (as behind one balancer).
-    (tmp_path / "b").mkdir()
-    shutil.copytree(first.data_dir / "tls", tmp_path / "b" / "tls")
-    second = ControllerProcess(
+    second = another_replica(
+        first,
         tmp_path / "b",
-        extra_args=[
-            "--database-url", postgres_db, "--replica", "b", "--leader-ttl", str(TTL),
-            "--encryption-key-file", str(first.data_dir / "encryption.key"),
-        ],
-    )  # fmt: skip
+        ["--database-url", postgres_db, "--replica", "b", "--leader-ttl", str(TTL)],
+    )
     with processes(first, second):
         second.start()
         a, b = first.client(), second.client()

@@ -7,7 +7,6 @@ The test server runs with asynchronous commit (as every test server here does), 
 take the last acknowledged commits with it; the replicas must come through that too
 (shoal.store.watch: a store that lost commits makes every watch relist)."""
 
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,14 @@ from fixtures.postgres import (
     stop_only,
     stop_server,
 )
-from helpers import AgentProcess, ControllerProcess, create_join_token, processes, wait_until
+from helpers import (
+    AgentProcess,
+    ControllerProcess,
+    another_replica,
+    create_join_token,
+    processes,
+    wait_until,
+)
 from shoal.client import API, Client
 
 pytestmark = pytest.mark.slow
@@ -96,15 +102,7 @@ def test_replicas_ride_out_a_postgresql_restart_under_load(
     common = ["--database-url", database, "--leader-ttl", str(TTL)]
     first = ControllerProcess(tmp_path / "a", extra_args=[*common, "--replica", "a"])
     first.start()
-    (tmp_path / "b").mkdir()
-    shutil.copytree(first.data_dir / "tls", tmp_path / "b" / "tls")
-    second = ControllerProcess(
-        tmp_path / "b",
-        extra_args=[
-            *common, "--replica", "b",
-            "--encryption-key-file", str(first.data_dir / "encryption.key"),
-        ],
-    )  # fmt: skip
+    second = another_replica(first, tmp_path / "b", [*common, "--replica", "b"])
     with processes(first, second):
         second.start()
         a, b = first.client(), second.client()
