@@ -381,8 +381,8 @@ class VirtualMachineSpec(VMTemplate):
     """A VMConfig of the namespace to start from: on create, its spec is the base and the fields
     this VM sets override it. Cannot be changed once set."""
     nodeName: DNSLabel | None = None
-    """The node the VM is bound to. Set by the scheduler: a client cannot write it (choose nodes
-    with nodeSelector). Cannot be changed once set."""
+    """The node the VM is bound to (choose nodes with nodeSelector). Set by the scheduler: a
+    client cannot write it. Cannot be changed once set."""
 
 
 class MappedPort(StrictModel):
@@ -446,19 +446,33 @@ class ImageFile(StrictModel):
     """A file of an image on the nodes' filesystem (a local import), with its digest."""
 
     path: HostPath
+    """The file's absolute path; it must be there on every node that runs the image."""
     digest: Digest
+    """The sha256 of the file's contents: sha256: and 64 hex digits."""
     size: Annotated[int, Field(ge=0)]
+    """The file's size in bytes."""
 
 
 class LocalSource(StrictModel):
+    """An image made of files on the nodes (`shoal image import`)."""
+
     disk: ImageFile
+    """The disk image (raw, qcow2, or any format qemu-img reads)."""
     kernel: ImageFile | None = None
+    """The kernel to boot, for boot: kernel."""
     initrd: ImageFile | None = None
+    """The initrd to boot the kernel with, if any."""
 
 
 class ImageSource(StrictModel):
+    """Where an image's bytes come from: files on the nodes, or an OCI registry. Give exactly
+    one of local and oci."""
+
     local: LocalSource | None = None
+    """Files on the nodes' filesystems, registered by `shoal image import`."""
     oci: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    """An OCI reference (host[:port]/repository[:tag][@sha256:...]) the nodes pull the image
+    from into their cache."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "ImageSource":
@@ -468,17 +482,33 @@ class ImageSource(StrictModel):
 
 
 class ImageSpec(StrictModel):
+    """Where an image is and how to boot it."""
+
     source: ImageSource
+    """Where the image's bytes come from. Cannot be changed once set."""
     os: GuestOS = "linux"
+    """The guest operating system on the image: linux or macos."""
     arch: Arch = "amd64"
-    # disk: firmware boots the disk (as real images do); kernel: direct kernel boot.
+    """The CPU architecture the image is built for: amd64 or arm64."""
     boot: Literal["disk", "kernel"] = "disk"
+    """disk: the firmware boots the disk (as real images do); kernel: direct kernel boot of
+    source.local.kernel (or the OCI image's kernel) with cmdline."""
     firmware: Literal["bios", "uefi"] = "bios"
+    """The firmware that boots the disk, for boot: disk: bios or uefi."""
     cmdline: Annotated[str, Field(max_length=4096)] = ""
+    """The kernel command line, for boot: kernel."""
     sshUser: Annotated[str, Field(min_length=1, max_length=64)] = "root"
+    """The guest user the agent logs in as when the VM's access.user is unset and its Secret
+    holds no username."""
     cpu: Cpu | None = None
+    """vCPUs suggested for VMs of the image (from the image's config when pulled); a VM's own
+    spec.cpu takes precedence."""
     memory: MemoryQuantity | None = None
+    """Memory suggested for VMs of the image, in bytes with a suffix like 4Gi; a VM's own
+    spec.memory takes precedence."""
     disk: DiskQuantity | None = None
+    """Disk size suggested for VMs of the image, in bytes with a suffix like 20Gi; a VM's own
+    spec.disk takes precedence."""
 
     @model_validator(mode="after")
     def _kernel_boot_has_kernel(self) -> "ImageSpec":
@@ -489,13 +519,22 @@ class ImageSpec(StrictModel):
 
 
 class ImageStatus(StrictModel):
+    """Whether the image can be used."""
+
     phase: Literal["Ready", "Failed"] = "Ready"
+    """Ready, or Failed (message says why)."""
     size: Annotated[int, Field(ge=0)] = 0
+    """The image's size in bytes; 0 when not known."""
     message: Annotated[str, Field(max_length=4096)] = ""
+    """Why the image failed, in words."""
     conditions: list[Condition] = Field(default_factory=list)
+    """The image's conditions."""
 
 
 class Image(TypeMeta):
+    """A VM image that VMs name in spec.image: files on the nodes or an OCI reference, and how
+    to boot it. Cluster-scoped."""
+
     kind: Literal["Image"] = "Image"
     spec: ImageSpec
     status: ImageStatus = Field(default_factory=ImageStatus)
@@ -509,9 +548,13 @@ class ImageCacheSpec(StrictModel):
     the nodes whose labels match nodeSelector, or every node."""
 
     image: Annotated[str, Field(min_length=1, max_length=512)]
+    """The image to keep cached: the name of an Image, or an OCI reference."""
     nodes: list[DNSLabel] = Field(default_factory=list, max_length=10000)
+    """These nodes, by name."""
     nodeSelector: Labels = Field(default_factory=dict)
+    """The nodes whose labels include all of these."""
     allNodes: bool = False
+    """Every node."""
 
     @model_validator(mode="after")
     def _one_target(self) -> "ImageCacheSpec":
@@ -522,20 +565,35 @@ class ImageCacheSpec(StrictModel):
 
 
 class ImageCacheNode(StrictModel):
+    """How far one node is with the image."""
+
     state: Literal["Pending", "Caching", "Ready", "Failed"] = "Pending"
+    """Pending (not started), Caching (pulling), Ready (in the node's cache) or Failed (tried
+    again after a minute)."""
     bytes: Annotated[int, Field(ge=0)] = 0
+    """Compressed bytes pulled so far, while Caching."""
     totalBytes: Annotated[int, Field(ge=0)] = 0
+    """Compressed bytes to pull in all, while Caching; 0 until known."""
     message: Annotated[str, Field(max_length=4096)] = ""
+    """Why the pull failed, when Failed."""
 
 
 class ImageCacheStatus(StrictModel):
+    """The image's state on each node the cache targets, gathered from the Nodes' status."""
+
     nodes: dict[DNSLabel, ImageCacheNode] = Field(default_factory=dict)
+    """Each targeted node's state, by node name."""
     desired: Annotated[int, Field(ge=0)] = 0
+    """How many nodes the cache targets."""
     ready: Annotated[int, Field(ge=0)] = 0
+    """How many of them hold the image."""
     failed: Annotated[int, Field(ge=0)] = 0
+    """How many of them failed to pull it."""
 
 
 class ImageCache(TypeMeta):
+    """Keep an image pulled on some nodes ahead of the VMs that need it. Cluster-scoped."""
+
     kind: Literal["ImageCache"] = "ImageCache"
     spec: ImageCacheSpec
     status: ImageCacheStatus = Field(default_factory=ImageCacheStatus)
@@ -578,7 +636,11 @@ class Secret(TypeMeta):
 
     kind: Literal["Secret"] = "Secret"
     type: SecretType = "opaque"
+    """What the Secret holds: opaque (any keys), ssh-auth (ssh-privatekey and/or password,
+    optional username) or basic-auth (username and password). Cannot be changed once set."""
     data: dict[SecretKey, SecretValue] = Field(default_factory=dict)
+    """Each key (letters, digits, '-', '_' and '.') and the base64 of its value's bytes: at most
+    1 MiB in all, keys and decoded values. Encrypted at rest."""
 
     @field_validator("data")
     @classmethod
@@ -644,20 +706,34 @@ def secret_problem(type_: str, data: dict[str, str]) -> tuple[str, str] | None:
 
 
 class ServiceAccountSpec(StrictModel):
+    """What the account is for."""
+
     description: Annotated[str, Field(max_length=1024)] = ""
+    """What the account is for, in words."""
 
 
 class TokenInfo(StrictModel):
+    """One of the account's tokens: never its secret, which is shown only when it is made."""
+
     id: str
+    """The token's id (the part before the '.'): revoke the token by it."""
     createdAt: str
+    """When the token was made (RFC 3339, UTC)."""
     expiresAt: str | None = None
+    """When the token expires (RFC 3339, UTC); unset: never."""
 
 
 class ServiceAccountStatus(StrictModel):
+    """The account's tokens."""
+
     tokens: list[TokenInfo] = Field(default_factory=list)
+    """The tokens issued to the account and not revoked."""
 
 
 class ServiceAccount(TypeMeta):
+    """An identity for programs (CI, tools) in a namespace: it gets tokens, and RoleBindings
+    grant it roles."""
+
     kind: Literal["ServiceAccount"] = "ServiceAccount"
     spec: ServiceAccountSpec = Field(default_factory=ServiceAccountSpec)
     status: ServiceAccountStatus = Field(default_factory=ServiceAccountStatus)
@@ -667,38 +743,72 @@ RoleName = Literal["admin", "edit", "view", "connect"]
 
 
 class RoleRef(StrictModel):
+    """The role a binding grants."""
+
     name: RoleName
+    """view (read VMs, VMConfigs, RunnerPools, WarmPools, Events and ServiceAccounts; not
+    Secrets), connect (read VMs, VMConfigs and Events, and reach VMs: port-forward, ssh, VNC),
+    edit (read and write all of these and Secrets, VM actions, connect, service-account tokens)
+    or admin (edit, and RoleBindings)."""
 
 
 class Subject(StrictModel):
+    """Who a binding grants its role to."""
+
     kind: Literal["ServiceAccount", "User"]
+    """ServiceAccount or User."""
     name: Annotated[str, Field(min_length=1, max_length=253)]
+    """The service account's or the user's name."""
     namespace: DNSLabel | None = None
+    """A service account's namespace. Unset: the binding's."""
 
 
 class RoleBinding(TypeMeta):
+    """Grants a role in its namespace to service accounts or users."""
+
     kind: Literal["RoleBinding"] = "RoleBinding"
     roleRef: RoleRef
+    """The role granted."""
     subjects: list[Subject] = Field(min_length=1, max_length=256)
+    """Who gets the role: 1 to 256 service accounts or users."""
 
 
 # -- Event --------------------------------------------------------------------------------
 
 
 class ObjectReference(StrictModel):
+    """The object an event is about."""
+
     kind: Annotated[str, Field(min_length=1, max_length=63)]
+    """Its kind."""
     name: Annotated[str, Field(min_length=1, max_length=253)]
+    """Its name."""
     namespace: DNSLabel | None = None
+    """Its namespace; unset for a cluster-scoped object."""
     uid: str | None = None
+    """Its metadata.uid."""
 
 
 class Event(TypeMeta):
+    """Something that happened to an object. A repeat (same object, same reason) is counted
+    in the one Event rather than recorded again. Events of cluster-scoped objects are in the
+    namespace default."""
+
     kind: Literal["Event"] = "Event"
     involvedObject: ObjectReference
+    """The object the event is about."""
     reason: Annotated[str, Field(min_length=1, max_length=128)]
+    """What happened, as one CamelCase word: Scheduled, FailedScheduling, Created, NodeLost..."""
     message: Annotated[str, Field(max_length=32768)] = ""
+    """What happened, in words (the last time, for a repeat)."""
     type: Literal["Normal", "Warning"] = "Normal"
+    """Normal, or Warning for a problem."""
     count: Annotated[int, Field(ge=1)] = 1
+    """How many times it happened."""
     firstTimestamp: str | None = None
+    """When it first happened (RFC 3339, UTC); set by the server if not given."""
     lastTimestamp: str | None = None
+    """When it last happened (RFC 3339, UTC); set by the server if not given."""
     source: Annotated[str, Field(max_length=253)] = ""
+    """What recorded it: api (a client's change), scheduler, gc, node-lifecycle, runnerpool,
+    warmpool, controller, or agent/NODE."""

@@ -26,20 +26,26 @@ def is_saved(vm: dict[str, Any]) -> bool:
 
 
 class WarmPoolSpec(StrictModel):
-    # The VMConfig (in the pool's namespace) whose VMs the pool serves.
+    """Which VMConfig to keep saved VMs of, how many, and for how long."""
+
     config: DNSLabel
-    # suspended: `size` entries, each booted once, saved, and resumed by one VM.
-    # clone: one golden saved state on each of `size` nodes; every VM on such a node starts
-    # from it (memory mapped copy-on-write, a disk overlay of its own).
+    """The VMConfig (in the pool's namespace) whose VMs the pool serves: it must set
+    access.secretRef, and have no other pool."""
     mode: WarmPoolMode = "suspended"
+    """suspended: `size` entries, each booted once, saved, and resumed by one VM. clone: one
+    golden saved state on each of `size` nodes; every VM on such a node starts from it (memory
+    mapped copy-on-write, a disk overlay of its own). Cannot be changed once set."""
     size: Annotated[int, Field(ge=0, le=1000)] = 1
-    # Narrows where entries are made, beyond the VMConfig's own nodeSelector.
+    """How many entries to keep (in clone mode: how many nodes hold a golden); 0 empties the
+    pool. Default 1."""
     nodeSelector: Labels = Field(default_factory=dict)
-    # An entry not claimed this long after it was saved is discarded and made again (its
-    # clock, caches and packages age while it waits).
+    """Narrows where entries are made, beyond the VMConfig's own nodeSelector."""
     maxIdleSeconds: Annotated[int, Field(ge=60, le=30 * 86400)] | None = None
-    # An entry is discarded this long after it was made (booted), claimed or not.
+    """An entry not claimed this many seconds after it was saved is discarded and made again
+    (its clock, caches and packages age while it waits)."""
     maxAgeSeconds: Annotated[int, Field(ge=60, le=365 * 86400)] | None = None
+    """An entry is discarded this many seconds after it was made (booted), claimed or not; at
+    least maxIdleSeconds."""
 
     @model_validator(mode="after")
     def _idle_within_age(self) -> "WarmPoolSpec":
@@ -56,21 +62,31 @@ class WarmPoolSpec(StrictModel):
 
 
 class WarmPoolStatus(StrictModel):
-    # Entries saved and ready to hand out.
+    """The pool's entries by state, and its problems."""
+
     ready: Annotated[int, Field(ge=0)] = 0
-    # Entries being made (booting, or being saved).
+    """Entries saved and ready to hand out."""
     refilling: Annotated[int, Field(ge=0)] = 0
-    # Entries handed to a VM whose node has not released them yet.
+    """Entries being made (waiting for a node, booting, or being saved)."""
     claiming: Annotated[int, Field(ge=0)] = 0
-    # Why the last entry was discarded, and when.
+    """Entries handed to a VM whose node has not released them yet."""
     lastDiscardReason: Annotated[str, Field(max_length=4096)] = ""
+    """Why the last entry was discarded: "entry NAME discarded: WHY"."""
     lastDiscardTime: str | None = None
+    """When the last entry was discarded (RFC 3339, UTC)."""
     message: Annotated[str, Field(max_length=4096)] = ""
+    """How full the pool is ("2/3 ready"), or its problem."""
     conditions: list[Condition] = Field(default_factory=list)
+    """Ready: True (Full) once ready reaches size; else False, with the reason why
+    (Refilling, ConfigNotFound, ImageNotFound, EntriesFailing, EntryRefused, Deleting)."""
     observedGeneration: Annotated[int, Field(ge=0)] = 0
+    """The metadata.generation whose spec the pool's loop last acted on."""
 
 
 class WarmPool(TypeMeta):
+    """Saved, ready-to-resume VMs (entries) of a VMConfig: a VM deployed from that VMConfig
+    claims one and resumes it instead of booting, or boots cold when none is ready."""
+
     kind: Literal["WarmPool"] = "WarmPool"
     spec: WarmPoolSpec
     status: WarmPoolStatus = Field(default_factory=WarmPoolStatus)
