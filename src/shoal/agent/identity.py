@@ -32,7 +32,6 @@ from shoal.tunnel import execframes as frames
 from shoal.warmpool.entries import CLAIM_POOL_ANNOTATION, IDENTITY_CONDITION
 
 log = logging.getLogger(__name__)
-CONDITION = IDENTITY_CONDITION
 HOOK = "/usr/lib/shoal/refresh-identity"
 ENTROPY_BYTES = 64
 OUTPUT_KEPT = 2048  # bytes of the script's output kept for a failure's message
@@ -66,7 +65,7 @@ if [ -n "$failed" ]; then echo "not done:$failed" >&2; exit 1; fi
 
 
 def condition(status: str, reason: str, message: str) -> Obj:
-    return {"type": CONDITION, "status": status, "reason": reason, "message": message}
+    return {"type": IDENTITY_CONDITION, "status": status, "reason": reason, "message": message}
 
 
 def wanted(vm: Obj) -> bool:
@@ -114,7 +113,7 @@ class FreshIdentities:
         uid = vm["metadata"]["uid"]
         if uid in self.conditions:
             return self.conditions[uid]
-        reported = get_condition(vm, CONDITION)
+        reported = get_condition(vm, IDENTITY_CONDITION)
         if reported is not None and reported.get("reason") == "Running":
             self.conditions[uid] = condition(
                 "False", "Failed", "the agent restarted while the identity was refreshed"
@@ -127,7 +126,7 @@ class FreshIdentities:
         failed to)."""
         if not wanted(vm):
             return True
-        current = self.condition_of(vm) or get_condition(vm, CONDITION) or {}
+        current = self.condition_of(vm) or get_condition(vm, IDENTITY_CONDITION) or {}
         return current.get("reason") in ("Refreshed", "Failed")
 
     def consider(self, vm: Obj, state: VMState) -> None:
@@ -139,7 +138,7 @@ class FreshIdentities:
             or state.actual != Actual.RUNNING
             or uid in self._tasks
             or uid in self.conditions
-            or get_condition(vm, CONDITION) is not None
+            or get_condition(vm, IDENTITY_CONDITION) is not None
         ):
             return
         self.conditions[uid] = condition("Unknown", "Running", "giving the VM its own identity")
