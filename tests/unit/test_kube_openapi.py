@@ -18,7 +18,6 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
 from shoal.api.kube import openapi
-from shoal.api.kube.openapi import openapi_v3_router
 from shoal.api.routes import PREFIX, add_all_kind_routes
 from shoal.model.registry import BY_KIND, KINDS
 from shoal.server import ControllerSettings, ControlPlane
@@ -30,11 +29,10 @@ METHODS = ("get", "post", "put", "patch", "delete")
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
-    """The real app (not served: these routes need no store), with the router included."""
+    """The real app, not served (these routes need no store)."""
     data_dir: Path = tmp_path_factory.mktemp("openapi")
     plane = ControlPlane(ControllerSettings(data_dir=data_dir, tls=False))
     app: FastAPI = plane.app
-    app.include_router(openapi_v3_router())
     return app
 
 
