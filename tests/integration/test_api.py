@@ -170,6 +170,25 @@ def test_generate_name_and_vmconfig_defaults(http: httpx.Client) -> None:
     http.delete(resource_path("virtualmachines", "default", made.json()["metadata"]["name"]))
 
 
+def test_an_images_sizes_are_the_default_of_its_vms(http: httpx.Client) -> None:
+    image = {
+        "metadata": {"name": "sized"},
+        "spec": {"source": {"oci": "registry.test/sized"}, "cpu": 1, "memory": "512Mi",
+                 "disk": "3Gi"},
+    }  # fmt: skip
+    assert http.post(resource_path("images", None), json=image).status_code == 201
+    plain = http.post(VMS, json={"metadata": {"name": "sized-1"}, "spec": {"image": "sized"}})
+    assert plain.status_code == 201, plain.text
+    spec = plain.json()["spec"]
+    assert (spec["cpu"], spec["memory"], spec["disk"]) == (1, "512Mi", "3Gi")
+    own = http.post(
+        VMS, json={"metadata": {"name": "sized-2"}, "spec": {"image": "sized", "cpu": 3}}
+    ).json()["spec"]
+    assert (own["cpu"], own["memory"], own["disk"]) == (3, "512Mi", "3Gi")
+    for name in ("sized-1", "sized-2"):
+        http.delete(resource_path("virtualmachines", "default", name))
+
+
 def test_selectors_and_pages(http: httpx.Client) -> None:
     http.post(resource_path("namespaces"), json={"metadata": {"name": "paging"}})
     path = resource_path("vmconfigs", "paging")

@@ -82,6 +82,8 @@ def _admit_vm(store: Store, obj: Obj, model: BaseModel, *, check_fit: bool) -> N
             field="spec.image",
         )
     _check_template(store, obj["metadata"]["namespace"], obj["spec"], inherited)
+    if not spec.get("config"):
+        _size_from_image(store, obj["spec"], model.spec.model_fields_set)
     _check_script(obj["spec"], inherited)
     if check_fit:
         _check_some_node_could_hold(store, obj)
@@ -278,6 +280,20 @@ def _check_script(spec: dict[str, Any], inherited: dict[str, str] | None = None)
                 "deleted once it stops)",
                 field="spec.deleteWhenScriptExits",
             )
+
+
+IMAGE_SIZING = ("cpu", "memory", "disk")
+
+
+def _size_from_image(store: Store, spec: dict[str, Any], given: set[str]) -> None:
+    """The cpu, memory and disk an Image suggests, for a VM of that Image that does not set them
+    itself (a VMConfig's own values come first, as the VM's do)."""
+    if is_reference(str(spec["image"])):
+        return
+    suggested = store.get("Image", "", str(spec["image"]))["spec"]
+    for field in IMAGE_SIZING:
+        if field not in given and suggested.get(field) is not None:
+            spec[field] = suggested[field]
 
 
 def _check_image(store: Store, image: str, origin: str = "") -> None:

@@ -501,14 +501,14 @@ class ImageSpec(StrictModel):
     """The guest user the agent logs in as when the VM's access.user is unset and its Secret
     holds no username."""
     cpu: Cpu | None = None
-    """vCPUs suggested for VMs of the image (from the image's config when pulled); a VM's own
-    spec.cpu takes precedence."""
+    """vCPUs for VMs of the image (from the image's config when pulled): a VM that sets no
+    spec.cpu and names no VMConfig gets these."""
     memory: MemoryQuantity | None = None
-    """Memory suggested for VMs of the image, in bytes with a suffix like 4Gi; a VM's own
-    spec.memory takes precedence."""
+    """Memory for VMs of the image, in bytes with a suffix like 4Gi: a VM that sets no
+    spec.memory and names no VMConfig gets this."""
     disk: DiskQuantity | None = None
-    """Disk size suggested for VMs of the image, in bytes with a suffix like 20Gi; a VM's own
-    spec.disk takes precedence."""
+    """Disk size for VMs of the image, in bytes with a suffix like 20Gi: a VM that sets no
+    spec.disk and names no VMConfig gets this."""
 
     @model_validator(mode="after")
     def _kernel_boot_has_kernel(self) -> "ImageSpec":
