@@ -16,6 +16,7 @@ import yaml
 
 from shoal import jsoncodec
 from shoal.errors import ApiError, Unavailable, error_from_status
+from shoal.files import write_private
 
 API = "/apis/shoal.dev/v1"
 # Requests one process keeps in flight to the API at once (the agents of a process share them).
@@ -95,17 +96,11 @@ class Contexts:
         return cls(current=data.get("current"), contexts=contexts)
 
     def save(self) -> None:
-        path = self.path()
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = {
             "current": self.current,
             "contexts": {name: asdict(ctx) for name, ctx in self.contexts.items()},
         }
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            yaml.safe_dump(data, handle, sort_keys=False)
-        tmp.replace(path)
+        write_private(self.path(), yaml.safe_dump(data, sort_keys=False))
 
 
 def connect_websocket(server: str, token: str, ca_pem: str | None, path: str, **params: Any) -> Any:

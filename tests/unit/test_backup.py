@@ -225,19 +225,23 @@ def test_a_backup_taken_while_another_thread_writes_is_a_snapshot(
 
     written: list[tuple[int, int]] = []  # (lines written, the store's version) as it goes
 
-    class Slow(io.BytesIO):
-        """Slow output, so the backup's reads (10 rows at a time) spread over many writes."""
+    class Held(io.BytesIO):
+        """Output whose first write waits until the writer has committed 25 more changes: the
+        backup's snapshot is taken by then, so the store has surely moved on past it."""
 
         def write(self, data: Any) -> int:
-            time.sleep(0.002)
+            if not written:
+                first = store.current_rv()
+                deadline = time.monotonic() + 60
+                while store.current_rv() <= first + 25 and time.monotonic() < deadline:
+                    stop.wait(0.01)
             written.append((len(written), store.current_rv()))
             return super().write(data)
 
     writer = threading.Thread(target=write)
     writer.start()
     try:
-        time.sleep(0.05)
-        out = Slow()
+        out = Held()
         info = backup(store, out, batch=10)
     finally:
         stop.set()

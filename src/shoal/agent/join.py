@@ -4,7 +4,6 @@ The credential and CA are kept in the agent's state dir, so a restarted agent ne
 """
 
 import asyncio
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import httpx
 
 from shoal.client import resource_path, ssl_context
 from shoal.errors import Unavailable, error_from_status
+from shoal.files import write_private
 from shoal.jointoken import parse_join_token
 from shoal.tls import fetch_pinned_ca
 
@@ -20,12 +20,6 @@ from shoal.tls import fetch_pinned_ca
 class Credentials:
     token: str
     ca_pem: str | None
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
 
 
 def load_credentials(state_dir: Path) -> Credentials | None:
@@ -69,5 +63,5 @@ async def join(
     state_dir.mkdir(parents=True, exist_ok=True)
     if ca_pem is not None:
         (state_dir / "ca.crt").write_text(ca_pem)
-    _write_private(state_dir / "credential", token + "\n")
+    write_private(state_dir / "credential", token + "\n")
     return Credentials(token, ca_pem)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.client import Contexts
+from shoal.files import write_private
 
 FILENAME = "registries.json"
 
@@ -84,13 +85,7 @@ def lookup(host: str) -> tuple[str, str] | None:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    tmp.replace(path)
+    write_private(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def save_login(host: str, user: str, password: str) -> Path:
